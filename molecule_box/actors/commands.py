@@ -1,0 +1,125 @@
+"""Messages a workspace actor understands. API handlers send commands and await their :class:`Reply`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import trio
+
+from ..backends.base import BackendEvent, Workload
+from ..errors import BackendError
+from ..schemas import Heartbeat as HeartbeatBody
+
+
+class Reply:
+    """One answer from an actor: a value or an exception, set once."""
+
+    __slots__ = ("done", "value", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def set(self, value: Any = None) -> None:
+        if not self.done.is_set():
+            self.value = value
+            self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+    def unwrap(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+@dataclasses.dataclass(eq=False)
+class Command:
+    reply: Reply = dataclasses.field(default_factory=Reply, kw_only=True)
+
+
+@dataclasses.dataclass(eq=False)
+class Register(Command):
+    url: str | None
+    agent_card: dict[str, Any]
+    mint_token: bool
+
+
+@dataclasses.dataclass(eq=False)
+class Heartbeat(Command):
+    body: HeartbeatBody
+
+
+@dataclasses.dataclass(eq=False)
+class UpdateCard(Command):
+    agent_card: dict[str, Any]
+
+
+@dataclasses.dataclass(eq=False)
+class Patch(Command):
+    changes: dict[str, Any]
+
+
+@dataclasses.dataclass(eq=False)
+class Pause(Command):
+    pass
+
+
+@dataclasses.dataclass(eq=False)
+class Resume(Command):
+    pass
+
+
+@dataclasses.dataclass(eq=False)
+class Hibernate(Command):
+    force: bool = False
+
+
+@dataclasses.dataclass(eq=False)
+class Wake(Command):
+    pass
+
+
+@dataclasses.dataclass(eq=False)
+class Restart(Command):
+    pass
+
+
+@dataclasses.dataclass(eq=False)
+class Delete(Command):
+    payload: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(eq=False)
+class SecretsChanged(Command):
+    """A secret this workspace inherits changed: lifecycle backends restart to pick it up."""
+
+
+@dataclasses.dataclass(eq=False)
+class Crash(Command):
+    """Fault injection for tests: the actor raises while handling it (exercises the supervisor)."""
+
+
+@dataclasses.dataclass(eq=False)
+class OpDone:
+    """A backend operation the actor started in the background has finished."""
+
+    op_id: int
+    kind: str
+    result: Workload | None = None
+    error: BackendError | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class Observed:
+    """The backend saw something happen to the workload (exit, OOM, health change)."""
+
+    event: BackendEvent
+
+
+Message = Command | OpDone | Observed

@@ -1,0 +1,133 @@
+"""The workspace state machine as pure functions: record in, (new record, events) out.
+
+No I/O and no clock reads here (``now`` is passed in), so every rule of
+reference §2.2 is tested without sockets; the actor only persists what these
+functions decide and publishes the events after the commit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..models import LIVE_STATES, Workspace, WorkspaceStatus
+from ..schemas import Heartbeat
+
+S = WorkspaceStatus
+SPEND_CAP = 1_000_000_000_000
+
+EventSpec = tuple[str, dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    workspace: Workspace
+    events: list[EventSpec] = dataclasses.field(default_factory=list)
+
+    @property
+    def changed_status(self) -> bool:
+        return any(e[0].startswith("WORKSPACE_") and e[0] != "WORKSPACE_HEARTBEAT" for e in self.events)
+
+
+def set_status(ws: Workspace, status: WorkspaceStatus, now: float, **changes: Any) -> Workspace:
+    if status is not ws.status:
+        changes["status_changed_at"] = now
+    return dataclasses.replace(ws, status=status, updated_at=now, **changes)
+
+
+def heartbeat(ws: Workspace, hb: Heartbeat, now: float) -> Outcome:
+    """Record the snapshot; move between online/degraded/offline/provisioning as the platform does.
+
+    Heartbeats never move a workspace out of failed, paused, hibernated or awaiting_agent: only a register
+    does, so a stale agent cannot silently undo an operator's pause.
+    """
+    changes: dict[str, Any] = dict(
+        last_heartbeat_at=now,
+        last_error_rate=hb.error_rate,
+        last_sample_error=hb.sample_error or None,
+        active_tasks=hb.active_tasks,
+        uptime_seconds=int(hb.uptime_seconds),
+        current_task=hb.current_task or None,
+        runtime_state=hb.runtime_state or None,
+        runtime_metadata=hb.runtime_metadata.model_dump(exclude_none=True) if hb.runtime_metadata else None,
+    )
+    if hb.monthly_spend:
+        changes["monthly_spend"] = max(0, min(hb.monthly_spend, SPEND_CAP))
+    events: list[EventSpec] = []
+    if (hb.current_task or None) != ws.current_task:
+        events.append(("TASK_UPDATED", {"current_task": hb.current_task or "", "active_tasks": hb.active_tasks}))
+    caps = (hb.runtime_metadata.capabilities if hb.runtime_metadata else None) or {}
+    self_managed = bool(caps.get("status_mgmt"))
+    status = ws.status
+    if status is S.PROVISIONING:
+        status = S.ONLINE
+        events.append(("WORKSPACE_ONLINE", {"recovered_from": "provisioning"}))
+    elif status is S.OFFLINE:
+        status = S.ONLINE
+        events.append(("WORKSPACE_ONLINE", {"recovered_from": "offline"}))
+    if status is S.ONLINE:
+        if hb.runtime_state == "wedged":
+            status = S.DEGRADED
+            events.append(("WORKSPACE_DEGRADED", {"runtime_state": "wedged", "sample_error": hb.sample_error or ""}))
+        elif hb.error_rate >= 0.5 and not self_managed:
+            status = S.DEGRADED
+            events.append(("WORKSPACE_DEGRADED", {"error_rate": hb.error_rate, "sample_error": hb.sample_error or ""}))
+    elif status is S.DEGRADED and not hb.runtime_state:
+        if self_managed or hb.error_rate < 0.1:
+            status = S.ONLINE
+            events.append(("WORKSPACE_ONLINE", {}))
+    events.append(("WORKSPACE_HEARTBEAT", {"active_tasks": hb.active_tasks, "uptime_seconds": int(hb.uptime_seconds)}))
+    return Outcome(set_status(ws, status, now, **changes), events)
+
+
+def register(ws: Workspace, url: str | None, agent_card: dict[str, Any], now: float) -> Outcome:
+    """Any state but removed → online. A URL the backend assigned (its own port mapping) wins over the
+    one the agent reports from inside its container."""
+    keep_url = ws.url_from_backend and ws.url
+    new = set_status(
+        ws, S.ONLINE, now,
+        url=ws.url if keep_url else url,
+        agent_card=agent_card,
+        last_heartbeat_at=now,
+        failure_reason=None,
+    )
+    return Outcome(new, [("WORKSPACE_ONLINE", {"url": new.url or "", "agent_card": agent_card})])
+
+
+def update_card(ws: Workspace, agent_card: dict[str, Any], now: float) -> Outcome:
+    return Outcome(dataclasses.replace(ws, agent_card=agent_card, updated_at=now),
+                   [("AGENT_CARD_UPDATED", {"agent_card": agent_card})])
+
+
+def liveness_deadline(ws: Workspace, ttl: float) -> float | None:
+    """When a live workspace is declared offline without a heartbeat (unix seconds), or None."""
+    if ws.status not in LIVE_STATES:
+        return None
+    base = ws.last_heartbeat_at or ws.status_changed_at or ws.updated_at
+    return base + ttl
+
+
+def provision_deadline(ws: Workspace, timeout: float) -> float | None:
+    if ws.status is not S.PROVISIONING:
+        return None
+    return (ws.status_changed_at or ws.updated_at) + timeout
+
+
+def went_offline(ws: Workspace, now: float) -> Outcome:
+    return Outcome(set_status(ws, S.OFFLINE, now), [("WORKSPACE_OFFLINE", {})])
+
+
+def provision_timed_out(ws: Workspace, now: float, timeout: float) -> Outcome:
+    reason = f"provisioning did not finish within {timeout:g}s (no register or heartbeat from the agent)"
+    return Outcome(
+        set_status(ws, S.FAILED, now, failure_reason=reason, last_sample_error=reason),
+        [("WORKSPACE_PROVISION_FAILED", {"error": reason, "timeout_secs": timeout, "runtime": ws.runtime,
+                                         "source": "provision_timeout"})],
+    )
+
+
+def failed(ws: Workspace, now: float, reason: str, **payload: Any) -> Outcome:
+    return Outcome(
+        set_status(ws, S.FAILED, now, failure_reason=reason, last_sample_error=reason),
+        [("WORKSPACE_PROVISION_FAILED", {"error": reason, **payload})],
+    )

@@ -1,0 +1,467 @@
+"""The workspace actor: the only code that changes one workspace's state.
+
+One trio task per workspace reads its mailbox, applies the state machine
+(:mod:`.transitions`), commits the result, then publishes events and replies.
+Its heartbeat and provisioning deadlines are the deadline of the wait on the
+mailbox itself, so no sweep polls 10,000 rows: trio wakes the actor exactly
+when its deadline passes. Backend operations (start, stop, destroy) run as
+child tasks in the actor's own nursery and report back through the mailbox,
+so a slow image pull never keeps the actor from answering heartbeats or a
+delete; a new lifecycle command cancels the operation in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..backends.base import Backend, Workload, WorkloadSpec
+from ..errors import BackendError, Conflict, MoleculeBoxError, NotFound, ServiceUnavailable
+from ..models import BROADCAST_ONLY, LIVE_STATES, Workspace, WorkspaceStatus
+from ..store import events as event_rows
+from ..store import secrets as secret_rows
+from ..store import tokens as token_rows
+from ..store import workspaces as workspace_rows
+from . import commands as c
+from . import transitions as t
+
+if TYPE_CHECKING:
+    from ..box import Box
+
+log = logging.getLogger(__name__)
+S = WorkspaceStatus
+
+#: Longest a destroy or stop may take before it is retried (a failed cleanup is retried, never dropped).
+CLEANUP_DEADLINE = 60.0
+
+
+class ActorExit(Exception):
+    """Raised inside the actor to finish it normally (its workspace is removed and cleaned up)."""
+
+
+@dataclasses.dataclass
+class _Op:
+    id: int
+    kind: str
+    scope: trio.CancelScope
+
+
+class WorkspaceActor:
+    def __init__(self, box: Box, record: Workspace, inbox: trio.MemoryReceiveChannel[c.Message],
+                 outbox: trio.MemorySendChannel[c.Message]) -> None:
+        self.box = box
+        self.record = record
+        self._inbox = inbox
+        self._outbox = outbox
+        self._op: _Op | None = None
+        self._op_seq = 0
+        self._nursery: trio.Nursery | None = None
+        self.current: c.Message | None = None
+        self._cleanup_attempts = 0
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await self._resume_after_restart()
+                while True:
+                    message: c.Message | None = None
+                    with trio.move_on_at(self._next_deadline()):
+                        message = await self._inbox.receive()
+                    if message is None:
+                        await self._fire_deadlines()
+                        continue
+                    self.current = message
+                    await self._dispatch(message)
+                    self.current = None
+            except ActorExit:
+                pass
+            nursery.cancel_scope.cancel()
+
+    def _trio_time(self, wall: float) -> float:
+        return trio.current_time() + (wall - self.box.now())
+
+    def _next_deadline(self) -> float:
+        ws = self.record
+        settings = self.box.settings
+        wall = min(
+            (d for d in (
+                t.liveness_deadline(ws, settings.liveness_deadline_for(remote=ws.is_external)),
+                t.provision_deadline(ws, settings.provision_timeout_seconds),
+            ) if d is not None),
+            default=None,
+        )
+        return math.inf if wall is None else self._trio_time(wall)
+
+    async def _fire_deadlines(self) -> None:
+        now = self.box.now()
+        ws = self.record
+        settings = self.box.settings
+        live = t.liveness_deadline(ws, settings.liveness_deadline_for(remote=ws.is_external))
+        if live is not None and now >= live:
+            self.box.metrics.offline_lateness.observe(max(0.0, now - live))
+            log.info("workspace %s missed its heartbeat deadline: offline", ws.id)
+            await self._commit(t.went_offline(ws, now))
+            return
+        prov = t.provision_deadline(ws, settings.provision_timeout_seconds)
+        if prov is not None and now >= prov:
+            log.warning("workspace %s provisioning timed out", ws.id)
+            self._cancel_op()
+            await self._commit(t.provision_timed_out(ws, now, settings.provision_timeout_seconds))
+
+    async def _dispatch(self, message: c.Message) -> None:
+        if isinstance(message, c.OpDone):
+            await self._op_done(message)
+            return
+        if isinstance(message, c.Observed):
+            await self._observed(message)
+            return
+        handler: Callable[[Any], Awaitable[Any]] = getattr(self, "_on_" + type(message).__name__)
+        try:
+            message.reply.set(await handler(message))
+        except MoleculeBoxError as exc:
+            message.reply.fail(exc)
+
+    # -- committing ---------------------------------------------------------------------------
+
+    async def _commit(self, outcome: t.Outcome, *extra: Callable[[Any], Any]) -> list[Any]:
+        """Persist the new record, its lifecycle events and ``extra`` ops in one transaction, then publish."""
+        ws = outcome.workspace
+        events = [self.box.bus.make(kind, ws.id, payload) for kind, payload in outcome.events]
+        persisted = [event_rows.insert(e) for e in events if e.type not in BROADCAST_ONLY]
+        save = workspace_rows.save(ws)
+
+        def op(db: Any) -> list[Any]:
+            save(db)
+            for insert in persisted:
+                insert(db)
+            return [fn(db) for fn in extra]
+
+        results = await self.box.store.write(op)
+        before = self.record.status
+        self.record = ws
+        if ws.status is not before:
+            self.box.metrics.transitions.labels(ws.status.value).inc()
+        for event in events:
+            self.box.bus.publish(event)
+        return results
+
+    def _now(self) -> float:
+        return self.box.now()
+
+    async def _backend(self) -> Backend:
+        return await self.box.backends.get(self.record.backend)
+
+    async def _lifecycle(self) -> Backend | None:
+        """The workspace's backend if the box drives its lifecycle, else None (remote agents)."""
+        backend = await self._backend()
+        return backend if backend.capabilities().lifecycle else None
+
+    # -- background backend operations ---------------------------------------------------------
+
+    def _cancel_op(self) -> None:
+        if self._op is not None:
+            self._op.scope.cancel()
+            self._op = None
+
+    def _start_op(self, kind: str, fn: Callable[[], Awaitable[Workload | None]], *, deadline: float | None = None) -> None:
+        self._cancel_op()
+        self._op_seq += 1
+        op = _Op(self._op_seq, kind, trio.CancelScope(deadline=deadline if deadline is not None else math.inf))
+        self._op = op
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_op, op, fn)
+
+    async def _run_op(self, op: _Op, fn: Callable[[], Awaitable[Workload | None]]) -> None:
+        result: Workload | None = None
+        error: BackendError | None = None
+        with op.scope:
+            try:
+                result = await fn()
+            except BackendError as exc:
+                if exc.detail:
+                    log.warning("workspace %s: %s failed: %s (%s)", self.record.id, op.kind, exc.reason, exc.detail)
+                error = exc
+        if op.scope.cancelled_caught:
+            if self._op is not op:
+                return  # superseded by a newer command
+            error = BackendError(f"{op.kind} did not finish in time")
+        self._outbox.send_nowait(c.OpDone(op.id, op.kind, result, error))
+
+    async def _op_done(self, done: c.OpDone) -> None:
+        if self._op is None or self._op.id != done.op_id:
+            return
+        self._op = None
+        ws = self.record
+        now = self._now()
+        if done.kind == "start":
+            if ws.status is not S.PROVISIONING:
+                return
+            if done.error is not None:
+                await self._commit(t.failed(ws, now, f"workspace start failed: {done.error.reason}"))
+                return
+            assert done.result is not None
+            changes: dict[str, Any] = {"backend_state": done.result.handle, "updated_at": now}
+            if done.result.url:
+                changes.update(url=done.result.url, url_from_backend=True)
+            await self._commit(t.Outcome(dataclasses.replace(ws, **changes)))
+        elif done.kind == "hibernate":
+            if ws.status is not S.HIBERNATING:
+                return
+            if done.error is not None:
+                await self._commit(t.failed(ws, now, f"hibernation failed: {done.error.reason}"))
+                return
+            await self._commit(t.Outcome(
+                t.set_status(ws, S.HIBERNATED, now, **self._cleared_url()),
+                [("WORKSPACE_HIBERNATED", {"name": ws.name, "tier": ws.tier})],
+            ))
+        elif done.kind == "stop":
+            if done.error is not None:
+                log.warning("workspace %s: stop failed: %s", ws.id, done.error.reason)
+        elif done.kind == "destroy":
+            if done.error is None:
+                raise ActorExit
+            self._cleanup_attempts += 1
+            delay = min(60.0, 2.0 ** self._cleanup_attempts)
+            log.warning("workspace %s: cleanup failed (%s), retrying in %.0fs", ws.id, done.error.reason, delay)
+            self._start_op("destroy", self._destroy_after(delay))
+
+    def _destroy_after(self, delay: float) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            await trio.sleep(delay)
+            backend = await self._backend()
+            with trio.fail_after(CLEANUP_DEADLINE):
+                await backend.destroy(self.record.backend_state or {"workspace_id": self.record.id})
+        return run
+
+    async def _observed(self, observed: c.Observed) -> None:
+        """Backend events (Docker's events stream): the lifecycle reactions live with the backend issue;
+        here they are recorded so nothing the backend reports is lost."""
+        log.info("workspace %s: backend reported %s", self.record.id, observed.event)
+
+    def _cleared_url(self) -> dict[str, Any]:
+        """Stopping a box-driven workload drops the URL the backend gave it; a remote agent keeps its own."""
+        if self.record.url_from_backend:
+            return {"url": None, "url_from_backend": False}
+        return {}
+
+    async def _provision(self, ws: Workspace, *, stop_first: dict[str, Any] | None = None) -> None:
+        """Start the workload of a workspace that is now ``provisioning`` (stopping the old one first)."""
+        backend = await self._backend()
+        spec_token: str | None = None
+        extra = []
+        if backend.capabilities().prewrites_token:
+            # Rotate: the new workload gets a fresh token; the old ones die with the old workload.
+            token, mint = token_rows.mint(ws.id)
+            extra = [token_rows.revoke_all([ws.id]), mint]
+            spec_token = token.plaintext
+        if extra:
+            await self.box.store.write(lambda db: [fn(db) for fn in extra])
+        try:
+            env = self.box.vault.workload_env(ws, self.box.settings.platform_url)
+        except MoleculeBoxError as exc:
+            await self._commit(t.failed(self.record, self._now(), str(exc)))
+            return
+        spec = WorkloadSpec(
+            workspace_id=ws.id, name=ws.name, runtime=ws.runtime, tier=ws.tier, env=env,
+            platform_url=self.box.settings.platform_url, auth_token=spec_token,
+            config=ws.config if isinstance(ws.config, dict) else {}, previous=ws.backend_state,
+        )
+        async def start() -> Workload:
+            if stop_first is not None:
+                with trio.move_on_after(CLEANUP_DEADLINE):
+                    await backend.stop(stop_first)
+            return await backend.start(spec)
+
+        self._start_op("start", start)
+
+    # -- startup after a box or actor restart --------------------------------------------------
+
+    async def _resume_after_restart(self) -> None:
+        """Re-arm from the record: deadlines come from stored timestamps; a transient state left by a crash
+        is finished (hibernating → stop again; provisioning → start again unless the workload survived)."""
+        ws = self.record
+        if ws.status is S.REMOVED:
+            self._start_op("destroy", self._destroy_after(0))
+        elif ws.status is S.HIBERNATING:
+            backend = await self._lifecycle()
+            if backend is None:
+                await self._commit(t.Outcome(t.set_status(ws, S.HIBERNATED, self._now()),
+                                             [("WORKSPACE_HIBERNATED", {"name": ws.name, "tier": ws.tier})]))
+            else:
+                handle = ws.backend_state or {"workspace_id": ws.id}
+                self._start_op("hibernate", lambda: _stopped(backend.stop(handle)))
+        elif ws.status is S.PROVISIONING and ws.backend_state is None:
+            backend = await self._lifecycle()
+            if backend is not None:
+                await self._provision(ws)
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def _require_not_removed(self) -> Workspace:
+        if self.record.status is S.REMOVED:
+            raise NotFound("workspace not found", deleted=True)
+        return self.record
+
+    async def _on_Register(self, cmd: c.Register) -> dict[str, Any]:
+        ws = self._require_not_removed()
+        outcome = t.register(ws, cmd.url, cmd.agent_card, self._now())
+        extra = []
+        token = None
+        if cmd.mint_token:
+            token, mint = token_rows.mint(ws.id)
+            extra.append(mint)
+        if ws.status is S.PROVISIONING:
+            pass  # the workload is up: the start op (if any) reports its handle independently
+        await self._commit(outcome, *extra)
+        self.box.metrics.registrations.inc()
+        body: dict[str, Any] = {"status": "registered"}
+        if token is not None:
+            body["auth_token"] = token.plaintext
+        return body
+
+    async def _on_Heartbeat(self, cmd: c.Heartbeat) -> dict[str, str]:
+        self._require_not_removed()
+        await self._commit(t.heartbeat(self.record, cmd.body, self._now()))
+        self.box.metrics.heartbeats.inc()
+        return {"status": "ok"}
+
+    async def _on_UpdateCard(self, cmd: c.UpdateCard) -> dict[str, str]:
+        self._require_not_removed()
+        await self._commit(t.update_card(self.record, cmd.agent_card, self._now()))
+        return {"status": "updated"}
+
+    async def _on_Patch(self, cmd: c.Patch) -> dict[str, Any]:
+        ws = self._require_not_removed()
+        changes = dict(cmd.changes)
+        needs_restart = "workspace_dir" in changes or "tier" in changes or "runtime" in changes
+        await self._commit(t.Outcome(dataclasses.replace(ws, updated_at=self._now(), **changes)))
+        body: dict[str, Any] = {"status": "updated"}
+        if needs_restart and not ws.is_external:
+            body["needs_restart"] = True
+        return body
+
+    async def _on_Pause(self, cmd: c.Pause) -> dict[str, Any]:
+        ws = self._require_not_removed()
+        if ws.status is S.PAUSED:
+            raise NotFound("workspace not found or already paused")
+        backend = await self._lifecycle()
+        now = self._now()
+        await self._commit(t.Outcome(
+            t.set_status(ws, S.PAUSED, now, active_tasks=0, **self._cleared_url()),
+            [("WORKSPACE_PAUSED", {"name": ws.name})],
+        ))
+        if backend is not None:
+            handle = ws.backend_state or {"workspace_id": ws.id}
+            self._start_op("stop", lambda: _stopped(backend.stop(handle)))
+        else:
+            self._cancel_op()
+        return {"status": "paused"}
+
+    async def _on_Resume(self, cmd: c.Resume) -> dict[str, Any]:
+        ws = self._require_not_removed()
+        if ws.status is S.HIBERNATED:
+            return await self._on_Wake(c.Wake())
+        if ws.status is not S.PAUSED:
+            raise NotFound("workspace not found or not paused")
+        return await self._bring_up(ws, remote_status=S.AWAITING_AGENT)
+
+    async def _on_Wake(self, cmd: c.Wake) -> dict[str, Any]:
+        ws = self._require_not_removed()
+        if ws.status is not S.HIBERNATED:
+            raise Conflict(f"workspace is {ws.status.value}, not hibernated")
+        # A remote agent kept heartbeating while hibernated (the SDK only stops on pause or delete).
+        return await self._bring_up(ws, remote_status=S.ONLINE if ws.url else S.AWAITING_AGENT, woken=True)
+
+    async def _bring_up(self, ws: Workspace, *, remote_status: WorkspaceStatus, woken: bool = False) -> dict[str, Any]:
+        backend = await self._lifecycle()
+        now = self._now()
+        if backend is None:
+            event = "WORKSPACE_ONLINE" if remote_status is S.ONLINE else "WORKSPACE_AWAITING_AGENT"
+            payload: dict[str, Any] = {"name": ws.name, "external": True}
+            if woken:
+                payload["woken"] = True
+            # Re-arm the deadline from now: the agent gets a full interval to show it is still there.
+            await self._commit(t.Outcome(t.set_status(ws, remote_status, now, last_heartbeat_at=now), [(event, payload)]))
+            return {"status": remote_status.value}
+        new = t.set_status(ws, S.PROVISIONING, now, failure_reason=None)
+        await self._commit(t.Outcome(new, [("WORKSPACE_PROVISIONING", {"name": ws.name, "tier": ws.tier,
+                                                                     "runtime": ws.runtime})]))
+        await self._provision(self.record)
+        return {"status": "provisioning"}
+
+    async def _on_Hibernate(self, cmd: c.Hibernate) -> dict[str, Any]:
+        ws = self._require_not_removed()
+        if ws.status not in LIVE_STATES:
+            raise NotFound(f"workspace not found or not online (status {ws.status.value})")
+        if ws.active_tasks > 0 and not cmd.force:
+            raise Conflict("workspace has active tasks; pass ?force=true to hibernate anyway",
+                           active_tasks=ws.active_tasks)
+        backend = await self._lifecycle()
+        now = self._now()
+        if backend is None:
+            await self._commit(t.Outcome(
+                t.set_status(ws, S.HIBERNATED, now),
+                [("WORKSPACE_HIBERNATED", {"name": ws.name, "tier": ws.tier})],
+            ))
+            return {"status": "hibernated"}
+        await self._commit(t.Outcome(t.set_status(ws, S.HIBERNATING, now)))
+        handle = ws.backend_state or {"workspace_id": ws.id}
+        self._start_op("hibernate", lambda: _stopped(backend.stop(handle)))
+        return {"status": "hibernating"}
+
+    async def _on_Restart(self, cmd: c.Restart) -> dict[str, Any]:
+        ws = self._require_not_removed()
+        backend = await self._lifecycle()
+        if backend is None:
+            raise Conflict(f"{ws.backend} workspaces run outside the box: restart the agent itself")
+        now = self._now()
+        handle = ws.backend_state
+        new = t.set_status(ws, S.PROVISIONING, now, failure_reason=None, **self._cleared_url())
+        await self._commit(t.Outcome(new, [("WORKSPACE_PROVISIONING", {"name": ws.name, "tier": ws.tier,
+                                                                     "runtime": ws.runtime, "restart": True})]))
+        await self._provision(self.record, stop_first=handle)
+        return {"status": "provisioning", "config_dir": "existing-volume", "reset_session": False}
+
+    async def _on_SecretsChanged(self, cmd: c.SecretsChanged) -> dict[str, Any]:
+        ws = self.record
+        if ws.status in (S.REMOVED, S.PAUSED, S.HIBERNATED, S.HIBERNATING) or ws.is_external:
+            return {"restarted": False}
+        if not (await self._backend()).capabilities().lifecycle:
+            return {"restarted": False}
+        await self._on_Restart(c.Restart())
+        return {"restarted": True}
+
+    async def _on_Delete(self, cmd: c.Delete) -> dict[str, Any]:
+        ws = self.record
+        if ws.status is S.REMOVED:
+            return {"status": "removed"}
+        now = self._now()
+        self._cancel_op()
+        await self._commit(
+            t.Outcome(t.set_status(ws, S.REMOVED, now, active_tasks=0), [("WORKSPACE_REMOVED", cmd.payload)]),
+            token_rows.revoke_all([ws.id]),
+            secret_rows.delete_workspace([ws.id]),
+        )
+        self._start_op("destroy", self._destroy_after(0))
+        return {"status": "removed"}
+
+    async def _on_Crash(self, cmd: c.Crash) -> None:
+        raise RuntimeError("injected actor fault")
+
+
+async def _stopped(awaitable: Awaitable[None]) -> None:
+    with trio.fail_after(CLEANUP_DEADLINE):
+        await awaitable
+
+
+def unavailable(workspace_id: str) -> ServiceUnavailable:
+    return ServiceUnavailable(f"workspace {workspace_id} is busy; retry shortly", retry_after=2)

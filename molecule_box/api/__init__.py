@@ -1,0 +1,15 @@
+"""The HTTP API: a raw ASGI front for hot routes in front of the quart-trio app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .app import create_app
+from .hot import Front
+
+
+def create_asgi(box: Any) -> Front:
+    return Front(box, create_app(box))
+
+
+__all__ = ["create_app", "create_asgi"]

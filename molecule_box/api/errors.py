@@ -1,0 +1,41 @@
+"""The one place where exceptions become HTTP error responses."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException as WerkzeugHTTPException
+
+from ..errors import BadRequest, HTTPError, PayloadTooLarge
+from ..schemas import describe_error
+
+log = logging.getLogger(__name__)
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def error_response(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, JSON body, extra headers) for any exception a handler let out."""
+    if isinstance(exc, HTTPError):
+        return exc.status, exc.body(), exc.headers
+    if isinstance(exc, ValidationError):
+        invalid_json = any(err.get("type") == "json_invalid" for err in exc.errors())
+        message = "invalid JSON body" if invalid_json else f"invalid request body: {describe_error(exc)}"
+        return 400, {"error": message}, {}
+    if isinstance(exc, WerkzeugHTTPException):
+        status = exc.code or 500
+        if status == 413:
+            return status, PayloadTooLarge().body(), {}
+        return status, {"error": (exc.description or exc.name).rstrip(".").lower()
+                        if status != 404 else "not found"}, {}
+    if isinstance(exc, (UnicodeDecodeError, json.JSONDecodeError)):
+        return 400, BadRequest("invalid JSON body").body(), {}
+    log.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))
+    return 500, {"error": "internal error"}, {}
+
+
+def encode(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":"), default=str).encode()

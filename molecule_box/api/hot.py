@@ -1,0 +1,90 @@
+"""The ASGI front: hot routes go to lean handlers, everything else to the quart-trio app.
+
+quart-trio costs about a quarter of the server's ceiling on a trivial route
+(reference perf-notes), and heartbeats arrive from every agent every 30 s, so
+``POST /registry/heartbeat`` is served here on raw ASGI: read the body, one
+pydantic parse, one token lookup, one actor round trip (which waits for the
+group commit), one JSON write. Errors go through the same mapping as the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..actors import commands as c
+from ..errors import BadRequest, PayloadTooLarge
+from ..schemas import Heartbeat
+from .auth import require_workspace
+from .errors import JSON_HEADERS, encode, error_response
+from .routing import declare
+
+ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
+                   Awaitable[None]]
+
+HEARTBEAT_LIMIT = 64 * 1024
+
+declare("/registry/heartbeat", "POST", summary="Agent liveness and load snapshot", auth="workspace",
+        tag="registry", body=Heartbeat,
+        responses={200: "{status: ok}", 400: "Bad body", 401: "Wrong or missing token", 404: "Deleted workspace"})
+
+
+async def read_body(receive: Callable[[], Awaitable[dict[str, Any]]], limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def send_json(send: Callable[[dict[str, Any]], Awaitable[None]], status: int, body: Any,
+                    headers: dict[str, str] | None = None) -> None:
+    payload = encode(body)
+    raw_headers = [*JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
+    for name, value in (headers or {}).items():
+        raw_headers.append((name.lower().encode(), value.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class Front:
+    def __init__(self, box: Any, app: ASGIApp) -> None:
+        self.box = box
+        self.app = app
+        self.hot: dict[tuple[str, str], ASGIApp] = {("POST", "/registry/heartbeat"): self.heartbeat}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            handler = self.hot.get((scope["method"], scope["path"]))
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def heartbeat(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        box = self.box
+        try:
+            raw = await read_body(receive, HEARTBEAT_LIMIT)
+            body = Heartbeat.model_validate_json(raw or b"{}")
+            auth = header(scope, b"authorization")
+            await require_workspace(box, body.workspace_id, headers={"Authorization": auth} if auth else {})
+            result = await box.supervisor.ask(body.workspace_id, c.Heartbeat(body))
+            status, payload, headers = 200, result, None
+        except Exception as exc:  # mapped like every other route; never a bare 500 page
+            status, payload, headers = error_response(exc)
+        await send_json(send, status, payload, headers)

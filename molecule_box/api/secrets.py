@@ -1,0 +1,137 @@
+"""Secrets (reference §6): workspace and global, encrypted at rest, values only to their own workspace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from quart import Blueprint
+
+from ..actors import commands as c
+from ..errors import NotFound
+from ..models import WorkspaceStatus
+from ..schemas import PutSecret
+from ..store import secrets as secret_rows
+from .auth import require_admin, require_workspace
+from .routing import box, parse, respond, route
+from .workspaces import load, workspace_id
+
+bp = Blueprint("secrets", __name__)
+
+
+def _live(wid: str) -> None:
+    if load(wid).status is WorkspaceStatus.REMOVED:
+        raise NotFound("workspace not found")
+
+
+async def _restart_inheritors(key: str | None, only: str | None = None) -> None:
+    """Restart the box-run workspaces that see this secret (a global one unless overridden)."""
+    b = box()
+    if only is not None:
+        targets = [only]
+    else:
+        overriding = {row[0] for row in b.store.db.execute(
+            "SELECT workspace_id FROM secrets WHERE key = ? AND workspace_id != ''", [key])}
+        targets = [ws.id for ws in b.supervisor.records() if ws.id not in overriding]
+    async with trio.open_nursery() as nursery:
+        for wid in targets:
+            if b.supervisor.record(wid) is not None:
+                nursery.start_soon(_tell_secrets_changed, wid)
+
+
+async def _tell_secrets_changed(wid: str) -> None:
+    try:
+        await box().supervisor.ask(wid, c.SecretsChanged())
+    except NotFound:
+        pass
+
+
+@route(bp, "/workspaces/<raw_id>/secrets", "GET", summary="Secret keys a workspace sees (never values)",
+       auth="workspace")
+async def list_secrets(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    _live(wid)
+    return respond(b.vault.listing(wid))
+
+
+@route(bp, "/workspaces/<raw_id>/secrets/values", "GET", auth="own",
+       summary="Decrypted secrets for the workspace's own agent (global overridden by workspace)",
+       responses={200: "{KEY: value}", 401: "Not this workspace's token", 500: "A secret does not decrypt"})
+async def secret_values(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid, allow_admin=False)
+    _live(wid)
+    return respond(b.vault.values(wid), headers={"Cache-Control": "no-store"})
+
+
+async def _put_workspace_secret(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    body: PutSecret = await parse(PutSecret)
+    _live(wid)
+    await b.store.write(secret_rows.put(b.vault.box, wid, body.key, body.value))
+    await _restart_inheritors(body.key, only=wid)
+    return respond({"status": "saved", "key": body.key})
+
+
+for _method in ("POST", "PUT"):
+    route(bp, "/workspaces/<raw_id>/secrets", _method, summary="Set a workspace secret", auth="workspace",
+          body=PutSecret)(_put_workspace_secret)
+
+
+@route(bp, "/workspaces/<raw_id>/secrets/<key>", "DELETE", summary="Delete a workspace secret", auth="workspace",
+       responses={200: "Deleted", 404: "No such secret"})
+async def delete_workspace_secret(raw_id: str, key: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    if not await b.store.write(secret_rows.delete(wid, key)):
+        raise NotFound("secret not found")
+    await _restart_inheritors(key, only=wid)
+    return respond({"status": "deleted", "key": key})
+
+
+async def _list_global() -> Any:
+    from ..models import rfc3339
+
+    b = box()
+    await require_admin(b)
+    return respond([{"key": r["key"], "has_value": True, "scope": "global", "created_at": rfc3339(r["created_at"]),
+                     "updated_at": rfc3339(r["updated_at"])} for r in secret_rows.listing(b.store.db, None)])
+
+
+async def _put_global() -> Any:
+    b = box()
+    await require_admin(b)
+    body: PutSecret = await parse(PutSecret)
+    await b.store.write(secret_rows.put(b.vault.box, None, body.key, body.value))
+    await _restart_inheritors(body.key)
+    return respond({"status": "saved", "key": body.key, "scope": "global"})
+
+
+async def _delete_global(key: str) -> Any:
+    b = box()
+    await require_admin(b)
+    if not await b.store.write(secret_rows.delete(None, key)):
+        raise NotFound("secret not found")
+    await _restart_inheritors(key)
+    return respond({"status": "deleted", "key": key, "scope": "global"})
+
+
+for _prefix in ("/settings/secrets", "/admin/secrets"):
+    bp.add_url_rule(_prefix, f"list_global_{_prefix}", _list_global, methods=["GET"])
+    bp.add_url_rule(_prefix, f"put_global_{_prefix}", _put_global, methods=["POST", "PUT"] if _prefix.startswith(
+        "/settings") else ["POST"])
+    bp.add_url_rule(f"{_prefix}/<key>", f"delete_global_{_prefix}", _delete_global, methods=["DELETE"])
+    from .routing import declare
+
+    declare(_prefix, "GET", summary="List global secret keys", auth="admin", tag="secrets")
+    for _m in (("POST", "PUT") if _prefix.startswith("/settings") else ("POST",)):
+        declare(_prefix, _m, summary="Set a global secret (restarts inheriting workspaces)", auth="admin",
+                tag="secrets", body=PutSecret)
+    declare(f"{_prefix}/<key>", "DELETE", summary="Delete a global secret", auth="admin", tag="secrets",
+            responses={200: "Deleted", 404: "No such secret"})

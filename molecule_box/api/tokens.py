@@ -1,0 +1,57 @@
+"""Workspace tokens: mint (shown once), list, revoke (reference §1.2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint
+
+from ..errors import NotFound
+from ..models import WorkspaceStatus, rfc3339
+from ..schemas import Empty
+from ..store import tokens as token_rows
+from .auth import require_workspace
+from .routing import box, parse, query_int, respond, route
+from .workspaces import load, workspace_id
+
+bp = Blueprint("tokens", __name__)
+
+
+@route(bp, "/workspaces/<raw_id>/tokens", "POST", summary="Mint a workspace token (shown once)", auth="workspace",
+       responses={201: "{auth_token, workspace_id, message}", 429: "50 live tokens already"})
+async def mint_token(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    await parse(Empty)
+    if load(wid).status is WorkspaceStatus.REMOVED:
+        raise NotFound("workspace not found")
+    token, op = token_rows.mint(wid)
+    token_id = await b.store.write(op)
+    return respond({"auth_token": token.plaintext, "workspace_id": wid, "id": token_id, "prefix": token.prefix,
+                    "message": "store this token now: it is shown only once"}, 201)
+
+
+@route(bp, "/workspaces/<raw_id>/tokens", "GET", summary="List live tokens (prefixes only)", auth="workspace",
+       query={"limit": "1-200, default 50", "offset": "default 0"})
+async def list_tokens(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    limit = query_int("limit", 50, low=1, high=200)
+    offset = query_int("offset", 0, low=0, high=1_000_000)
+    rows = token_rows.list_live(b.store.db, wid, limit, offset)
+    tokens = [{"id": r["id"], "prefix": r["prefix"], "created_at": rfc3339(r["created_at"]),
+               "last_used_at": rfc3339(r["last_used_at"])} for r in rows]
+    return respond({"tokens": tokens, "count": token_rows.live_count(b.store.db, wid)})
+
+
+@route(bp, "/workspaces/<raw_id>/tokens/<token_id>", "DELETE", summary="Revoke a token", auth="workspace",
+       responses={200: "{status: revoked}", 404: "No such live token"})
+async def revoke_token(raw_id: str, token_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    if not await b.store.write(token_rows.revoke(wid, token_id[:64])):
+        raise NotFound("token not found or already revoked")
+    return respond({"status": "revoked"})

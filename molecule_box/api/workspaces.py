@@ -1,0 +1,380 @@
+"""``/workspaces``: create, list, get, patch, delete and the lifecycle verbs (reference §2.3)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import trio
+from quart import Blueprint, request
+
+from ..actors import commands as c
+from ..errors import BadRequest, Conflict, NotFound, ServiceUnavailable
+from ..models import Workspace, WorkspaceStatus
+from ..schemas import CreateWorkspace, Empty, PatchWorkspace, Restart
+from ..security.ssrf import check_agent_url
+from ..store import events as event_rows
+from ..store import secrets as secret_rows
+from ..store import tokens as token_rows
+from ..store import workspaces as workspace_rows
+from .auth import require_admin, require_workspace
+from .routing import box, parse, query_bool, respond, route
+
+bp = Blueprint("workspaces", __name__)
+S = WorkspaceStatus
+
+
+def workspace_id(raw: str) -> str:
+    """A path id as a canonical UUID string, or 400 (never a lookup with attacker-shaped text)."""
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise BadRequest("invalid workspace ID") from None
+
+
+def load(wid: str) -> Workspace:
+    ws = box().supervisor.record(wid) or workspace_rows.get(box().store.db, wid)
+    if ws is None:
+        raise NotFound("workspace not found")
+    return ws
+
+
+def paused_ancestor(ws: Workspace) -> Workspace | None:
+    seen = {ws.id}
+    parent = ws.parent_id
+    while parent and parent not in seen:
+        seen.add(parent)
+        node = load(parent) if parent else None
+        if node is None:
+            return None
+        if node.status is S.PAUSED:
+            return node
+        parent = node.parent_id
+    return None
+
+
+def platform_url_for_agents() -> str:
+    configured = box().settings.external_platform_url
+    return configured or request.host_url.rstrip("/")
+
+
+def connection_block(wid: str, token: str) -> dict[str, Any]:
+    base = platform_url_for_agents()
+    register = {"id": wid, "url": "https://your-agent.example.com", "agent_card": {"name": "my-agent"}}
+    return {
+        "workspace_id": wid,
+        "platform_url": base,
+        "auth_token": token,
+        "registry_endpoint": f"{base}/registry/register",
+        "heartbeat_endpoint": f"{base}/registry/heartbeat",
+        "curl_register_template": (
+            f"curl -fsS -X POST {base}/registry/register -H 'Content-Type: application/json' "
+            f"-H 'Authorization: Bearer $MOLECULE_TOKEN' -d '{json.dumps(register)}'"
+        ),
+        "python_snippet": (
+            "from molecule_agent import RemoteAgentClient\n"
+            f"client = RemoteAgentClient(workspace_id={wid!r}, platform_url={base!r})\n"
+            "client.register(url='remote://no-inbound')\n"
+        ),
+    }
+
+
+@route(bp, "/workspaces", "POST", summary="Create a workspace", auth="admin", body=CreateWorkspace,
+       responses={201: "Created", 400: "Invalid body, tier, parent or agent URL"})
+async def create_workspace() -> Any:
+    b = box()
+    await require_admin(b)
+    body: CreateWorkspace = await parse(CreateWorkspace)
+    external = body.external or body.runtime == "external"
+    runtime = "external" if external else (body.runtime or "langgraph")
+    backend_name = b.backend_for(runtime=runtime, external=external, requested=body.backend)
+    backend = await b.backends.get(backend_name)
+    caps = backend.capabilities()
+    tier = body.tier or 3
+    if tier not in caps.tiers:
+        raise BadRequest(f"tier {tier} is not supported by backend {backend_name} (supported: "
+                         f"{', '.join(map(str, sorted(caps.tiers)))})")
+    if body.workspace_access != "none" and not body.workspace_dir:
+        raise BadRequest("invalid workspace access: read_only and read_write need workspace_dir")
+    if body.parent_id is not None:
+        parent = b.supervisor.record(body.parent_id)
+        if parent is None:
+            raise BadRequest("invalid parent_id: no such workspace")
+    url = None
+    if external and body.url:
+        url = await check_agent_url(body.url, b.settings.allow_agent_networks)
+    now = b.now()
+    wid = str(uuid.uuid4())
+    if not caps.lifecycle:
+        status = S.ONLINE if url else S.AWAITING_AGENT
+    else:
+        status = S.PROVISIONING
+    config: dict[str, Any] = {}
+    if body.model:
+        config["model"] = body.model
+    if body.template:
+        config["template"] = body.template
+    ws = Workspace(
+        id=wid, name=body.name, role=body.role or None, tier=tier, status=status, runtime=runtime,
+        backend=backend_name, url=url, parent_id=body.parent_id, budget_limit=body.budget_limit,
+        max_concurrent_tasks=max(1, body.max_concurrent_tasks or 1), workspace_dir=body.workspace_dir,
+        workspace_access=body.workspace_access, config=config or None,
+        x=body.canvas.x if body.canvas else None, y=body.canvas.y if body.canvas else None,
+        created_at=now, updated_at=now, status_changed_at=now,
+    )
+    ops: list[Any] = [workspace_rows.insert(ws)]
+    for key, value in (body.secrets or {}).items():
+        ops.append(secret_rows.put(b.vault.box, wid, key, value))
+    token = None
+    if status is S.AWAITING_AGENT:
+        token, mint = token_rows.mint(wid)
+        ops.append(mint)
+    event_type = {S.ONLINE: "WORKSPACE_ONLINE", S.AWAITING_AGENT: "WORKSPACE_AWAITING_AGENT"}.get(
+        status, "WORKSPACE_PROVISIONING")
+    payload: dict[str, Any] = {"name": ws.name, "tier": tier, "runtime": runtime}
+    if not caps.lifecycle:
+        payload = {"name": ws.name, "external": True}
+    event = b.bus.make(event_type, wid, payload)
+    ops.append(event_rows.insert(event))
+    await b.store.write(lambda db: [op(db) for op in ops])
+    b.supervisor.spawn(ws)
+    b.bus.publish(event)
+    if status is S.PROVISIONING:
+        return respond({"id": wid, "status": status.value, "awareness_namespace": f"workspace:{wid}",
+                        "workspace_access": ws.workspace_access, "backend": backend_name}, 201)
+    result: dict[str, Any] = {"id": wid, "external": True, "status": status.value, "backend": backend_name}
+    if token is not None:
+        result["connection"] = connection_block(wid, token.plaintext)
+    return respond(result, 201)
+
+
+@route(bp, "/workspaces", "GET", summary="List workspaces (not removed), oldest first", auth="admin")
+async def list_workspaces() -> Any:
+    b = box()
+    await require_admin(b)
+    return respond([ws.public() for ws in workspace_rows.all_live(b.store.db)])
+
+
+@route(bp, "/workspaces/<raw_id>", "GET", summary="Get one workspace (removed ones too)", auth="workspace",
+       responses={200: "OK", 400: "Invalid id", 404: "Unknown workspace"})
+async def get_workspace(raw_id: str) -> Any:
+    wid = workspace_id(raw_id)
+    await require_workspace(box(), wid)
+    return respond(load(wid).public(detail=False))
+
+
+@route(bp, "/workspaces/<raw_id>", "PATCH", summary="Change name, role, tier, parent, canvas position",
+       auth="workspace", body=PatchWorkspace)
+async def patch_workspace(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    body: PatchWorkspace = await parse(PatchWorkspace)
+    ws = load(wid)
+    if ws.status is S.REMOVED:
+        raise NotFound("workspace not found")
+    changes: dict[str, Any] = {}
+    for name in body.model_fields_set - {"x", "y"}:
+        changes[name] = getattr(body, name)
+    if "x" in body.model_fields_set and "y" in body.model_fields_set:
+        changes.update(x=body.x, y=body.y)
+    if "name" in changes and not changes["name"]:
+        raise BadRequest("name may not be empty")
+    if changes.get("parent_id") is not None:
+        parent = changes["parent_id"]
+        if parent == wid or parent in workspace_rows.descendants(b.store.db, wid):
+            raise BadRequest("invalid parent_id: a workspace cannot be its own ancestor")
+        if b.supervisor.record(parent) is None:
+            raise BadRequest("invalid parent_id: no such workspace")
+    if "tier" in changes:
+        caps = (await b.backends.get(ws.backend)).capabilities()
+        if changes["tier"] not in caps.tiers:
+            raise BadRequest(f"tier {changes['tier']} is not supported by backend {ws.backend}")
+    if "collapsed" in changes:
+        changes["collapsed"] = bool(changes["collapsed"])
+    return respond(await b.supervisor.ask(wid, c.Patch(changes)))
+
+
+@route(bp, "/workspaces/<raw_id>", "DELETE", summary="Delete a workspace and its descendants", auth="admin",
+       responses={200: "Removed", 404: "Unknown workspace", 409: "Has children; pass ?confirm=true"},
+       query={"confirm": "true to delete a workspace that has children", "purge": "true to hard-delete rows"})
+async def delete_workspace(raw_id: str) -> Any:
+    b = box()
+    await require_admin(b)
+    wid = workspace_id(raw_id)
+    ws = load(wid)
+    if ws.status is S.REMOVED and not query_bool("purge"):
+        return respond({"status": "removed", "cascade_deleted": 0})
+    kids = workspace_rows.children(b.store.db, wid)
+    if kids and not query_bool("confirm"):
+        return respond({"status": "confirmation_required",
+                        "message": f"workspace has {len(kids)} child workspace(s); pass ?confirm=true to delete all",
+                        "children": kids, "children_count": len(kids)}, 409)
+    family = [wid, *workspace_rows.descendants(b.store.db, wid)]
+    cascade = len(family) - 1
+    async with trio.open_nursery() as nursery:
+        for member in family:
+            payload = {"cascade_deleted": cascade} if member == wid else {}
+            if b.supervisor.record(member) is not None:
+                nursery.start_soon(b.supervisor.ask, member, c.Delete(payload=payload))
+    if query_bool("purge"):
+        await _purge(family)
+        return respond({"status": "purged", "cascade_deleted": cascade})
+    return respond({"status": "removed", "cascade_deleted": cascade})
+
+
+async def _purge(family: list[str]) -> None:
+    b = box()
+    with trio.move_on_after(30):
+        while any(member in b.supervisor.slots for member in family):
+            await trio.sleep(0.05)
+    if any(member in b.supervisor.slots for member in family):
+        raise ServiceUnavailable("workloads are still being cleaned up; retry the purge", retry_after=10)
+
+    def op(db: Any) -> None:
+        marks = ",".join("?" for _ in family)
+        db.execute(f"UPDATE workspaces SET parent_id = NULL WHERE parent_id IN ({marks})", family)
+        for table in ("tokens", "secrets", "activity", "events", "actor_failures"):
+            db.execute(f"DELETE FROM {table} WHERE workspace_id IN ({marks})", family)
+        db.execute(f"DELETE FROM workspaces WHERE id IN ({marks})", family)
+
+    await b.store.write(op)
+
+
+@route(bp, "/workspaces/<raw_id>/state", "GET", summary="Status poll for remote agents", auth="workspace",
+       responses={200: "Live", 404: "Deleted: the agent should shut down"})
+async def workspace_state(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    ws = b.supervisor.record(wid) or workspace_rows.get(b.store.db, wid)
+    gone = {"workspace_id": wid, "status": "removed", "deleted": True}
+    if ws is None:
+        await require_admin_or_any_token(wid)
+        return respond(gone, 404)
+    if ws.status is S.REMOVED:
+        # Its tokens were revoked on delete; a revoked token of this very workspace still learns it is gone.
+        await require_admin_or_any_token(wid)
+        return respond(gone, 404)
+    await require_workspace(b, wid)
+    return respond({"workspace_id": wid, "status": ws.status.value, "paused": ws.status is S.PAUSED,
+                    "deleted": False})
+
+
+async def require_admin_or_any_token(wid: str) -> None:
+    """For a deleted workspace: the admin, or any token (even revoked) that belonged to it."""
+    from ..security.tokens import hash_token, parse_bearer
+
+    b = box()
+    token = parse_bearer(request.headers.get("Authorization"))
+    if token is not None and b.admin.check(token):
+        return
+    if token is not None and b.store.db.execute(
+        "SELECT 1 FROM tokens WHERE digest = ? AND workspace_id = ?", [hash_token(token), wid]
+    ).fetchone():
+        return
+    await require_workspace(b, wid)
+
+
+async def _fan_out(ids: list[str], make: Any) -> int:
+    b = box()
+    done = 0
+
+    async def one(member: str) -> None:
+        nonlocal done
+        try:
+            await b.supervisor.ask(member, make())
+            done += 1
+        except NotFound:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        for member in ids:
+            nursery.start_soon(one, member)
+    return done
+
+
+@route(bp, "/workspaces/<raw_id>/pause", "POST", summary="Pause a workspace and its descendants", auth="workspace",
+       responses={200: "Paused", 404: "Unknown or already paused"})
+async def pause_workspace(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    await parse(Empty)
+    await b.supervisor.ask(wid, c.Pause())
+    kids = [k for k in workspace_rows.descendants(b.store.db, wid)
+            if (r := b.supervisor.record(k)) is not None and r.status is not S.PAUSED]
+    count = 1 + await _fan_out(kids, c.Pause)
+    return respond({"status": "paused", "paused_count": count})
+
+
+@route(bp, "/workspaces/<raw_id>/resume", "POST", summary="Resume a paused (or wake a hibernated) workspace",
+       auth="workspace", responses={200: "Resuming", 404: "Not paused", 409: "An ancestor is paused"})
+async def resume_workspace(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    await parse(Empty)
+    ws = load(wid)
+    blocker = paused_ancestor(ws)
+    if blocker is not None:
+        raise Conflict(f'parent workspace "{blocker.name}" is paused — resume it first')
+    result = await b.supervisor.ask(wid, c.Resume())
+    kids = [k for k in workspace_rows.descendants(b.store.db, wid)
+            if (r := b.supervisor.record(k)) is not None and r.status is S.PAUSED]
+    count = 1 + await _fan_out(kids, c.Resume)
+    return respond({"status": result["status"], "resumed_count": count})
+
+
+@route(bp, "/workspaces/<raw_id>/hibernate", "POST", summary="Hibernate an idle workspace", auth="workspace",
+       responses={200: "Hibernated", 404: "Not online", 409: "Has active tasks"},
+       query={"force": "true to hibernate despite active tasks"})
+async def hibernate_workspace(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    await parse(Empty)
+    return respond(await b.supervisor.ask(wid, c.Hibernate(force=query_bool("force"))))
+
+
+@route(bp, "/workspaces/<raw_id>/wake", "POST", summary="Wake a hibernated workspace (molecule-box addition)",
+       auth="workspace", responses={200: "Waking", 409: "Not hibernated"})
+async def wake_workspace(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    await parse(Empty)
+    return respond(await b.supervisor.ask(wid, c.Wake()))
+
+
+@route(bp, "/workspaces/<raw_id>/restart", "POST", summary="Restart a box-run workspace's workload",
+       auth="workspace", body=Restart,
+       responses={200: "Provisioning", 404: "Unknown", 409: "Ancestor paused, or a remote agent"})
+async def restart_workspace(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    await parse(Restart)
+    ws = load(wid)
+    if ws.status is S.REMOVED:
+        raise NotFound("workspace not found")
+    blocker = paused_ancestor(ws)
+    if blocker is not None:
+        raise Conflict(f'parent workspace "{blocker.name}" is paused — resume it first')
+    return respond(await b.supervisor.ask(wid, c.Restart()))
+
+
+@route(bp, "/workspaces/<raw_id>/failures", "GET", auth="workspace",
+       summary="Why a workspace failed: its failure reason and recent actor errors (molecule-box addition)")
+async def workspace_failures(raw_id: str) -> Any:
+    from ..models import rfc3339
+
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    ws = load(wid)
+    rows = event_rows.actor_failures(b.store.db, wid)
+    return respond({"workspace_id": wid, "status": ws.status.value, "failure_reason": ws.failure_reason,
+                    "actor_failures": [{"error": r["error"], "at": rfc3339(r["created_at"])} for r in rows],
+                    "checked_at": rfc3339(time.time())})

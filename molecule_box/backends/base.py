@@ -1,0 +1,226 @@
+"""Backend contract, version 1: what a workload backend must do for the box.
+
+A backend turns a workspace into a running workload (a Docker container, a Fly
+Machine, a control-plane instance) or, for ``external``, into nothing at all:
+the agent runs elsewhere and only heartbeats. Backends are found through the
+entry-point group ``molecule_box.backends``; the built-in ones use the same
+mechanism as outside plugins. ``docs/plugins.md`` is the author's guide; the
+conformance kit in :mod:`molecule_box.testing` is the executable form of this
+file.
+
+Rules every method follows:
+
+* Only the workspace's actor calls lifecycle methods for that workspace, one at
+  a time, so a backend needs no per-workspace locking. Different workspaces'
+  calls run concurrently.
+* Every method is a trio coroutine, may be cancelled at any checkpoint (the
+  actor applies deadlines), and must leave nothing half-made that
+  :meth:`Backend.destroy` or the orphan sweep could not clean up.
+* Failures the user should see are raised as
+  :class:`~molecule_box.errors.BackendError` with a short ``reason`` (shown in
+  the API) and an optional ``detail`` (logged only). Never put secrets in
+  either.
+* ``handle`` is the backend's own JSON-serialisable state for one workload
+  (container id, machine id, instance id). The box stores it in the
+  workspace's row after :meth:`Backend.start` and passes it back on every
+  later call, including after a box restart, like Nomad's driver state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, runtime_checkable
+
+import trio
+
+#: Version of this contract. A plugin declares the version it implements in
+#: ``contract_version``; the loader refuses a plugin written for another.
+CONTRACT_VERSION = 1
+
+Handle = dict[str, Any]
+
+
+class WorkloadState(enum.StrEnum):
+    RUNNING = "running"
+    STARTING = "starting"
+    STOPPED = "stopped"  # stopped on purpose, or exited
+    MISSING = "missing"  # no such workload (never created, or destroyed)
+    UNKNOWN = "unknown"  # the backend could not tell (engine unreachable): callers must not act destructively
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do; the box and the API consult these instead of backend names."""
+
+    #: The box starts and stops workloads (False for remote agents: pause/restart change only state).
+    lifecycle: bool = True
+    #: Workloads run outside the box and are never restarted by it (Nomad's ``RemoteTasks``).
+    remote: bool = False
+    #: Tiers this backend can honour; create with another tier is refused with 400, never downgraded.
+    tiers: frozenset[int] = frozenset({1, 2, 3, 4})
+    #: The box writes the workspace token into the workload before it starts (else: first register mints it).
+    prewrites_token: bool = False
+    #: :meth:`Backend.logs` returns output.
+    logs: bool = False
+    #: :meth:`Backend.events` reports exits and health changes as they happen.
+    events: bool = False
+
+    def public(self) -> dict[str, Any]:
+        body = dataclasses.asdict(self)
+        body["tiers"] = sorted(self.tiers)
+        return body
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkloadSpec:
+    """Everything a backend needs to start one workspace's workload."""
+
+    workspace_id: str
+    name: str
+    runtime: str
+    tier: int
+    #: Environment for the workload: decrypted secrets (workspace over global) plus the box's own variables.
+    env: dict[str, str]
+    #: URL of the box as the workload reaches it (``PLATFORM_URL``).
+    platform_url: str
+    #: The workspace's bearer token, when ``Capabilities.prewrites_token``; deliver it as ``/configs/.auth_token``.
+    auth_token: str | None = None
+    #: The workspace's free-form config (model, template ...).
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: The handle from a previous start, if any (restart reuses volumes it names).
+    previous: Handle | None = None
+
+    def __repr__(self) -> str:  # never print env or token
+        return f"WorkloadSpec(workspace_id={self.workspace_id!r}, runtime={self.runtime!r}, tier={self.tier})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """What :meth:`Backend.start` returns."""
+
+    handle: Handle
+    #: URL the box forwards A2A calls to, if the backend knows it now (else the agent's register supplies it).
+    url: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkloadStatus:
+    """What :meth:`Backend.inspect` reports."""
+
+    state: WorkloadState
+    exit_code: int | None = None
+    oom_killed: bool = False
+    health: str | None = None  # "healthy", "unhealthy", "starting" or None when the workload has no check
+    detail: str | None = None
+    started_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendEvent:
+    """Something the backend saw happen to a workload, pushed to the workspace's actor."""
+
+    workspace_id: str
+    kind: str  # "exited", "oom", "health", "removed"
+    exit_code: int | None = None
+    health: str | None = None
+    detail: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendContext:
+    """What the box hands a backend when it is created."""
+
+    #: Stable id of this box (labels managed workloads so two boxes never take each other's).
+    box_id: str
+    #: The box's settings (``molecule_box.config.Settings``).
+    settings: Any
+    #: Push a :class:`BackendEvent` to its workspace's actor; never blocks.
+    report: Callable[[BackendEvent], None]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The interface every backend implements. :class:`BaseBackend` supplies the optional parts."""
+
+    #: Entry-point name, e.g. ``"docker"``.
+    name: str
+    #: Version of the plugin distribution (shown by the loader and ``doctor``).
+    version: str
+    #: :data:`CONTRACT_VERSION` this backend was written for.
+    contract_version: int
+
+    def capabilities(self) -> Capabilities:
+        """Static facts about the backend. Called often; must be cheap and must not do I/O."""
+        ...
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run for the box's lifetime in the box's nursery: open clients, watch event streams, reconnect.
+
+        Call ``task_status.started()`` once the backend can take calls (or has
+        scheduled its own reconnection: an unreachable engine must not stop
+        the box from starting). Return only when cancelled.
+        """
+        ...
+
+    async def start(self, spec: WorkloadSpec) -> Workload:
+        """Create and start the workload. Idempotent per workspace: a leftover workload of the
+        same workspace is replaced, never duplicated. Raises BackendError."""
+        ...
+
+    async def stop(self, handle: Handle, *, grace: float = 10.0) -> None:
+        """Stop the workload, keeping its storage. Idempotent: a missing workload is success."""
+        ...
+
+    async def destroy(self, handle: Handle) -> None:
+        """Stop and remove the workload and everything it owns (volumes, secrets). Idempotent."""
+        ...
+
+    async def inspect(self, handle: Handle) -> WorkloadStatus:
+        """Observed state. A backend that cannot tell answers UNKNOWN rather than raising, so callers never
+        treat a transient error as death (the platform's six-restarts incident)."""
+        ...
+
+    async def adopt(self, handle: Handle) -> Handle | None:
+        """After a box restart: reattach to a workload that kept running, returning its (possibly refreshed)
+        handle, or None when it is gone. Must not restart a healthy workload."""
+        ...
+
+    async def list_managed(self) -> list[Handle]:
+        """Every workload this box's backend manages (labelled with ``box_id``), for adoption and the orphan
+        sweep. Each handle carries ``workspace_id``."""
+        ...
+
+    async def logs(self, handle: Handle, *, tail: int = 100) -> str:
+        """The workload's last output lines, for failure reasons and ``molecule-box logs``."""
+        ...
+
+
+class BaseBackend:
+    """Convenience base: defaults for the optional parts of :class:`Backend`."""
+
+    name = "base"
+    version = "0"
+    contract_version = CONTRACT_VERSION
+
+    def __init__(self, context: BackendContext) -> None:
+        self.context = context
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def adopt(self, handle: Handle) -> Handle | None:
+        status = await self.inspect(handle)  # type: ignore[attr-defined]
+        return None if status.state is WorkloadState.MISSING else handle
+
+    async def logs(self, handle: Handle, *, tail: int = 100) -> str:
+        return ""
+
+
+BackendFactory = Callable[[BackendContext], Backend]
+Reporter = Callable[[BackendEvent], Awaitable[None]]

@@ -1,0 +1,244 @@
+"""The box: assembles store, event bus, backends, supervisor and HTTP server into one trio process.
+
+Lifetimes nest so shutdown runs in the right order: the HTTP server stops
+first (in-flight requests get the grace period), then actors and backends are
+cancelled, then the writer commits what was already submitted, then the store
+closes. Workloads are never stopped on the way out: restarting the box
+restarts no agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from . import __version__
+from .actors import Supervisor
+from .actors.commands import Observed
+from .backends.base import BackendContext, BackendEvent, BackendFactory
+from .backends.loader import BackendRegistry
+from .config import Settings
+from .errors import BackendNotInstalled
+from .events import EventBus
+from .metrics import BoxMetrics
+from .security import tokens as tk
+from .security.crypto import SecretBox, load_key
+from .store import Store
+from .store import settings as box_settings
+from .store import workspaces as workspace_rows
+from .vault import Vault
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_INTERVAL = 300.0
+
+
+class AdminAuth:
+    """The admin credential: ``ADMIN_TOKEN``, or a generated token kept only as its sha256."""
+
+    def __init__(self, digest: bytes) -> None:
+        self._digest = digest
+
+    def check(self, token: str | None) -> bool:
+        return token is not None and tk.digest_matches(token, self._digest)
+
+
+class Box:
+    """Everything one running box owns. Handlers reach the box's parts through this object."""
+
+    def __init__(self, settings: Settings, store: Store, *, now: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.now = now
+        self.bus = EventBus()
+        self.metrics = BoxMetrics()
+        self.vault = Vault(store, SecretBox(load_key(settings)))
+        self.box_id = ""
+        self.admin = AdminAuth(b"")
+        self.backends: BackendRegistry = None  # type: ignore[assignment]  # set by open_box
+        self.supervisor: Supervisor = None  # type: ignore[assignment]
+        self.urls: list[str] = []
+        self.started_at = time.time()
+        self.restored = 0
+        self.restore_seconds = 0.0
+        self.shutdown_requested = trio.Event()
+        self.metrics.bind_sampler(self._sample)
+
+    async def _init_identity(self, announce: Callable[[str], None]) -> None:
+        db = self.store.db
+        box_id = box_settings.get(db, "box_id")
+        if box_id is None:
+            box_id = secrets.token_hex(6)
+            await self.store.write(box_settings.put("box_id", box_id))
+        self.box_id = box_id
+        if self.settings.admin_token is not None:
+            self.admin = AdminAuth(tk.hash_token(self.settings.admin_token))
+            return
+        stored = box_settings.get(db, "admin_token_sha256")
+        if stored is None:
+            token = tk.mint()
+            await self.store.write(box_settings.put("admin_token_sha256", token.digest.hex()))
+            announce(token.plaintext)
+            stored = token.digest.hex()
+        self.admin = AdminAuth(bytes.fromhex(stored))
+
+    def report(self, event: BackendEvent) -> None:
+        """Backends push what they observe to the workspace's actor; unknown workspaces are ignored."""
+        if self.supervisor is not None:
+            self.supervisor.tell(event.workspace_id, Observed(event))
+
+    def backend_for(self, *, runtime: str, external: bool, requested: str | None) -> str:
+        """Which backend a new workspace uses: its own choice, external for remote agents, else the default."""
+        if requested:
+            name = requested
+        elif external or runtime == "external":
+            name = "external"
+        else:
+            name = self.settings.default_backend
+        self.backends.check_installed(name)
+        return name
+
+    def _sample(self) -> dict[str, dict[str, float]]:
+        counts: dict[str, float] = {}
+        if self.supervisor is not None:
+            for ws in self.supervisor.records():
+                counts[ws.status.value] = counts.get(ws.status.value, 0) + 1
+        return {
+            "workspaces": counts,
+            "single": {
+                "actors": float(len(self.supervisor.slots) if self.supervisor else 0),
+                "event_subscribers": float(self.bus.subscriber_count),
+                "events_dropped": float(self.bus.dropped),
+                "store_batches": float(self.store.batches),
+                "store_commit_seconds": self.store.commit_seconds,
+                "restore_seconds": self.restore_seconds,
+            },
+        }
+
+    def status_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for ws in self.supervisor.records():
+            counts[ws.status.value] = counts.get(ws.status.value, 0) + 1
+        return counts
+
+    async def _maintenance(self) -> None:
+        """Periodic housekeeping: keep the WAL from growing without bound."""
+        while True:
+            await trio.sleep(MAINTENANCE_INTERVAL)
+            try:
+                await trio.to_thread.run_sync(self._checkpoint)
+            except Exception:
+                log.exception("store checkpoint failed")
+
+    def _checkpoint(self) -> None:
+        # Through the writer queue would hold a batch open for the whole checkpoint; the checkpoint takes
+        # its own lock and waits for readers (busy_timeout).
+        conn = self.store._wconn  # noqa: SLF001 - the store owns this connection; only it and this call use it
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+def _announce_admin_token(token: str) -> None:
+    # Printed straight to the terminal, never through logging: log shippers must not see it.
+    print(
+        "\n  molecule-box generated an admin token (shown only this once; only its hash is stored):\n\n"
+        f"    ADMIN_TOKEN={token}\n\n"
+        "  Keep it in your env file or password manager.\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+@asynccontextmanager
+async def open_box(
+    settings: Settings,
+    *,
+    extra_backends: Mapping[str, BackendFactory] | None = None,
+    now: Callable[[], float] = time.time,
+    announce: Callable[[str], None] = _announce_admin_token,
+) -> AsyncIterator[Box]:
+    """Open the store, restore every workspace's actor and start the backends; yield the running box."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = Store.open(settings.store_path)
+    try:
+        async with trio.open_nursery() as writer_nursery:
+            await writer_nursery.start(store.run)
+            box = Box(settings, store, now=now)
+            await box._init_identity(announce)
+            async with trio.open_nursery() as core:
+                context = BackendContext(box_id=box.box_id, settings=settings, report=box.report)
+                box.backends = BackendRegistry(context, core, extra=extra_backends)
+                await box.backends.get("external")
+                await _load_backends_in_use(box)
+                box.supervisor = Supervisor(box)
+                began = time.perf_counter()
+                box.restored = await core.start(box.supervisor.run)
+                box.restore_seconds = time.perf_counter() - began
+                log.info("restored %d workspace actors in %.3fs", box.restored, box.restore_seconds)
+                core.start_soon(box._maintenance)
+                yield box
+                core.cancel_scope.cancel()
+            writer_nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
+async def _load_backends_in_use(box: Box) -> None:
+    """Start every backend some workspace uses, plus the default one; a missing plugin is logged, not fatal."""
+    wanted = {box.settings.default_backend}
+    wanted.update(row[0] for row in box.store.db.execute(
+        "SELECT DISTINCT backend FROM workspaces WHERE status != 'removed'"))
+    for name in sorted(wanted):
+        try:
+            await box.backends.get(name)
+        except BackendNotInstalled as exc:
+            log.warning("%s", exc.message)
+
+
+def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
+    config = hypercorn.config.Config()
+    host = f"[{settings.bind_addr}]" if ":" in settings.bind_addr else settings.bind_addr
+    config.bind = [f"{host}:{settings.port}"]
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.accesslog = None  # 13 % of the hot path (perf-notes); requests are counted in /metrics instead
+    config.graceful_timeout = settings.shutdown_grace_seconds
+    config.keep_alive_timeout = 75
+    config.include_server_header = False
+    config.backlog = 1024
+    return config
+
+
+async def serve(
+    settings: Settings,
+    *,
+    task_status: trio.TaskStatus[Box] = trio.TASK_STATUS_IGNORED,
+    extra_backends: Mapping[str, BackendFactory] | None = None,
+    now: Callable[[], float] = time.time,
+    announce: Callable[[str], None] = _announce_admin_token,
+    on_ready: Callable[[Box], Any] | None = None,
+) -> None:
+    """Run the box until ``box.shutdown_requested`` is set; ``task_status.started(box)`` once it serves."""
+    from .api import create_asgi
+
+    async with open_box(settings, extra_backends=extra_backends, now=now, announce=announce) as box:
+        app = create_asgi(box)
+        async with trio.open_nursery() as nursery:
+            box.urls = await nursery.start(partial(
+                hypercorn.trio.serve, app, hypercorn_config(settings), shutdown_trigger=box.shutdown_requested.wait,
+            ))
+            log.info("molecule-box %s serving on %s (data: %s, pid %d)", __version__, ", ".join(box.urls),
+                     settings.data_dir, os.getpid())
+            if on_ready is not None:
+                on_ready(box)
+            task_status.started(box)
+        log.info("HTTP server stopped; closing the store")

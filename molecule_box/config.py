@@ -1,0 +1,250 @@
+"""Settings: one typed object, read from the environment (and an optional env file) at start.
+
+Every setting is declared once in :data:`SETTINGS` with its variable name,
+default, parser and help text. The same table validates the environment,
+documents it (``docs/configuration.md`` and ``systemd/molecule-box.env.example``
+are checked against it by a test) and reports *every* bad value at once, so an
+operator fixes a broken env file in one pass instead of one restart per typo.
+Names follow the platform's (``../shared/reference/platform-api.md`` §10).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a TCP port between 0 and 65535")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError("must be a positive number of seconds (fractions allowed)")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _networks(raw: str) -> tuple[IPNetwork, ...]:
+    nets = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not a CIDR network such as 127.0.0.0/8") from None
+    return tuple(nets)
+
+
+def _admin_token(raw: str) -> str:
+    raw = raw.strip()
+    if len(raw) < 16:
+        raise ValueError("must be at least 16 characters (generate one with: openssl rand -base64 32)")
+    return raw
+
+
+def parse_encryption_key(raw: str) -> bytes:
+    """The platform's key format: standard base64 of 32 bytes, or a raw 32-byte string."""
+    raw = raw.strip()
+    try:
+        decoded = base64.b64decode(raw, validate=True)
+        if len(decoded) == 32:
+            return decoded
+    except ValueError:
+        pass
+    if len(raw.encode()) == 32:
+        return raw.encode()
+    raise ValueError("must be 32 bytes, given as standard base64 (openssl rand -base64 32) or as 32 raw characters")
+
+
+def _url(raw: str) -> str:
+    raw = raw.strip().rstrip("/")
+    if not (raw.startswith("http://") or raw.startswith("https://")) or len(raw) < 10:
+        raise ValueError("must be an http:// or https:// URL")
+    return raw
+
+
+def _backend_name(raw: str) -> str:
+    raw = raw.strip()
+    if not raw or not all(c.isalnum() or c in "-_." for c in raw):
+        raise ValueError("must be a backend name such as docker, external or flyio")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"debug", "info", "warning", "error"}:
+        raise ValueError("must be one of debug, info, warning, error")
+    return value
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One environment variable: what it is called, how it parses, what it means."""
+
+    field: str
+    env: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("port", "PORT", _port, 8080, "TCP port of the HTTP API (0 picks a free port)."),
+    Setting("bind_addr", "BIND_ADDR", _str, "127.0.0.1", "Address the HTTP API listens on. Keep 127.0.0.1 unless a TLS proxy fronts the box."),
+    Setting("data_dir", "MOLECULE_BOX_DATA", lambda raw: Path(raw).expanduser(), None,
+            "Data directory (SQLite store, secrets key). Default: $STATE_DIRECTORY under systemd, else $XDG_DATA_HOME/molecule-box."),
+    Setting("admin_token", "ADMIN_TOKEN", _admin_token, None,
+            "Admin bearer token. Unset: one is generated on first start, printed once, and stored only as a hash."),
+    Setting("secrets_encryption_key", "SECRETS_ENCRYPTION_KEY", parse_encryption_key, None,
+            "32-byte AES-256-GCM key for secrets at rest (base64 or raw). Unset: a key file is generated in the data dir (mode 0600)."),
+    Setting("container_backend", "CONTAINER_BACKEND", _backend_name, "docker",
+            "Backend for non-external workspaces (an installed molecule_box.backends entry point)."),
+    Setting("org_id", "MOLECULE_ORG_ID", _str, None, "When set, non-external workspaces default to the controlplane backend, as on the platform."),
+    Setting("platform_url", "PLATFORM_URL", _url, None,
+            "URL of this box as workloads reach it. Default: http://host.docker.internal:<PORT>."),
+    Setting("external_platform_url", "EXTERNAL_PLATFORM_URL", _url, None,
+            "URL of this box shown to remote agents in connection snippets. Default: the request's own scheme and host."),
+    Setting("remote_liveness_stale_after", "REMOTE_LIVENESS_STALE_AFTER", _positive_float, 90.0,
+            "Heartbeat deadline of external workspaces, in seconds (fractions allowed)."),
+    Setting("liveness_ttl_seconds", "LIVENESS_TTL_SECONDS", _positive_float, 180.0,
+            "Heartbeat deadline of container workspaces, in seconds."),
+    Setting("provision_timeout_seconds", "PROVISION_TIMEOUT_SECONDS", _positive_float, 600.0,
+            "A workspace still provisioning after this many seconds becomes failed."),
+    Setting("allow_agent_networks", "MOLECULE_BOX_ALLOW_AGENT_NETWORKS", _networks, (),
+            "Comma-separated CIDRs agent URLs may use besides public addresses, e.g. 127.0.0.0/8,10.0.0.0/8."),
+    Setting("activity_retention_days", "ACTIVITY_RETENTION_DAYS", _positive_float, 7.0, "Activity rows older than this are pruned."),
+    Setting("shutdown_grace_seconds", "MOLECULE_BOX_SHUTDOWN_GRACE", _positive_float, 20.0,
+            "On SIGTERM, how long in-flight requests may take to finish."),
+    Setting("log_level", "MOLECULE_BOX_LOG_LEVEL", _log_level, "info", "debug, info, warning or error."),
+)
+
+
+def _default_data_dir(environ: Mapping[str, str]) -> Path:
+    state = environ.get("STATE_DIRECTORY")
+    if state:
+        # systemd passes a colon-separated list when several StateDirectory= are set.
+        return Path(state.split(":")[0])
+    xdg = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "molecule-box"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a systemd/dotenv style file: ``KEY=VALUE``, ``#`` comments, optional quotes and ``export``."""
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"--env-file {path}: cannot read it ({exc.strerror})"]) from None
+    problems = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.replace("_", "").isalnum():
+            problems.append(f"--env-file {path}, line {number}: expected KEY=VALUE")
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key] = value
+    if problems:
+        raise ConfigError(problems)
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the box reads from its environment, validated. Build with :meth:`from_env`."""
+
+    port: int = 8080
+    bind_addr: str = "127.0.0.1"
+    data_dir: Path = Path(".")
+    admin_token: str | None = None
+    secrets_encryption_key: bytes | None = None
+    container_backend: str = "docker"
+    org_id: str | None = None
+    platform_url: str = "http://host.docker.internal:8080"
+    external_platform_url: str | None = None
+    remote_liveness_stale_after: float = 90.0
+    liveness_ttl_seconds: float = 180.0
+    provision_timeout_seconds: float = 600.0
+    allow_agent_networks: tuple[IPNetwork, ...] = ()
+    activity_retention_days: float = 7.0
+    shutdown_grace_seconds: float = 20.0
+    log_level: str = "info"
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "molecule-box.db"
+
+    @property
+    def default_backend(self) -> str:
+        """Backend of non-external workspaces: ``MOLECULE_ORG_ID`` means the control plane, as on the platform."""
+        return "controlplane" if self.org_id else self.container_backend
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str], *, environ: Mapping[str, str] | None = None) -> Settings:
+        """Validate ``values`` (variable name → text); raise one :class:`ConfigError` listing every problem."""
+        environ = values if environ is None else environ
+        parsed: dict[str, Any] = {}
+        problems: list[str] = []
+        for setting in SETTINGS:
+            raw = values.get(setting.env)
+            if raw is None or raw.strip() == "":
+                parsed[setting.field] = setting.default
+                continue
+            try:
+                parsed[setting.field] = setting.parse(raw)
+            except ValueError as exc:
+                shown = "<hidden>" if setting.env in {"ADMIN_TOKEN", "SECRETS_ENCRYPTION_KEY"} else repr(raw)
+                problems.append(f"{setting.env}={shown}: {exc}")
+        if problems:
+            raise ConfigError(problems)
+        if parsed["data_dir"] is None:
+            parsed["data_dir"] = _default_data_dir(environ)
+        if parsed["platform_url"] is None:
+            parsed["platform_url"] = f"http://host.docker.internal:{parsed['port'] or 8080}"
+        return cls(**parsed)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: Path | None = None) -> Settings:
+        """Read the process environment; values in ``env_file`` fill in what the environment leaves unset."""
+        environ = dict(os.environ if environ is None else environ)
+        values = dict(environ)
+        if env_file is not None:
+            for key, value in read_env_file(env_file).items():
+                values.setdefault(key, value)
+        return cls.from_mapping(values, environ=environ)
+
+    def liveness_deadline_for(self, *, remote: bool) -> float:
+        return self.remote_liveness_stale_after if remote else self.liveness_ttl_seconds

@@ -1,0 +1,147 @@
+"""One error vocabulary for the whole box.
+
+Every error a client can see is an :class:`HTTPError` subclass carrying its
+status code and JSON body; ``molecule_box.api.errors`` turns them into
+responses in exactly one place. Code deeper down (store, actors, backends)
+raises these or its own subclasses of :class:`MoleculeBoxError`, and never
+catches ``trio.Cancelled``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MoleculeBoxError(Exception):
+    """Root of every error the box raises on purpose."""
+
+
+class ConfigError(MoleculeBoxError):
+    """Bad settings at start: carries one message per bad value so an operator fixes them all at once."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class HTTPError(MoleculeBoxError):
+    """An error with an HTTP status; ``extra`` fields are merged into the JSON body beside ``error``."""
+
+    status: int = 500
+    default_message = "internal error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        self.message = message or self.default_message
+        self.extra = extra
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, **self.extra}
+
+
+class BadRequest(HTTPError):
+    status = 400
+    default_message = "bad request"
+
+
+class Unauthorized(HTTPError):
+    status = 401
+    default_message = "unauthorized"
+
+
+class PaymentRequired(HTTPError):
+    status = 402
+    default_message = "workspace budget limit exceeded"
+
+
+class Forbidden(HTTPError):
+    status = 403
+    default_message = "forbidden"
+
+
+class NotFound(HTTPError):
+    status = 404
+    default_message = "not found"
+
+
+class MethodNotAllowed(HTTPError):
+    status = 405
+    default_message = "method not allowed"
+
+
+class Conflict(HTTPError):
+    status = 409
+    default_message = "conflict"
+
+
+class Gone(HTTPError):
+    status = 410
+    default_message = "gone"
+
+
+class PayloadTooLarge(HTTPError):
+    status = 413
+    default_message = "request body too large"
+
+
+class UnsupportedMediaType(HTTPError):
+    status = 415
+    default_message = "expected a JSON body"
+
+
+class TooManyRequests(HTTPError):
+    status = 429
+    default_message = "too many requests"
+
+
+class ServiceUnavailable(HTTPError):
+    """503: the box or a workspace cannot serve this now; ``retry_after`` (seconds) becomes a header too."""
+
+    status = 503
+    default_message = "service unavailable"
+
+    def __init__(self, message: str | None = None, *, retry_after: int | None = None, **extra: Any) -> None:
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        if retry_after is not None:
+            extra.setdefault("retry_after", retry_after)
+        super().__init__(message, headers=headers, **extra)
+
+
+class BackendError(MoleculeBoxError):
+    """A backend could not do what was asked. ``reason`` is safe to show users; details stay in logs."""
+
+    def __init__(self, reason: str, *, detail: str | None = None) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(reason)
+
+
+class BackendNotInstalled(BadRequest):
+    """The backend a workspace needs is not installed (no entry point of that name)."""
+
+    def __init__(self, name: str, installed: list[str]) -> None:
+        super().__init__(
+            f"backend {name!r} is not installed (installed: {', '.join(sorted(installed)) or 'none'}); "
+            "install its plugin or choose another with CONTAINER_BACKEND",
+            code="backend_not_installed",
+            backend=name,
+        )
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The SQLite write failed (disk full, I/O error): nothing was acknowledged."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(
+            "platform datastore unavailable — retry shortly",
+            retry_after=5,
+            code="platform_unavailable",
+        )
+        self.detail = detail

@@ -1,0 +1,58 @@
+"""Prometheus metrics of one box, on a registry of its own (two boxes in one test process never clash)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+
+class _Gauges(Collector):
+    """Values read at scrape time from live state, so nothing on the hot path updates them."""
+
+    def __init__(self, sample: Callable[[], dict[str, dict[str, float]]]) -> None:
+        self._sample = sample
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        values = self._sample()
+        family = GaugeMetricFamily("molecule_box_workspaces", "Workspaces by status", labels=["status"])
+        for status, count in sorted(values.get("workspaces", {}).items()):
+            family.add_metric([status], count)
+        yield family
+        for name, value in sorted(values.get("single", {}).items()):
+            yield GaugeMetricFamily(f"molecule_box_{name}", name.replace("_", " "), value=value)
+
+
+class BoxMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.heartbeats = Counter("molecule_box_heartbeats", "Heartbeats accepted", registry=self.registry)
+        self.registrations = Counter("molecule_box_registrations", "Agent registrations accepted", registry=self.registry)
+        self.actor_restarts = Counter(
+            "molecule_box_actor_restarts", "Workspace actors restarted after raising", registry=self.registry
+        )
+        self.transitions = Counter(
+            "molecule_box_status_transitions", "Workspace status changes", ["to"], registry=self.registry
+        )
+        self.auth_failures = Counter("molecule_box_auth_failures", "Requests refused with 401", registry=self.registry)
+        self.offline_lateness = Histogram(
+            "molecule_box_offline_detection_lateness_seconds",
+            "How long after its heartbeat deadline a workspace was marked offline",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+            registry=self.registry,
+        )
+        self._gauges: _Gauges | None = None
+
+    def bind_sampler(self, sample: Callable[[], dict[str, dict[str, float]]]) -> None:
+        if self._gauges is None:
+            self._gauges = _Gauges(sample)
+            self.registry.register(self._gauges)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

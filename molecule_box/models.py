@@ -1,0 +1,182 @@
+"""The box's records: workspace states, the workspace row, events.
+
+Plain frozen dataclasses: actors replace a record wholesale after each
+committed change (``dataclasses.replace``), so anyone holding a reference
+sees a consistent, committed snapshot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+
+class WorkspaceStatus(enum.StrEnum):
+    """All ten states of the platform (reference §2.2), including the two its enum forgot."""
+
+    PROVISIONING = "provisioning"
+    ONLINE = "online"
+    OFFLINE = "offline"
+    DEGRADED = "degraded"
+    FAILED = "failed"
+    REMOVED = "removed"
+    PAUSED = "paused"
+    HIBERNATING = "hibernating"
+    HIBERNATED = "hibernated"
+    AWAITING_AGENT = "awaiting_agent"
+
+
+S = WorkspaceStatus
+
+#: States in which a missed heartbeat deadline means the workspace went offline.
+LIVE_STATES = frozenset({S.ONLINE, S.DEGRADED})
+#: States a workspace never leaves by itself: the operator or a register must act.
+PARKED_STATES = frozenset({S.PAUSED, S.HIBERNATED, S.REMOVED})
+
+
+def rfc3339(ts: float | None) -> str | None:
+    """Unix seconds → RFC 3339 UTC with milliseconds, the timestamp format of every API response."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Workspace:
+    """One row of ``workspaces``: identity, lifecycle and the last heartbeat's snapshot."""
+
+    id: str
+    name: str
+    status: WorkspaceStatus
+    runtime: str
+    backend: str
+    created_at: float
+    updated_at: float
+    role: str | None = None
+    tier: int = 3
+    agent_card: Any = None
+    url: str | None = None
+    url_from_backend: bool = False
+    parent_id: str | None = None
+    last_heartbeat_at: float | None = None
+    last_error_rate: float = 0.0
+    last_sample_error: str | None = None
+    active_tasks: int = 0
+    uptime_seconds: int = 0
+    current_task: str | None = None
+    runtime_state: str | None = None
+    runtime_metadata: Any = None
+    monthly_spend: int = 0
+    budget_limit: int | None = None
+    max_concurrent_tasks: int = 1
+    workspace_dir: str | None = None
+    workspace_access: str = "none"
+    config: Any = None
+    backend_state: Any = None
+    failure_reason: str | None = None
+    last_outbound_at: float | None = None
+    x: float | None = None
+    y: float | None = None
+    collapsed: bool = False
+    status_changed_at: float | None = None
+
+    JSON_FIELDS = ("agent_card", "runtime_metadata", "config", "backend_state")
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Workspace:
+        values = dict(row)
+        for name in cls.JSON_FIELDS:
+            values[name] = _json(values.get(name))
+        values["status"] = WorkspaceStatus(values["status"])
+        values["collapsed"] = bool(values.get("collapsed"))
+        values["url_from_backend"] = bool(values.get("url_from_backend"))
+        return cls(**values)
+
+    def to_row(self) -> dict[str, Any]:
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in self.JSON_FIELDS:
+            row[name] = None if row[name] is None else json.dumps(row[name], separators=(",", ":"))
+        row["status"] = self.status.value
+        row["collapsed"] = int(self.collapsed)
+        row["url_from_backend"] = int(self.url_from_backend)
+        return row
+
+    @property
+    def is_external(self) -> bool:
+        return self.backend == "external"
+
+    @property
+    def capabilities(self) -> dict[str, bool]:
+        meta = self.runtime_metadata if isinstance(self.runtime_metadata, dict) else {}
+        caps = meta.get("capabilities")
+        return caps if isinstance(caps, dict) else {}
+
+    def public(self, *, detail: bool = True) -> dict[str, Any]:
+        """The platform's JSON shape of a workspace (§2.3.2 list; ``detail=False`` is the §2.3.3 get shape)."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "role": self.role,
+            "tier": self.tier,
+            "status": self.status.value,
+            "url": self.url or "",
+            "parent_id": self.parent_id,
+            "agent_card": self.agent_card,
+            "active_tasks": self.active_tasks,
+            "max_concurrent_tasks": self.max_concurrent_tasks,
+            "last_error_rate": self.last_error_rate,
+            "uptime_seconds": self.uptime_seconds,
+            "runtime": self.runtime,
+            "backend": self.backend,
+            "x": self.x or 0,
+            "y": self.y or 0,
+            "collapsed": self.collapsed,
+            "last_heartbeat_at": rfc3339(self.last_heartbeat_at),
+            "failure_reason": self.failure_reason,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+        }
+        if detail:
+            body.update(
+                budget_limit=self.budget_limit,
+                monthly_spend=self.monthly_spend,
+                current_task=self.current_task or "",
+                last_sample_error=self.last_sample_error or "",
+                workspace_dir=self.workspace_dir,
+            )
+        else:
+            body["last_outbound_at"] = rfc3339(self.last_outbound_at)
+        return body
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One broadcast: lifecycle events are also persisted; high-frequency ones are not (reference §8.1)."""
+
+    type: str
+    workspace_id: str | None
+    payload: dict[str, Any]
+    timestamp: float
+    id: int | None = None
+
+    def ws_frame(self) -> dict[str, Any]:
+        return {"event": self.type, "workspace_id": self.workspace_id, "timestamp": rfc3339(self.timestamp),
+                "payload": self.payload}
+
+    def sse_frame(self) -> dict[str, Any]:
+        return {"type": self.type, "timestamp": int(self.timestamp * 1000), "data": self.payload}
+
+    def history_row(self) -> dict[str, Any]:
+        return {"id": self.id, "event_type": self.type, "workspace_id": self.workspace_id,
+                "payload": self.payload, "created_at": rfc3339(self.timestamp)}
+
+
+#: Event types broadcast without being written to ``events`` (too frequent to keep).
+BROADCAST_ONLY = frozenset({"WORKSPACE_HEARTBEAT", "TASK_UPDATED", "ACTIVITY_LOGGED", "A2A_RESPONSE", "AGENT_MESSAGE"})

@@ -1,0 +1,178 @@
+"""Request bodies: one pydantic model each, used both to validate (strict types, 400 on anything else)
+and to describe the body in ``/openapi.json``. Unknown keys are ignored, as on the platform."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+_BANNED = re.compile(r"[\n\r{}\[\]|>*&!]")
+_NEWLINE = re.compile(r"[\n\r]")
+
+
+def _no_banned(value: str) -> str:
+    if _BANNED.search(value):
+        raise ValueError("must not contain newlines or any of {}[]|>*&!")
+    return value
+
+
+def _no_newline(value: str) -> str:
+    if _NEWLINE.search(value):
+        raise ValueError("must not contain newlines")
+    return value
+
+
+def _uuid(value: str) -> str:
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        raise ValueError("must be a UUID") from None
+    return str(parsed)
+
+
+def _abs_dir(value: str) -> str:
+    if not value.startswith("/") or ".." in value.split("/"):
+        raise ValueError("must be an absolute path without '..'")
+    for system in ("/etc", "/var", "/proc", "/sys", "/dev", "/boot", "/sbin", "/bin", "/lib", "/usr"):
+        if value == system or value.startswith(system + "/"):
+            raise ValueError(f"must not be a system directory ({system})")
+    return value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_banned)]
+Role = Annotated[str, Field(max_length=1000), AfterValidator(_no_banned)]
+Short = Annotated[str, Field(max_length=100), AfterValidator(_no_newline)]
+RuntimeName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+UUIDStr = Annotated[str, AfterValidator(_uuid)]
+Dir = Annotated[str, Field(max_length=4096), AfterValidator(_abs_dir)]
+SecretKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+SecretValue = Annotated[str, Field(min_length=1, max_length=65536)]
+Text = Annotated[str, Field(max_length=8192)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class Canvas(Body):
+    x: float = 0
+    y: float = 0
+
+
+class CreateWorkspace(Body):
+    """``POST /workspaces``."""
+
+    name: Name
+    role: Role | None = None
+    template: Short | None = None
+    tier: int | None = Field(default=None, ge=0, le=4)
+    model: Short | None = None
+    runtime: RuntimeName | None = None
+    external: bool = False
+    url: Annotated[str, Field(max_length=2048)] | None = None
+    workspace_dir: Dir | None = None
+    workspace_access: Literal["none", "read_only", "read_write"] = "none"
+    parent_id: UUIDStr | None = None
+    budget_limit: int | None = Field(default=None, ge=0)
+    secrets: dict[SecretKey, SecretValue] | None = Field(default=None, max_length=200)
+    max_concurrent_tasks: int | None = Field(default=None, le=1000)
+    canvas: Canvas | None = None
+    #: molecule-box addition: pick an installed backend for this workspace instead of the default.
+    backend: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] | None = None
+
+
+class PatchWorkspace(Body):
+    """``PATCH /workspaces/:id``: only the keys present are changed."""
+
+    name: Name | None = None
+    role: Role | None = None
+    tier: int | None = Field(default=None, ge=1, le=4)
+    parent_id: UUIDStr | None = None
+    runtime: RuntimeName | None = None
+    collapsed: bool | None = None
+    workspace_dir: Dir | None = None
+    x: float | None = None
+    y: float | None = None
+    max_concurrent_tasks: int | None = Field(default=None, ge=1, le=1000)
+
+
+class Register(Body):
+    """``POST /registry/register``. Without ``url`` (or with ``remote://no-inbound``) the agent is polled."""
+
+    id: UUIDStr
+    url: Annotated[str, Field(max_length=2048)] | None = None
+    agent_card: dict[str, Any] = Field(default_factory=dict)
+
+
+class RuntimeMetadata(Body):
+    capabilities: dict[str, bool] | None = None
+    idle_timeout_seconds: float | None = Field(default=None, gt=0, le=86400)
+
+
+class Heartbeat(Body):
+    """``POST /registry/heartbeat``."""
+
+    workspace_id: UUIDStr
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    sample_error: Text | None = None
+    active_tasks: int = Field(default=0, ge=0, le=1_000_000)
+    uptime_seconds: float = Field(default=0, ge=0)
+    current_task: Text | None = None
+    monthly_spend: int = 0
+    runtime_state: Literal["", "wedged"] | None = None
+    runtime_metadata: RuntimeMetadata | None = None
+
+
+class UpdateCard(Body):
+    """``POST /registry/update-card``."""
+
+    workspace_id: UUIDStr
+    agent_card: dict[str, Any]
+
+
+class CheckAccess(Body):
+    """``POST /registry/check-access``."""
+
+    caller_id: Annotated[str, Field(min_length=1, max_length=100)]
+    target_id: Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class PutSecret(Body):
+    """``POST``/``PUT`` of a workspace or global secret."""
+
+    key: SecretKey
+    value: SecretValue
+
+
+class Restart(Body):
+    """``POST /workspaces/:id/restart`` (all optional)."""
+
+    template: Short | None = None
+    apply_template: bool = False
+    reset: bool = False
+    rebuild_config: bool = False
+
+
+class Empty(Body):
+    """A body-less request (anything sent is ignored)."""
+
+
+ALL_BODIES: tuple[type[Body], ...] = (
+    CreateWorkspace, PatchWorkspace, Register, Heartbeat, UpdateCard, CheckAccess, PutSecret, Restart,
+)
+
+
+def describe_error(exc: Exception) -> str:
+    """A pydantic ValidationError as one readable line: ``field: problem; field: problem``."""
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return str(exc)
+    parts = []
+    for err in errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)

@@ -1,0 +1,1 @@
+"""Tokens, secrets encryption and the agent-URL (SSRF) policy: the box's security primitives."""

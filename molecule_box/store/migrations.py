@@ -1,0 +1,127 @@
+"""Versioned schema migrations, tracked in ``PRAGMA user_version``.
+
+Append only: a released migration is never edited. A store whose version is
+newer than this code knows is refused, never opened (an older box must not
+write into a newer schema).
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+
+STATUSES = ("provisioning", "online", "offline", "degraded", "failed", "removed", "paused",
+            "hibernating", "hibernated", "awaiting_agent")
+
+MIGRATIONS: list[str] = [
+    # 1: the box's first schema.
+    f"""
+    CREATE TABLE workspaces (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT,
+        tier INTEGER NOT NULL DEFAULT 3,
+        status TEXT NOT NULL CHECK (status IN ({", ".join(repr(s) for s in STATUSES)})),
+        runtime TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        agent_card TEXT,
+        url TEXT,
+        url_from_backend INTEGER NOT NULL DEFAULT 0,
+        parent_id TEXT REFERENCES workspaces(id),
+        last_heartbeat_at REAL,
+        last_error_rate REAL NOT NULL DEFAULT 0,
+        last_sample_error TEXT,
+        active_tasks INTEGER NOT NULL DEFAULT 0,
+        uptime_seconds INTEGER NOT NULL DEFAULT 0,
+        current_task TEXT,
+        runtime_state TEXT,
+        runtime_metadata TEXT,
+        monthly_spend INTEGER NOT NULL DEFAULT 0,
+        budget_limit INTEGER,
+        max_concurrent_tasks INTEGER NOT NULL DEFAULT 1,
+        workspace_dir TEXT,
+        workspace_access TEXT NOT NULL DEFAULT 'none',
+        config TEXT,
+        backend_state TEXT,
+        failure_reason TEXT,
+        last_outbound_at REAL,
+        x REAL,
+        y REAL,
+        collapsed INTEGER NOT NULL DEFAULT 0,
+        status_changed_at REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX workspaces_parent ON workspaces(parent_id);
+    CREATE INDEX workspaces_status ON workspaces(status);
+
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        digest BLOB NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_used_at REAL,
+        revoked_at REAL
+    );
+    CREATE INDEX tokens_live ON tokens(workspace_id) WHERE revoked_at IS NULL;
+
+    CREATE TABLE secrets (
+        workspace_id TEXT NOT NULL DEFAULT '',
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        encryption_version INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (workspace_id, key)
+    );
+
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_type TEXT NOT NULL,
+        workspace_id TEXT,
+        payload TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX events_workspace ON events(workspace_id, id);
+
+    CREATE TABLE activity (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        workspace_id TEXT NOT NULL,
+        activity_type TEXT NOT NULL,
+        source_id TEXT,
+        target_id TEXT,
+        method TEXT,
+        summary TEXT,
+        request_body TEXT,
+        response_body TEXT,
+        duration_ms INTEGER,
+        status TEXT,
+        error_detail TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX activity_workspace ON activity(workspace_id, activity_type, id);
+
+    CREATE TABLE actor_failures (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        workspace_id TEXT NOT NULL,
+        error TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX actor_failures_workspace ON actor_failures(workspace_id, id);
+
+    CREATE TABLE box_settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def check_version(found: int) -> None:
+    if found > SCHEMA_VERSION:
+        raise ConfigError([
+            f"the store has schema version {found}, newer than this molecule-box understands ({SCHEMA_VERSION}); "
+            "upgrade molecule-box, or restore a backup taken by this version"
+        ])

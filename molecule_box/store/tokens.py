@@ -1,0 +1,94 @@
+"""Workspace bearer tokens: only digests are stored; plaintext is returned once, by the op that mints it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import sqlite_utils
+
+from ..errors import TooManyRequests
+from ..security import tokens as tk
+
+MAX_LIVE_PER_WORKSPACE = 50
+
+
+def lookup(db: sqlite_utils.Database, token: str) -> dict[str, Any] | None:
+    """The live token row for a presented plaintext, joined to a non-removed workspace."""
+    row = db.execute(
+        """
+        SELECT t.id, t.workspace_id, t.last_used_at FROM tokens t JOIN workspaces w ON w.id = t.workspace_id
+        WHERE t.digest = ? AND t.revoked_at IS NULL AND w.status != 'removed'
+        """,
+        [tk.hash_token(token)],
+    ).fetchone()
+    return dict(row) if row else None
+
+
+def live_count(db: sqlite_utils.Database, workspace_id: str) -> int:
+    return int(db.execute(
+        "SELECT count(*) FROM tokens WHERE workspace_id = ? AND revoked_at IS NULL", [workspace_id]
+    ).fetchone()[0])
+
+
+def in_use(db: sqlite_utils.Database, workspace_id: str) -> bool:
+    """Whether any live token of the workspace has been used: after that, bearer-less register is refused."""
+    return db.execute(
+        "SELECT 1 FROM tokens WHERE workspace_id = ? AND revoked_at IS NULL AND last_used_at IS NOT NULL LIMIT 1",
+        [workspace_id],
+    ).fetchone() is not None
+
+
+def list_live(db: sqlite_utils.Database, workspace_id: str, limit: int, offset: int) -> list[dict[str, Any]]:
+    rows = db.execute(
+        """SELECT id, prefix, created_at, last_used_at FROM tokens WHERE workspace_id = ? AND revoked_at IS NULL
+           ORDER BY created_at DESC LIMIT ? OFFSET ?""",
+        [workspace_id, limit, offset],
+    ).fetchall()
+    return [dict(row) for row in rows]
+
+
+def mint(workspace_id: str, *, cap: int = MAX_LIVE_PER_WORKSPACE) -> tuple[tk.MintedToken, Callable[[sqlite_utils.Database], str]]:
+    """A new token and the op that stores its digest (raising 429 past ``cap`` live tokens)."""
+    token = tk.mint()
+    token_id = str(uuid.uuid4())
+
+    def op(db: sqlite_utils.Database) -> str:
+        if live_count(db, workspace_id) >= cap:
+            raise TooManyRequests(f"workspace already has {cap} live tokens; revoke one first")
+        db.execute(
+            "INSERT INTO tokens (id, workspace_id, digest, prefix, created_at) VALUES (?, ?, ?, ?, ?)",
+            [token_id, workspace_id, token.digest, token.prefix, time.time()],
+        )
+        return token_id
+
+    return token, op
+
+
+def touch(token_id: str, when: float) -> Callable[[sqlite_utils.Database], None]:
+    def op(db: sqlite_utils.Database) -> None:
+        db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", [when, token_id])
+
+    return op
+
+
+def revoke(workspace_id: str, token_id: str) -> Callable[[sqlite_utils.Database], bool]:
+    def op(db: sqlite_utils.Database) -> bool:
+        cursor = db.execute(
+            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND workspace_id = ? AND revoked_at IS NULL",
+            [time.time(), token_id, workspace_id],
+        )
+        return cursor.rowcount > 0
+
+    return op
+
+
+def revoke_all(workspace_ids: list[str]) -> Callable[[sqlite_utils.Database], None]:
+    def op(db: sqlite_utils.Database) -> None:
+        now = time.time()
+        for wid in workspace_ids:
+            db.execute("UPDATE tokens SET revoked_at = ? WHERE workspace_id = ? AND revoked_at IS NULL", [now, wid])
+
+    return op

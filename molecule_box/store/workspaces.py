@@ -1,0 +1,87 @@
+"""Reads and write ops for the ``workspaces`` table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import sqlite_utils
+
+from ..models import Workspace
+
+COLUMNS = tuple(Workspace.__dataclass_fields__)
+
+
+def get(db: sqlite_utils.Database, workspace_id: str) -> Workspace | None:
+    row = db.execute("SELECT * FROM workspaces WHERE id = ?", [workspace_id]).fetchone()
+    return Workspace.from_row(dict(row)) if row else None
+
+
+def all_live(db: sqlite_utils.Database) -> list[Workspace]:
+    """Every workspace not removed, oldest first (the list order and the restore order)."""
+    rows = db.execute("SELECT * FROM workspaces WHERE status != 'removed' ORDER BY created_at, id").fetchall()
+    return [Workspace.from_row(dict(row)) for row in rows]
+
+
+def descendants(db: sqlite_utils.Database, workspace_id: str) -> list[str]:
+    """Ids of every non-removed descendant, nearest first (a recursive CTE, bounded against cycles)."""
+    rows = db.execute(
+        """
+        WITH RECURSIVE tree(id, depth) AS (
+            SELECT id, 1 FROM workspaces WHERE parent_id = ? AND status != 'removed'
+            UNION
+            SELECT w.id, tree.depth + 1 FROM workspaces w JOIN tree ON w.parent_id = tree.id
+            WHERE w.status != 'removed' AND tree.depth < 64
+        )
+        SELECT id FROM tree ORDER BY depth
+        """,
+        [workspace_id],
+    ).fetchall()
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen.setdefault(row[0], None)
+    seen.pop(workspace_id, None)
+    return list(seen)
+
+
+def children(db: sqlite_utils.Database, workspace_id: str) -> list[dict[str, Any]]:
+    rows = db.execute(
+        "SELECT id, name FROM workspaces WHERE parent_id = ? AND status != 'removed' ORDER BY created_at",
+        [workspace_id],
+    ).fetchall()
+    return [dict(row) for row in rows]
+
+
+def insert(workspace: Workspace) -> Callable[[sqlite_utils.Database], None]:
+    row = workspace.to_row()
+
+    def op(db: sqlite_utils.Database) -> None:
+        names = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        db.execute(f"INSERT INTO workspaces ({names}) VALUES ({marks})", list(row.values()))
+
+    return op
+
+
+def save(workspace: Workspace) -> Callable[[sqlite_utils.Database], None]:
+    """Write every column of ``workspace`` (the actor's whole record) in one UPDATE."""
+    row = workspace.to_row()
+    wid = row.pop("id")
+
+    def op(db: sqlite_utils.Database) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in row)
+        db.execute(f"UPDATE workspaces SET {assignments} WHERE id = ?", [*row.values(), wid])
+
+    return op
+
+
+def update_fields(workspace_id: str, fields: dict[str, Any]) -> Callable[[sqlite_utils.Database], None]:
+    def op(db: sqlite_utils.Database) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        db.execute(f"UPDATE workspaces SET {assignments} WHERE id = ?", [*fields.values(), workspace_id])
+
+    return op
+
+
+def status_counts(db: sqlite_utils.Database) -> dict[str, int]:
+    return {row[0]: row[1] for row in db.execute("SELECT status, count(*) FROM workspaces GROUP BY status")}

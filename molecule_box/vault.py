@@ -1,0 +1,68 @@
+"""Decrypting secrets for the one place each may go: its own workspace.
+
+``/secrets/values`` (remote agents) and workload start (containers) both come
+here, so the merge order (global, then workspace overrides) and the refusal
+to hand out a partial bundle live in one spot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import HTTPError
+from .models import Workspace, rfc3339
+from .security.crypto import DecryptError, SecretBox, secret_aad
+from .store import Store
+from .store import secrets as secret_rows
+
+
+class SecretsUndecryptable(HTTPError):
+    status = 500
+
+    def __init__(self, failed_keys: list[str]) -> None:
+        super().__init__("some secrets do not decrypt with the configured key; none were returned",
+                         failed_keys=failed_keys, code="secrets_undecryptable")
+
+
+class Vault:
+    def __init__(self, store: Store, box: SecretBox) -> None:
+        self.store = store
+        self.box = box
+
+    def values(self, workspace_id: str) -> dict[str, str]:
+        """Global secrets overridden by the workspace's own; all or nothing."""
+        merged: dict[str, str] = {}
+        failed: list[str] = []
+        for scope, owner in (("global", None), ("workspace", workspace_id)):
+            for row in secret_rows.encrypted_rows(self.store.db, owner):
+                try:
+                    merged[row["key"]] = self.box.decrypt(row["value"], row["encryption_version"],
+                                                          secret_aad(owner, row["key"]))
+                except DecryptError:
+                    failed.append(f"{scope}:{row['key']}")
+        if failed:
+            raise SecretsUndecryptable(failed)
+        return merged
+
+    def listing(self, workspace_id: str) -> list[dict[str, Any]]:
+        """Keys only: the workspace's own first, then inherited globals it does not override."""
+        own = secret_rows.listing(self.store.db, workspace_id)
+        keys = {row["key"] for row in own}
+        rows = [dict(row, scope="workspace") for row in own]
+        rows += [dict(row, scope="global") for row in secret_rows.listing(self.store.db, None) if row["key"] not in keys]
+        return [{"key": r["key"], "has_value": True, "scope": r["scope"], "created_at": rfc3339(r["created_at"]),
+                 "updated_at": rfc3339(r["updated_at"])} for r in rows]
+
+    def workload_env(self, ws: Workspace, platform_url: str) -> dict[str, str]:
+        """The environment of a box-started workload: its secrets plus the box's own variables."""
+        env = self.values(ws.id)
+        env.update(
+            WORKSPACE_ID=ws.id,
+            WORKSPACE_CONFIG_PATH="/configs",
+            TIER=str(ws.tier),
+            PLATFORM_URL=platform_url,
+            MOLECULE_URL=platform_url,
+        )
+        if ws.role:
+            env.setdefault("MOLECULE_AGENT_ROLE", ws.role)
+        return env
