@@ -1,0 +1,124 @@
+"""The contract tests every backend passes (see ``docs/plugins.md``)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import trio
+
+from ..backends.base import CONTRACT_VERSION, Backend, Capabilities, Workload, WorkloadSpec, WorkloadState
+
+
+def make_spec(**overrides: Any) -> WorkloadSpec:
+    wid = str(uuid.uuid4())
+    fields: dict[str, Any] = dict(
+        workspace_id=wid, name=f"conformance-{wid[:8]}", runtime="conformance", tier=2,
+        env={"CONFORMANCE": "1"}, platform_url="http://127.0.0.1:9", auth_token="conformance-token-" + wid[:8],
+    )
+    fields.update(overrides)
+    return WorkloadSpec(**fields)
+
+
+async def wait_for_state(backend: Backend, handle: dict[str, Any], wanted: set[WorkloadState],
+                         timeout: float = 60) -> WorkloadState:
+    state = WorkloadState.UNKNOWN
+    with trio.move_on_after(timeout):
+        while True:
+            state = (await backend.inspect(handle)).state
+            if state in wanted:
+                return state
+            await trio.sleep(0.2)
+    return state
+
+
+class BackendConformance:
+    """Subclass in your tests and provide a ``backend_factory`` fixture (``BackendContext -> Backend``).
+
+    Override ``spec_overrides`` to adjust the workload spec (e.g. the runtime your test image serves).
+    """
+
+    spec_overrides: dict[str, Any] = {}
+
+    @pytest.fixture
+    def spec(self) -> WorkloadSpec:
+        return make_spec(**self.spec_overrides)
+
+    async def test_declares_contract(self, open_backend: Any) -> None:
+        backend = await open_backend()
+        assert isinstance(backend, Backend)
+        assert backend.contract_version == CONTRACT_VERSION
+        assert isinstance(backend.name, str) and backend.name
+        assert isinstance(backend.version, str) and backend.version
+        assert isinstance(backend.capabilities(), Capabilities)
+
+    async def test_start_reports_a_handle(self, open_backend: Any, spec: WorkloadSpec) -> None:
+        backend = await open_backend()
+        workload = await backend.start(spec)
+        try:
+            assert isinstance(workload, Workload)
+            assert workload.handle.get("workspace_id") == spec.workspace_id
+            if backend.capabilities().lifecycle:
+                state = await wait_for_state(backend, workload.handle, {WorkloadState.RUNNING})
+                assert state is WorkloadState.RUNNING
+        finally:
+            await backend.destroy(workload.handle)
+
+    async def test_stop_is_idempotent(self, open_backend: Any, spec: WorkloadSpec) -> None:
+        backend = await open_backend()
+        workload = await backend.start(spec)
+        try:
+            await backend.stop(workload.handle, grace=2)
+            await backend.stop(workload.handle, grace=2)
+            if backend.capabilities().lifecycle:
+                state = (await backend.inspect(workload.handle)).state
+                assert state in (WorkloadState.STOPPED, WorkloadState.MISSING)
+        finally:
+            await backend.destroy(workload.handle)
+
+    async def test_inspect_of_a_missing_workload(self, open_backend: Any) -> None:
+        backend = await open_backend()
+        status = await backend.inspect({"workspace_id": str(uuid.uuid4())})
+        expected = {WorkloadState.MISSING} if backend.capabilities().lifecycle else {WorkloadState.UNKNOWN,
+                                                                                    WorkloadState.MISSING}
+        assert status.state in expected
+        await backend.stop({"workspace_id": str(uuid.uuid4())}, grace=1)  # stop of nothing is fine too
+
+    async def test_adopt_after_restart(self, open_backend: Any, spec: WorkloadSpec) -> None:
+        first = await open_backend()
+        workload = await first.start(spec)
+        try:
+            if first.capabilities().lifecycle:
+                await wait_for_state(first, workload.handle, {WorkloadState.RUNNING})
+            second = await open_backend()  # a new instance, as after a box restart
+            adopted = await second.adopt(workload.handle)
+            assert adopted is not None
+            assert adopted.get("workspace_id") == spec.workspace_id
+            if second.capabilities().lifecycle:
+                assert (await second.inspect(adopted)).state is WorkloadState.RUNNING
+                assert {h["workspace_id"] for h in await second.list_managed()} >= {spec.workspace_id}
+        finally:
+            await first.destroy(workload.handle)
+
+    async def test_list_managed(self, open_backend: Any, spec: WorkloadSpec) -> None:
+        backend = await open_backend()
+        workload = await backend.start(spec)
+        try:
+            managed = await backend.list_managed()
+            assert all("workspace_id" in handle for handle in managed)
+            if backend.capabilities().lifecycle:
+                assert spec.workspace_id in {h["workspace_id"] for h in managed}
+            else:
+                assert managed == []
+        finally:
+            await backend.destroy(workload.handle)
+
+    async def test_destroy_leaves_nothing(self, open_backend: Any, spec: WorkloadSpec) -> None:
+        backend = await open_backend()
+        workload = await backend.start(spec)
+        await backend.destroy(workload.handle)
+        await backend.destroy(workload.handle)  # idempotent
+        if backend.capabilities().lifecycle:
+            assert (await backend.inspect(workload.handle)).state is WorkloadState.MISSING
+        assert spec.workspace_id not in {h["workspace_id"] for h in await backend.list_managed()}

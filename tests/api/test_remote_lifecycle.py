@@ -1,0 +1,136 @@
+"""A remote agent's whole life against a real box, the way the platform's SDK drives it."""
+
+from __future__ import annotations
+
+import httpx
+import trio
+
+from ..conftest import ADMIN, BoxRunner, bearer, create_external, register
+
+
+async def state(client: httpx.AsyncClient, wid: str, token: str) -> str:
+    response = await client.get(f"/workspaces/{wid}/state", headers=bearer(token))
+    assert response.status_code == 200, response.text
+    return str(response.json()["status"])
+
+
+async def heartbeat(client: httpx.AsyncClient, wid: str, token: str, **fields: object) -> httpx.Response:
+    return await client.post("/registry/heartbeat", headers=bearer(token),
+                             json={"workspace_id": wid, "active_tasks": 0, "uptime_seconds": 1.5, **fields})
+
+
+async def test_remote_agent_lifecycle(runner: BoxRunner) -> None:
+    deadline = 1.0
+    box = await runner.start(REMOTE_LIVENESS_STALE_AFTER=str(deadline))
+    async with httpx.AsyncClient(base_url=box.urls[0], timeout=10) as client:
+        created = await create_external(client, "laptop-agent")
+        wid = created["id"]
+        assert created["status"] == "awaiting_agent"
+        assert len(created["connection"]["auth_token"]) == 43
+
+        put = await client.put(f"/workspaces/{wid}/secrets", json={"key": "OPENAI_API_KEY", "value": "sk-test"},
+                               headers=ADMIN)
+        assert put.status_code == 200
+        glob = await client.put("/settings/secrets", json={"key": "SHARED", "value": "g"}, headers=ADMIN)
+        assert glob.status_code == 200
+
+        # The SDK registers with no Authorization header and keeps the token it gets back.
+        token = (await register(client, wid, url="remote://no-inbound"))["auth_token"]
+        assert len(token) == 43
+
+        values = await client.get(f"/workspaces/{wid}/secrets/values", headers=bearer(token))
+        assert values.status_code == 200
+        assert values.json() == {"OPENAI_API_KEY": "sk-test", "SHARED": "g"}
+
+        assert (await heartbeat(client, wid, token)).json() == {"status": "ok"}
+        assert await state(client, wid, token) == "online"
+
+        # Heartbeats stop: offline within the deadline plus one second.
+        last_beat = trio.current_time()
+        (await heartbeat(client, wid, token)).raise_for_status()
+        with trio.fail_after(deadline + 1.0):
+            while await state(client, wid, token) != "offline":
+                await trio.sleep(0.02)
+        assert trio.current_time() - last_beat >= deadline * 0.9
+
+        events = (await client.get(f"/events/{wid}", headers=ADMIN)).json()
+        assert events[0]["event_type"] == "WORKSPACE_OFFLINE"
+
+        # It comes back with its next heartbeat.
+        (await heartbeat(client, wid, token)).raise_for_status()
+        assert await state(client, wid, token) == "online"
+
+        listed = (await client.get("/workspaces", headers=ADMIN)).json()
+        assert [w["id"] for w in listed] == [wid]
+        assert listed[0]["url"] == "remote://no-inbound"
+
+
+async def test_register_bootstrap_rules(client: httpx.AsyncClient) -> None:
+    wid = (await create_external(client))["id"]
+    first = await register(client, wid)
+    assert "auth_token" in first
+    # Until a token is used, a bearer-less register still works (the agent may have crashed before using it).
+    second = await register(client, wid)
+    token = second["auth_token"]
+    (await heartbeat(client, wid, token)).raise_for_status()
+    # Once a token is in use, register without it is refused (URL hijack guard) ...
+    refused = await client.post("/registry/register", json={"id": wid, "url": "http://127.0.0.1:1/"})
+    assert refused.status_code == 401
+    # ... with it, it succeeds and mints nothing; with the admin token it mints a fresh one.
+    again = await register(client, wid, token=token)
+    assert "auth_token" not in again
+    admin = await client.post("/registry/register", json={"id": wid, "url": "http://127.0.0.1:1/"}, headers=ADMIN)
+    assert admin.status_code == 200 and len(admin.json()["auth_token"]) == 43
+
+
+async def test_register_unknown_id_is_404_not_create(client: httpx.AsyncClient) -> None:
+    response = await client.post("/registry/register",
+                                 json={"id": "6b7d8e8c-1d2a-4c55-9f0e-3b1e2a4c5d6e", "url": "http://127.0.0.1:1/"})
+    assert response.status_code == 404
+    assert (await client.get("/workspaces", headers=ADMIN)).json() == []
+
+
+async def test_token_of_one_workspace_never_touches_another(client: httpx.AsyncClient) -> None:
+    a = await create_external(client, "a")
+    b = await create_external(client, "b")
+    token_a = (await register(client, a["id"]))["auth_token"]
+    (await heartbeat(client, a["id"], token_a)).raise_for_status()
+    await register(client, b["id"])
+    denied = [
+        await client.get(f"/workspaces/{b['id']}/secrets/values", headers=bearer(token_a)),
+        await client.get(f"/workspaces/{b['id']}/state", headers=bearer(token_a)),
+        await heartbeat(client, b["id"], token_a),
+        await client.post(f"/workspaces/{b['id']}/pause", headers=bearer(token_a)),
+        await client.post(f"/workspaces/{b['id']}/tokens", headers=bearer(token_a)),
+        await client.patch(f"/workspaces/{b['id']}", json={"name": "x"}, headers=bearer(token_a)),
+        await client.post("/registry/register", json={"id": b["id"], "url": "http://127.0.0.1:1/"},
+                          headers=bearer(token_a)),
+        await client.get("/workspaces", headers=bearer(token_a)),
+    ]
+    assert [r.status_code for r in denied] == [401] * len(denied)
+    assert (await client.get(f"/workspaces/{b['id']}", headers=ADMIN)).json()["name"] == "b"
+
+
+async def test_secret_values_only_for_own_token(client: httpx.AsyncClient) -> None:
+    wid = (await create_external(client, secrets={"K": "v"}))["id"]
+    token = (await register(client, wid))["auth_token"]
+    assert (await client.get(f"/workspaces/{wid}/secrets/values", headers=ADMIN)).status_code == 401
+    assert (await client.get(f"/workspaces/{wid}/secrets/values", headers=bearer(token))).json() == {"K": "v"}
+    listed = (await client.get(f"/workspaces/{wid}/secrets", headers=ADMIN)).json()
+    assert listed[0]["key"] == "K" and "value" not in listed[0]
+
+
+async def test_tokens_mint_list_revoke(client: httpx.AsyncClient) -> None:
+    wid, token = (await create_external(client))["id"], None
+    token = (await register(client, wid))["auth_token"]
+    minted = await client.post(f"/workspaces/{wid}/tokens", headers=bearer(token))
+    assert minted.status_code == 201
+    second = minted.json()["auth_token"]
+    listing = (await client.get(f"/workspaces/{wid}/tokens", headers=ADMIN)).json()
+    assert listing["count"] == 3  # connection token, register token, this one
+    assert all(len(t["prefix"]) == 8 and "auth_token" not in t for t in listing["tokens"])
+    revoked = await client.delete(f"/workspaces/{wid}/tokens/{minted.json()['id']}", headers=bearer(token))
+    assert revoked.json() == {"status": "revoked"}
+    assert (await heartbeat(client, wid, second)).status_code == 401
+    again = await client.delete(f"/workspaces/{wid}/tokens/{minted.json()['id']}", headers=bearer(token))
+    assert again.status_code == 404
