@@ -87,8 +87,13 @@ class Gone(HTTPError):
 
 
 class PayloadTooLarge(HTTPError):
+    """413. Closes the connection: the unread rest of the body must not be parsed as the next request."""
+
     status = 413
     default_message = "request body too large"
+
+    def __init__(self, message: str | None = None, **extra: Any) -> None:
+        super().__init__(message, headers={"Connection": "close"}, **extra)
 
 
 class UnsupportedMediaType(HTTPError):

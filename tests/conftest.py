@@ -26,7 +26,6 @@ def make_settings(data_dir: Path, **env: str) -> Settings:
         "ADMIN_TOKEN": ADMIN_TOKEN,
         "MOLECULE_BOX_ALLOW_AGENT_NETWORKS": "127.0.0.0/8",
         "MOLECULE_BOX_SHUTDOWN_GRACE": "2",
-        "CONTAINER_BACKEND": "external",
     }
     values.update(env)
     return Settings.from_mapping(values, environ={})

@@ -28,7 +28,8 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, s
     if isinstance(exc, WerkzeugHTTPException):
         status = exc.code or 500
         if status == 413:
-            return status, PayloadTooLarge().body(), {}
+            too_large = PayloadTooLarge()
+            return status, too_large.body(), too_large.headers
         return status, {"error": (exc.description or exc.name).rstrip(".").lower()
                         if status != 404 else "not found"}, {}
     if isinstance(exc, (UnicodeDecodeError, json.JSONDecodeError)):
