@@ -107,10 +107,12 @@ class Supervisor:
 
     async def _supervise(self, slot: ActorSlot, ws: Workspace) -> None:
         failures = 0
+        last_error = ""
         record: Workspace | None = ws
         try:
             while record is not None:
-                actor = WorkspaceActor(self.box, record, slot.receive, slot.send)
+                actor = WorkspaceActor(self.box, record, slot.receive, slot.send, crashes=failures,
+                                       last_error=last_error)
                 slot.actor = actor
                 started = trio.current_time()
                 try:
@@ -119,7 +121,7 @@ class Supervisor:
                 except Exception as exc:
                     failures = 0 if trio.current_time() - started > STABLE_AFTER else failures + 1
                     slot.restarts += 1
-                    await self._record_crash(slot, actor, exc)
+                    last_error = await self._record_crash(slot, actor, exc)
                 delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)
                 await trio.sleep(delay)
                 record = workspace_rows.get(self.box.store.db, slot.workspace_id)
@@ -130,7 +132,9 @@ class Supervisor:
             slot.send.close()
             self._fail_pending(slot)
 
-    async def _record_crash(self, slot: ActorSlot, actor: WorkspaceActor, exc: Exception) -> None:
+    async def _record_crash(self, slot: ActorSlot, actor: WorkspaceActor, exc: Exception) -> str:
+        while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]  # the actor's nursery wraps what its body raised
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         log.error("workspace %s: actor crashed (%s); restarting", slot.workspace_id, text,
                   exc_info=(type(exc), exc, exc.__traceback__))
@@ -143,6 +147,7 @@ class Supervisor:
             await self.box.store.write(event_rows.record_actor_failure(slot.workspace_id, text))
         except Exception:  # the store itself failing must not kill the supervisor
             log.exception("workspace %s: could not record the actor failure", slot.workspace_id)
+        return text
 
     @staticmethod
     def _fail_pending(slot: ActorSlot) -> None:

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 S = WorkspaceStatus
 
+#: After this many consecutive crashes the actor stops resuming work and marks the workspace failed, so a
+#: crash loop (a backend bug, say) ends in a visible state that still accepts delete and restart.
+CRASH_LIMIT = 5
+
 #: Longest a destroy or stop may take before it is retried (a failed cleanup is retried, never dropped).
 CLEANUP_DEADLINE = 60.0
 
@@ -53,8 +57,11 @@ class _Op:
 
 class WorkspaceActor:
     def __init__(self, box: Box, record: Workspace, inbox: trio.MemoryReceiveChannel[c.Message],
-                 outbox: trio.MemorySendChannel[c.Message]) -> None:
+                 outbox: trio.MemorySendChannel[c.Message], *, crashes: int = 0, last_error: str = "") -> None:
         self.box = box
+        #: Consecutive crashes before this incarnation; past CRASH_LIMIT it parks the workspace as failed.
+        self.crashes = crashes
+        self.last_error = last_error
         self.record = record
         self._inbox = inbox
         self._outbox = outbox
@@ -289,6 +296,11 @@ class WorkspaceActor:
         """Re-arm from the record: deadlines come from stored timestamps; a transient state left by a crash
         is finished (hibernating → stop again; provisioning → start again unless the workload survived)."""
         ws = self.record
+        if self.crashes >= CRASH_LIMIT and ws.status not in (S.REMOVED, S.FAILED):
+            reason = f"workspace actor crashed {self.crashes} times in a row (last: {self.last_error})"
+            log.error("workspace %s: %s; marking it failed", ws.id, reason)
+            await self._commit(t.failed(ws, self._now(), reason, source="supervisor"))
+            return
         if ws.status is S.REMOVED:
             self._start_op("destroy", self._destroy_after(0))
         elif ws.status is S.HIBERNATING:
