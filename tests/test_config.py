@@ -1,0 +1,63 @@
+"""Settings: every bad value reported at once, env files, defaults, documentation coverage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from molecule_box.config import SETTINGS, Settings
+from molecule_box.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = Settings.from_mapping({}, environ={"XDG_DATA_HOME": str(tmp_path)})
+    assert (settings.port, settings.bind_addr) == (8080, "127.0.0.1")
+    assert settings.data_dir == tmp_path / "molecule-box"
+    assert settings.remote_liveness_stale_after == 90 and settings.liveness_ttl_seconds == 180
+    assert settings.provision_timeout_seconds == 600
+    assert settings.platform_url == "http://host.docker.internal:8080"
+    assert settings.default_backend == "docker"
+
+
+def test_systemd_state_directory_wins_over_xdg() -> None:
+    settings = Settings.from_mapping({}, environ={"STATE_DIRECTORY": "/var/lib/molecule-box:/x", "XDG_DATA_HOME": "/y"})
+    assert settings.data_dir == Path("/var/lib/molecule-box")
+
+
+def test_every_bad_value_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_mapping({"PORT": "http", "REMOTE_LIVENESS_STALE_AFTER": "-1", "ADMIN_TOKEN": "short",
+                               "SECRETS_ENCRYPTION_KEY": "not-a-key", "MOLECULE_BOX_ALLOW_AGENT_NETWORKS": "10.0/x",
+                               "PLATFORM_URL": "localhost"}, environ={})
+    problems = "\n".join(info.value.problems)
+    assert len(info.value.problems) == 6
+    for name in ("PORT", "REMOTE_LIVENESS_STALE_AFTER", "ADMIN_TOKEN", "SECRETS_ENCRYPTION_KEY",
+                 "MOLECULE_BOX_ALLOW_AGENT_NETWORKS", "PLATFORM_URL"):
+        assert name in problems
+    assert "short" not in problems and "not-a-key" not in problems  # secrets are never echoed
+
+
+def test_fractions_and_org_id() -> None:
+    settings = Settings.from_mapping({"REMOTE_LIVENESS_STALE_AFTER": "0.5", "MOLECULE_ORG_ID": "org-1"}, environ={})
+    assert settings.remote_liveness_stale_after == 0.5
+    assert settings.default_backend == "controlplane"
+
+
+def test_env_file(tmp_path: Path) -> None:
+    env = tmp_path / "box.env"
+    env.write_text("# comment\nexport PORT=9000\nBIND_ADDR='0.0.0.0'\nADMIN_TOKEN=\"abcdefghijklmnopq\"\n")
+    settings = Settings.from_env({"PORT": "9100"}, env_file=env)
+    assert settings.port == 9100  # the environment wins
+    assert settings.bind_addr == "0.0.0.0" and settings.admin_token == "abcdefghijklmnopq"
+    env.write_text("this is not an assignment\n")
+    with pytest.raises(ConfigError, match="line 1"):
+        Settings.from_env({}, env_file=env)
+
+
+def test_docs_mention_every_setting() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    missing = [s.env for s in SETTINGS if f"`{s.env}`" not in text]
+    assert missing == []
