@@ -147,6 +147,12 @@ class PutSecret(Body):
     value: SecretValue
 
 
+class PutModel(Body):
+    """``PUT /workspaces/:id/model``: an empty model clears it."""
+
+    model: Annotated[str, Field(max_length=200)] = ""
+
+
 class Restart(Body):
     """``POST /workspaces/:id/restart`` (all optional)."""
 
@@ -161,7 +167,7 @@ class Empty(Body):
 
 
 ALL_BODIES: tuple[type[Body], ...] = (
-    CreateWorkspace, PatchWorkspace, Register, Heartbeat, UpdateCard, CheckAccess, PutSecret, Restart,
+    CreateWorkspace, PatchWorkspace, Register, Heartbeat, UpdateCard, CheckAccess, PutSecret, PutModel, Restart,
 )
 
 

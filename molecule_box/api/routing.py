@@ -72,12 +72,13 @@ def declare(path: str, method: str, *, summary: str, auth: str, tag: str, body: 
 
 
 def route(bp: Blueprint, path: str, method: str, *, summary: str, auth: str, body: type[BaseModel] | None = None,
-          responses: dict[int, str] | None = None, query: dict[str, str] | None = None) -> Callable[[Handler], Handler]:
+          responses: dict[int, str] | None = None, query: dict[str, str] | None = None,
+          endpoint: str | None = None) -> Callable[[Handler], Handler]:
     """Register a view on ``bp`` and describe it for OpenAPI in one step."""
 
     def decorate(fn: Handler) -> Handler:
         declare(path, method, summary=summary, auth=auth, tag=bp.name, body=body, responses=responses, query=query)
-        bp.add_url_rule(path, endpoint=fn.__name__, view_func=fn, methods=[method])
+        bp.add_url_rule(path, endpoint=endpoint or fn.__name__, view_func=fn, methods=[method])
         return fn
 
     return decorate

@@ -10,7 +10,7 @@ from quart import Blueprint
 from ..actors import commands as c
 from ..errors import NotFound
 from ..models import WorkspaceStatus
-from ..schemas import PutSecret
+from ..schemas import PutModel, PutSecret
 from ..store import secrets as secret_rows
 from .auth import require_admin, require_workspace
 from .routing import box, parse, respond, route
@@ -80,7 +80,7 @@ async def _put_workspace_secret(raw_id: str) -> Any:
 
 for _method in ("POST", "PUT"):
     route(bp, "/workspaces/<raw_id>/secrets", _method, summary="Set a workspace secret", auth="workspace",
-          body=PutSecret)(_put_workspace_secret)
+          body=PutSecret, endpoint=f"put_workspace_secret_{_method}")(_put_workspace_secret)
 
 
 @route(bp, "/workspaces/<raw_id>/secrets/<key>", "DELETE", summary="Delete a workspace secret", auth="workspace",
@@ -123,15 +123,39 @@ async def _delete_global(key: str) -> Any:
 
 
 for _prefix in ("/settings/secrets", "/admin/secrets"):
-    bp.add_url_rule(_prefix, f"list_global_{_prefix}", _list_global, methods=["GET"])
-    bp.add_url_rule(_prefix, f"put_global_{_prefix}", _put_global, methods=["POST", "PUT"] if _prefix.startswith(
-        "/settings") else ["POST"])
-    bp.add_url_rule(f"{_prefix}/<key>", f"delete_global_{_prefix}", _delete_global, methods=["DELETE"])
-    from .routing import declare
-
-    declare(_prefix, "GET", summary="List global secret keys", auth="admin", tag="secrets")
+    _tag = _prefix.strip("/").replace("/", "_")
+    route(bp, _prefix, "GET", summary="List global secret keys", auth="admin", endpoint=f"list_{_tag}")(_list_global)
     for _m in (("POST", "PUT") if _prefix.startswith("/settings") else ("POST",)):
-        declare(_prefix, _m, summary="Set a global secret (restarts inheriting workspaces)", auth="admin",
-                tag="secrets", body=PutSecret)
-    declare(f"{_prefix}/<key>", "DELETE", summary="Delete a global secret", auth="admin", tag="secrets",
-            responses={200: "Deleted", 404: "No such secret"})
+        route(bp, _prefix, _m, summary="Set a global secret (restarts inheriting workspaces)", auth="admin",
+              body=PutSecret, endpoint=f"put_{_tag}_{_m}")(_put_global)
+    route(bp, f"{_prefix}/<key>", "DELETE", summary="Delete a global secret", auth="admin",
+          responses={200: "Deleted", 404: "No such secret"}, endpoint=f"delete_{_tag}")(_delete_global)
+
+
+@route(bp, "/workspaces/<raw_id>/model", "GET", summary="The workspace's model (its MODEL_PROVIDER secret)",
+       auth="workspace")
+async def get_model(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    _live(wid)
+    model = b.vault.values(wid).get("MODEL_PROVIDER", "")
+    return respond({"model": model, "source": "workspace_secrets" if model else "default"})
+
+
+@route(bp, "/workspaces/<raw_id>/model", "PUT", summary="Set (or with an empty value clear) the model",
+       auth="workspace", body=PutModel)
+async def put_model(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    body: PutModel = await parse(PutModel)
+    _live(wid)
+    if body.model:
+        await b.store.write(secret_rows.put(b.vault.box, wid, "MODEL_PROVIDER", body.model))
+        result = {"status": "saved", "model": body.model}
+    else:
+        await b.store.write(secret_rows.delete(wid, "MODEL_PROVIDER"))
+        result = {"status": "cleared"}
+    await _restart_inheritors("MODEL_PROVIDER", only=wid)
+    return respond(result)

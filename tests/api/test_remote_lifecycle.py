@@ -134,3 +134,13 @@ async def test_tokens_mint_list_revoke(client: httpx.AsyncClient) -> None:
     assert (await heartbeat(client, wid, second)).status_code == 401
     again = await client.delete(f"/workspaces/{wid}/tokens/{minted.json()['id']}", headers=bearer(token))
     assert again.status_code == 404
+
+
+async def test_model_endpoint(client: httpx.AsyncClient) -> None:
+    wid = (await create_external(client))["id"]
+    assert (await client.get(f"/workspaces/{wid}/model", headers=ADMIN)).json() == {"model": "", "source": "default"}
+    saved = await client.put(f"/workspaces/{wid}/model", json={"model": "anthropic:claude"}, headers=ADMIN)
+    assert saved.json() == {"status": "saved", "model": "anthropic:claude"}
+    assert (await client.get(f"/workspaces/{wid}/model", headers=ADMIN)).json()["source"] == "workspace_secrets"
+    cleared = await client.put(f"/workspaces/{wid}/model", json={"model": ""}, headers=ADMIN)
+    assert cleared.json() == {"status": "cleared"}
