@@ -32,6 +32,7 @@ from .config import Settings
 from .errors import BackendNotInstalled
 from .events import EventBus
 from .metrics import BoxMetrics
+from .proxy.service import A2AProxy
 from .security import tokens as tk
 from .security.crypto import SecretBox, load_key
 from .store import Store
@@ -68,6 +69,7 @@ class Box:
         self.admin = AdminAuth(b"")
         self.backends: BackendRegistry = None  # type: ignore[assignment]  # set by open_box
         self.supervisor: Supervisor = None  # type: ignore[assignment]
+        self.proxy = A2AProxy(self)
         self.urls: list[str] = []
         self.started_at = time.time()
         self.restored = 0
@@ -185,6 +187,7 @@ async def open_box(
                 box.restored = await core.start(box.supervisor.run)
                 box.restore_seconds = time.perf_counter() - began
                 log.info("restored %d workspace actors in %.3fs", box.restored, box.restore_seconds)
+                await core.start(box.proxy.run)
                 core.start_soon(box._maintenance)
                 yield box
                 core.cancel_scope.cancel()

@@ -138,11 +138,22 @@ SETTINGS: tuple[Setting, ...] = (
             "A workspace still provisioning after this many seconds becomes failed."),
     Setting("allow_agent_networks", "MOLECULE_BOX_ALLOW_AGENT_NETWORKS", _networks, (),
             "Comma-separated CIDRs agent URLs may use besides public addresses, e.g. 127.0.0.0/8,10.0.0.0/8."),
+    Setting("a2a_idle_timeout_seconds", "A2A_IDLE_TIMEOUT_SECONDS", _positive_float, 300.0,
+            "An A2A call is cancelled when the target shows no sign of life (events, heartbeats, bytes) this long."),
     Setting("activity_retention_days", "ACTIVITY_RETENTION_DAYS", _positive_float, 7.0, "Activity rows older than this are pruned."),
     Setting("shutdown_grace_seconds", "MOLECULE_BOX_SHUTDOWN_GRACE", _positive_float, 20.0,
             "On SIGTERM, how long in-flight requests may take to finish."),
     Setting("log_level", "MOLECULE_BOX_LOG_LEVEL", _log_level, "info", "debug, info, warning or error."),
 )
+
+
+def markdown_table() -> str:
+    """The settings table of ``docs/configuration.md`` (regenerate it with ``molecule-box config --markdown``)."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = "" if s.default in (None, ()) else f"`{s.default}`"
+        rows.append(f"| `{s.env}` | {default} | {s.help} |")
+    return "\n".join(rows)
 
 
 def _default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -199,6 +210,7 @@ class Settings:
     liveness_ttl_seconds: float = 180.0
     provision_timeout_seconds: float = 600.0
     allow_agent_networks: tuple[IPNetwork, ...] = ()
+    a2a_idle_timeout_seconds: float = 300.0
     activity_retention_days: float = 7.0
     shutdown_grace_seconds: float = 20.0
     log_level: str = "info"

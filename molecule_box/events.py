@@ -24,6 +24,11 @@ class EventBus:
         self._next = 0
         self.dropped = 0
         self.published = 0
+        self._listeners: list[Callable[[Event], None]] = []
+
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        """A synchronous callback for every event (e.g. the A2A idle timers); it must be cheap and not raise."""
+        self._listeners.append(listener)
 
     @staticmethod
     def make(type: str, workspace_id: str | None, payload: dict[str, Any] | None = None) -> Event:
@@ -32,6 +37,8 @@ class EventBus:
     def publish(self, event: Event) -> None:
         """Deliver to every matching subscriber without waiting; call only after the event is committed."""
         self.published += 1
+        for listener in self._listeners:
+            listener(event)
         for send, wanted in list(self._subscribers.values()):
             if wanted is not None and not wanted(event):
                 continue

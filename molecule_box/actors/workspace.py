@@ -335,6 +335,7 @@ class WorkspaceActor:
             pass  # the workload is up: the start op (if any) reports its handle independently
         await self._commit(outcome, *extra)
         self.box.metrics.registrations.inc()
+        self.box.proxy.request_drain(ws.id)
         body: dict[str, Any] = {"status": "registered"}
         if token is not None:
             body["auth_token"] = token.plaintext
@@ -344,6 +345,9 @@ class WorkspaceActor:
         self._require_not_removed()
         await self._commit(t.heartbeat(self.record, cmd.body, self._now()))
         self.box.metrics.heartbeats.inc()
+        ws = self.record
+        if ws.active_tasks < ws.max_concurrent_tasks and ws.status in LIVE_STATES:
+            self.box.proxy.request_drain(ws.id)
         return {"status": "ok"}
 
     async def _on_UpdateCard(self, cmd: c.UpdateCard) -> dict[str, str]:

@@ -29,6 +29,15 @@ declare("/registry/heartbeat", "POST", summary="Agent liveness and load snapshot
         responses={200: "{status: ok}", 400: "Bad body", 401: "Wrong or missing token", 404: "Deleted workspace"})
 
 
+declare("/workspaces/<id>/a2a", "POST", tag="a2a", auth="caller",
+        summary="Proxy an A2A JSON-RPC call to the workspace's agent (streamed; queued when busy)",
+        responses={200: "The agent's reply, streamed as it arrives", 202: "Queued durably, or delivered to a "
+                   "poll-mode agent's inbox", 400: "Bad body", 401: "Caller not authenticated",
+                   402: "Budget exceeded", 403: "Hierarchy forbids it, or a system caller id", 404: "Unknown",
+                   413: "Body over 1 MiB", 502: "Agent unreachable", 503: "Paused, offline or waking",
+                   504: "Deadline (X-Timeout, idle, ceiling) passed"})
+
+
 async def read_body(receive: Callable[[], Awaitable[dict[str, Any]]], limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
@@ -70,9 +79,14 @@ class Front:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            handler = self.hot.get((scope["method"], scope["path"]))
+            path = scope["path"]
+            handler = self.hot.get((scope["method"], path))
             if handler is not None:
                 await handler(scope, receive, send)
+                return
+            if scope["method"] == "POST" and path.endswith("/a2a") and path.startswith("/workspaces/") \
+                    and path.count("/") == 3:
+                await self.box.proxy.handle(scope, receive, send, path[len("/workspaces/"):-len("/a2a")])
                 return
         await self.app(scope, receive, send)
 

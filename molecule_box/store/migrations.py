@@ -114,6 +114,41 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 2: the A2A proxy's durable queue (busy targets) and delegations.
+    """
+    CREATE TABLE a2a_queue (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        workspace_id TEXT NOT NULL,
+        caller_id TEXT,
+        message_id TEXT NOT NULL,
+        method TEXT,
+        body BLOB NOT NULL,
+        headers TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL CHECK (status IN ('queued', 'dispatched', 'completed', 'failed', 'dropped')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        enqueued_at REAL NOT NULL,
+        dispatched_at REAL,
+        completed_at REAL
+    );
+    CREATE UNIQUE INDEX a2a_queue_active ON a2a_queue(workspace_id, message_id)
+        WHERE status IN ('queued', 'dispatched');
+    CREATE INDEX a2a_queue_pending ON a2a_queue(workspace_id, status, id);
+
+    CREATE TABLE delegations (
+        id TEXT PRIMARY KEY,
+        source_id TEXT NOT NULL,
+        target_id TEXT NOT NULL,
+        task TEXT NOT NULL,
+        idempotency_key TEXT,
+        status TEXT NOT NULL,
+        result TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX delegations_key ON delegations(source_id, target_id, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,431 @@
+"""The A2A proxy service: forwarding, deadlines, the busy queue, the poll inbox and activity logging.
+
+The request path (``handle``) is raw ASGI, reached from :class:`molecule_box.api.hot.Front`:
+auth and hierarchy checks read in-memory actor records, the forward goes
+through :mod:`.client`, and the activity row is submitted to the store's
+group commit without waiting (it must not add a commit to the hot path).
+Writes a caller is *told* about wait for their commit: the queue row before
+a 202, the inbox row before a poll-mode 202.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import trio
+
+from ..access import can_communicate
+from ..actors import commands as c
+from ..api.auth import SYSTEM_PREFIXES, identify
+from ..api.errors import error_response
+from ..api.hot import header, read_body, send_json
+from ..errors import (
+    BadRequest,
+    Forbidden,
+    HTTPError,
+    NotFound,
+    PaymentRequired,
+    ServiceUnavailable,
+    Unauthorized,
+)
+from ..models import Event, Workspace, WorkspaceStatus
+from ..security.ssrf import NO_INBOUND, UnsafeAgentURL, ip_refusal, split_agent_url
+from ..security.tokens import parse_bearer
+from ..store import activity as activity_rows
+from ..store import queue as queue_rows
+from .client import Pools, UpstreamError, UpstreamResponse
+from .normalize import FORWARDED_HEADERS, HOP_BY_HOP, Normalized, agent_error, caller_timeout, normalize, summarize
+
+if TYPE_CHECKING:
+    from ..box import Box
+
+log = logging.getLogger(__name__)
+S = WorkspaceStatus
+
+BODY_LIMIT = 1024 * 1024
+ERROR_BODY_LIMIT = 64 * 1024
+CAPTURE_LIMIT = 64 * 1024
+AGENT_CEILING = 30 * 60.0
+RESOLVE_TTL = 30.0
+DRAIN_DEADLINE = 300.0
+RETENTION_EVERY = 6 * 3600.0
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class GatewayTimeout(HTTPError):
+    status = 504
+    default_message = "the agent did not answer in time"
+
+
+class BadGateway(HTTPError):
+    status = 502
+    default_message = "failed to reach workspace agent"
+
+
+class Queued(Exception):
+    """Not an error: the call was queued durably; carries the 202 body."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+
+
+class A2AProxy:
+    def __init__(self, box: Box) -> None:
+        self.box = box
+        self.pools = Pools()
+        self._resolved: dict[str, tuple[float, str]] = {}
+        #: In-flight calls per target: their idle scopes and idle windows, bumped by the target's events.
+        self._inflight: dict[str, dict[trio.CancelScope, float]] = {}
+        #: Queued (not yet dispatched) messages per workspace, so the heartbeat path checks a dict, not SQLite.
+        self.pending: dict[str, int] = {}
+        self._drain_send, self._drain_receive = trio.open_memory_channel[str](math.inf)
+        self._draining: set[str] = set()
+        box.bus.add_listener(self._on_event)
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.box.store.write(queue_rows.requeue_dispatched)
+        self.pending = queue_rows.pending_counts(self.box.store.db)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._drainer, nursery)
+                nursery.start_soon(self._retention)
+                task_status.started()
+        finally:
+            self.pools.close()
+
+    def request_drain(self, workspace_id: str) -> None:
+        """Ask for one queued message of ``workspace_id`` to be delivered (a heartbeat showed spare capacity)."""
+        if self.pending.get(workspace_id):
+            self._drain_send.send_nowait(workspace_id)
+
+    def _on_event(self, event: Event) -> None:
+        calls = self._inflight.get(event.workspace_id or "")
+        if calls:
+            now = trio.current_time()
+            for scope, idle in calls.items():
+                scope.deadline = max(scope.deadline, now + idle)
+
+    # -- caller, target, URL ------------------------------------------------------------------
+
+    async def _caller(self, scope: dict[str, Any]) -> str | None:
+        """The calling workspace (None: the operator/user, who must hold the admin token)."""
+        caller = (header(scope, b"x-workspace-id") or "").strip()
+        token = parse_bearer(header(scope, b"authorization"))
+        if caller.startswith(SYSTEM_PREFIXES):
+            raise Forbidden("invalid caller ID")
+        if not caller:
+            if token is not None and self.box.admin.check(token):
+                return None
+            raise Unauthorized("missing caller auth token" if token is None else "invalid caller auth token")
+        if token is None:
+            raise Unauthorized("missing caller auth token")
+        principal = await identify(self.box, token)
+        if principal is None or (not principal.is_admin and principal.workspace_id != caller):
+            raise Unauthorized("invalid caller auth token")
+        return caller
+
+    async def _resolve(self, url: str) -> tuple[str, str, int, str, str]:
+        """(scheme, vetted address, port, host name, path): DNS re-resolved (cached briefly), SSRF-checked."""
+        host, port = split_agent_url(url)
+        parts = urlsplit(url)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        allowed = self.box.settings.allow_agent_networks
+        try:
+            ip = ipaddress.ip_address(host)
+            address = str(ip)
+        except ValueError:
+            now = trio.current_time()
+            cached = self._resolved.get(host)
+            if cached is not None and cached[0] > now:
+                address = cached[1]
+            else:
+                try:
+                    with trio.fail_after(5):
+                        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+                except (OSError, trio.TooSlowError):
+                    raise UnsafeAgentURL(f"host {host!r} does not resolve") from None
+                ips = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+                for candidate in ips:
+                    reason = ip_refusal(candidate, allowed)
+                    if reason:
+                        raise UnsafeAgentURL(reason)
+                address = str(ips[0])
+                self._resolved[host] = (now + RESOLVE_TTL, address)
+            ip = ipaddress.ip_address(address)
+        reason = ip_refusal(ip, allowed)
+        if reason:
+            raise UnsafeAgentURL(reason)
+        return parts.scheme, address, port, host, path
+
+    def _idle_window(self, ws: Workspace) -> float:
+        meta = ws.runtime_metadata if isinstance(ws.runtime_metadata, dict) else {}
+        custom = meta.get("idle_timeout_seconds")
+        return float(custom) if isinstance(custom, (int, float)) and custom > 0 else \
+            self.box.settings.a2a_idle_timeout_seconds
+
+    # -- the request path ---------------------------------------------------------------------
+
+    async def handle(self, scope: dict[str, Any], receive: Receive, send: Send, raw_id: str) -> None:
+        started = time.perf_counter()
+        try:
+            try:
+                target_id = str(uuid.UUID(raw_id))
+            except ValueError:
+                raise BadRequest("invalid workspace ID") from None
+            raw = await read_body(receive, BODY_LIMIT)
+            caller = await self._caller(scope)
+            box = self.box
+            ws = box.supervisor.record(target_id)
+            if ws is None:
+                raise NotFound("workspace not found")
+            if caller is not None and caller != target_id and not can_communicate(
+                    box.supervisor.record, caller, target_id):
+                raise Forbidden("access denied: workspaces cannot communicate per hierarchy rules")
+            if ws.budget_limit is not None and ws.monthly_spend >= ws.budget_limit:
+                raise PaymentRequired()
+            norm = normalize(raw)
+            timeout = caller_timeout(header(scope, b"x-timeout"))
+            forward_headers = [(k, v) for k, v in scope["headers"] if k in FORWARDED_HEADERS]
+            if not any(k == b"content-type" for k, _ in forward_headers):
+                forward_headers.append((b"content-type", b"application/json"))
+            ws = await self._route(ws, caller, norm, forward_headers)
+            await self._forward_streaming(scope, receive, send, ws, caller, norm, forward_headers, timeout, started)
+        except Queued as queued:
+            await send_json(send, 202, queued.body)
+        except Exception as exc:
+            status, body, headers = error_response(exc)
+            await send_json(send, status, body, headers)
+
+    async def _route(self, ws: Workspace, caller: str | None, norm: Normalized,
+                     headers: list[tuple[bytes, bytes]]) -> Workspace:
+        """Decide what happens to a call before any byte goes to the agent; raises Queued or an error."""
+        if ws.status in (S.HIBERNATED, S.HIBERNATING):
+            self.box.supervisor.tell(ws.id, c.Wake())
+            raise ServiceUnavailable("workspace is hibernated and is being woken", retry_after=15, waking=True)
+        if ws.status is S.PAUSED:
+            raise ServiceUnavailable("workspace is paused", retry_after=30, status=ws.status.value)
+        if ws.url in (None, "", NO_INBOUND):
+            if ws.is_external:
+                raise Queued(await self._to_inbox(ws, caller, norm))
+            raise ServiceUnavailable("workspace has no URL yet", retry_after=10, status=ws.status.value)
+        if ws.status not in (S.ONLINE, S.DEGRADED):
+            raise ServiceUnavailable(f"workspace is {ws.status.value}", retry_after=10, status=ws.status.value)
+        if ws.active_tasks >= ws.max_concurrent_tasks and ws.active_tasks > 0:
+            raise Queued(await self._busy(ws, caller, norm, headers, "agent at its max_concurrent_tasks"))
+        return ws
+
+    async def _busy(self, ws: Workspace, caller: str | None, norm: Normalized, headers: list[tuple[bytes, bytes]],
+                    why: str) -> dict[str, Any]:
+        if ws.capabilities.get("session"):
+            raise ServiceUnavailable("workspace agent busy — retry after a short backoff", retry_after=30,
+                                     busy=True, native_session=True)
+        if norm.message_id is None:
+            raise ServiceUnavailable("workspace agent busy — retry after a short backoff", retry_after=30, busy=True)
+        hdrs = {k.decode(): v.decode("latin-1") for k, v in headers}
+        queue_id, depth, duplicate = await self.box.store.write(
+            queue_rows.enqueue(ws.id, caller, norm.message_id, norm.method, norm.body, hdrs))
+        if not duplicate:
+            self.pending[ws.id] = self.pending.get(ws.id, 0) + 1
+        log.info("workspace %s busy (%s): message queued as %d (depth %d)", ws.id, why, queue_id, depth)
+        return {"queued": True, "queue_id": queue_id, "queue_depth": depth, "duplicate": duplicate,
+                "message": "workspace agent busy — message queued and delivered when it has capacity"}
+
+    async def _to_inbox(self, ws: Workspace, caller: str | None, norm: Normalized) -> dict[str, Any]:
+        """Poll mode: the message waits in the agent's inbox (its activity), committed before we answer."""
+        row_id = await self.box.store.write(activity_rows.insert(
+            workspace_id=ws.id, activity_type="a2a_receive", source_id=caller, target_id=ws.id,
+            method=norm.method, summary=summarize(norm.method, ws.name), request_body=norm.body, status="queued"))
+        self._activity_event(ws, caller, norm.method, "queued", 0)
+        return {"queued": True, "delivery": "poll", "queue_id": row_id, "activity_id": row_id,
+                "message": "delivered to the agent's inbox; it replies asynchronously"}
+
+    async def _forward_streaming(self, scope: dict[str, Any], receive: Receive, send: Send, ws: Workspace,
+                                 caller: str | None, norm: Normalized, headers: list[tuple[bytes, bytes]],
+                                 timeout: float | None, started: float) -> None:
+        try:
+            scheme, address, port, host, path = await self._resolve(ws.url or "")
+        except UnsafeAgentURL as exc:
+            raise BadGateway(f"workspace URL is not allowed: {exc.message.removeprefix('agent URL refused: ')}")
+        now = trio.current_time()
+        hard = min(now + timeout if timeout else math.inf, now + AGENT_CEILING if caller else math.inf)
+        idle = self._idle_window(ws)
+        idle_scope = trio.CancelScope(deadline=now + idle)
+        calls = self._inflight.setdefault(ws.id, {})
+        calls[idle_scope] = idle
+        status, captured, error, response_started = 502, bytearray(), None, False
+        try:
+            with trio.CancelScope(deadline=hard) as hard_scope, idle_scope:
+                async with self.pools.get(scheme, address, port, host).post(path, headers, norm.body) as resp:
+                    status = resp.status
+                    if status >= 300:
+                        body = await resp.read(ERROR_BODY_LIMIT)
+                        captured += body
+                        error = agent_error(status, body)
+                        await send_json(send, status, {"error": error})
+                        response_started = True
+                    else:
+                        response_started = True
+                        await self._relay(send, receive, resp, idle_scope, idle, captured)
+            if not response_started:
+                cause = "X-Timeout deadline" if hard_scope.cancelled_caught and timeout else (
+                    "30 min agent-to-agent ceiling" if hard_scope.cancelled_caught else f"idle {idle:g}s")
+                error = f"the agent did not answer in time ({cause})"
+                status = 504
+                raise GatewayTimeout(error)
+        except UpstreamError as exc:
+            error = exc.detail
+            if exc.response_started or response_started:
+                log.warning("workspace %s: response cut mid-stream: %s", ws.id, exc.detail)
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            if exc.kind in ("reset", "timeout"):
+                status = 202
+                raise Queued(await self._busy(ws, caller, norm, headers, exc.detail)) from None
+            status = 502
+            log.warning("workspace %s: cannot reach the agent: %s", ws.id, exc.detail)
+            raise BadGateway(delivery_confirmed=False) from None
+        finally:
+            calls.pop(idle_scope, None)
+            if not calls:
+                self._inflight.pop(ws.id, None)
+            self._log_call(ws, caller, norm, status, bytes(captured), started, error)
+
+    async def _relay(self, send: Send, receive: Receive, resp: UpstreamResponse, idle_scope: trio.CancelScope,
+                     idle: float, captured: bytearray) -> None:
+        out_headers = [(k, v) for k, v in resp.headers if k not in HOP_BY_HOP]
+        length = resp.header(b"content-length")
+        if length is not None:
+            out_headers.append((b"content-length", length))
+        streaming = length is None
+        await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
+        if not streaming:
+            body = await resp.read(10 * 1024 * 1024)
+            captured += body[:CAPTURE_LIMIT]
+            await send({"type": "http.response.body", "body": body})
+            return
+        # A stream: pass chunks on as they arrive, and stop the upstream call if our client goes away.
+        async with trio.open_nursery() as nursery:
+            async def watch_client() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_client)
+            async for chunk in resp.chunks():
+                idle_scope.deadline = max(idle_scope.deadline, trio.current_time() + idle)
+                if len(captured) < CAPTURE_LIMIT:
+                    captured += chunk[:CAPTURE_LIMIT - len(captured)]
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            nursery.cancel_scope.cancel()
+
+    # -- activity ------------------------------------------------------------------------------
+
+    def _log_call(self, ws: Workspace, caller: str | None, norm: Normalized, status: int, response: bytes,
+                  started: float, error: str | None) -> None:
+        duration = int((time.perf_counter() - started) * 1000)
+        outcome = "queued" if status == 202 else ("ok" if status < 400 else "error")
+        self.box.store.submit(activity_rows.insert(
+            workspace_id=ws.id, activity_type="a2a_receive", source_id=caller, target_id=ws.id, method=norm.method,
+            summary=summarize(norm.method, ws.name) if error is None
+            else f"A2A request to {ws.name} failed: {error}"[:500],
+            request_body=norm.body, response_body=response or None, duration_ms=duration, status=outcome,
+            error_detail=error))
+        self._activity_event(ws, caller, norm.method, outcome, duration)
+        if caller is None and status < 400 and status != 202:
+            self.box.bus.publish(self.box.bus.make("A2A_RESPONSE", ws.id, {
+                "response_body": _json_or_text(response), "method": norm.method, "duration_ms": duration}))
+
+    def _activity_event(self, ws: Workspace, caller: str | None, method: str, status: str, duration: int) -> None:
+        self.box.bus.publish(self.box.bus.make("ACTIVITY_LOGGED", ws.id, {
+            "activity_type": "a2a_receive", "method": method, "summary": summarize(method, ws.name),
+            "status": status, "source_id": caller, "target_id": ws.id, "duration_ms": duration}))
+
+    # -- the queue drainer ----------------------------------------------------------------------
+
+    async def _drainer(self, nursery: trio.Nursery) -> None:
+        async for workspace_id in self._drain_receive:
+            if workspace_id not in self._draining:
+                self._draining.add(workspace_id)
+                nursery.start_soon(self._drain_one, workspace_id)
+
+    async def _drain_one(self, workspace_id: str) -> None:
+        try:
+            item = await self.box.store.write(queue_rows.claim_next(workspace_id))
+            if item is None:
+                self.pending[workspace_id] = 0
+                return
+            self.pending[workspace_id] = max(0, self.pending.get(workspace_id, 1) - 1)
+            ok, error = await self._deliver(item)
+            final = await self.box.store.write(queue_rows.finish(item["id"], ok=ok, error=error,
+                                                                 attempts=item["attempts"]))
+            if final == "queued":
+                self.pending[workspace_id] = self.pending.get(workspace_id, 0) + 1
+            log.info("queue item %d for %s: %s%s", item["id"], workspace_id, final, f" ({error})" if error else "")
+        except Exception:
+            log.exception("draining the queue of %s failed", workspace_id)
+        finally:
+            self._draining.discard(workspace_id)
+
+    async def _deliver(self, item: dict[str, Any]) -> tuple[bool, str | None]:
+        ws = self.box.supervisor.record(item["workspace_id"])
+        if ws is None:
+            return False, "workspace removed"
+        norm = normalize(bytes(item["body"]))
+        if ws.url in (None, "", NO_INBOUND) and ws.is_external:
+            await self._to_inbox(ws, item["caller_id"], norm)
+            return True, None
+        if ws.status not in (S.ONLINE, S.DEGRADED) or not ws.url:
+            return False, f"workspace is {ws.status.value}"
+        headers = [(k.encode(), v.encode("latin-1")) for k, v in json.loads(item["headers"]).items()]
+        started = time.perf_counter()
+        status, body, error = 502, b"", None
+        try:
+            scheme, address, port, host, path = await self._resolve(ws.url)
+            with trio.move_on_after(DRAIN_DEADLINE) as scope:
+                async with self.pools.get(scheme, address, port, host).post(path, headers, norm.body) as resp:
+                    status = resp.status
+                    body = await resp.read(10 * 1024 * 1024)
+            if scope.cancelled_caught:
+                error = "delivery timed out"
+            elif status >= 300:
+                error = agent_error(status, body)
+        except (UpstreamError, UnsafeAgentURL) as exc:
+            error = str(exc)
+        self._log_call(ws, item["caller_id"], norm, status if error is None else max(status, 502),
+                       body[:CAPTURE_LIMIT], started, error)
+        return error is None, error
+
+    # -- retention -----------------------------------------------------------------------------
+
+    async def _retention(self) -> None:
+        while True:
+            cutoff = time.time() - self.box.settings.activity_retention_days * 86400
+            try:
+                pruned = await self.box.store.write(activity_rows.prune(cutoff))
+                if pruned:
+                    log.info("pruned %d activity rows older than %g days", pruned,
+                             self.box.settings.activity_retention_days)
+            except Exception:
+                log.exception("activity retention failed")
+            await trio.sleep(RETENTION_EVERY)
+
+
+def _json_or_text(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body.decode("utf-8", "replace")

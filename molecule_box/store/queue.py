@@ -1,0 +1,86 @@
+"""``a2a_queue``: messages for busy agents, committed before the caller hears 202.
+
+At most one active row per (workspace, messageId): a retried call finds its
+first enqueue instead of queuing twice. Rows left ``dispatched`` by a crash
+are queued again at start (an agent dedups by messageId, the box by the row).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import sqlite_utils
+
+MAX_ATTEMPTS = 5
+
+
+def enqueue(workspace_id: str, caller_id: str | None, message_id: str, method: str, body: bytes,
+            headers: dict[str, str]) -> Callable[[sqlite_utils.Database], tuple[int, int, bool]]:
+    """Returns (queue id, queue depth, whether it was already queued)."""
+    encoded = json.dumps(headers)
+
+    def op(db: sqlite_utils.Database) -> tuple[int, int, bool]:
+        existing = db.execute(
+            "SELECT id FROM a2a_queue WHERE workspace_id = ? AND message_id = ? AND status IN ('queued', 'dispatched')",
+            [workspace_id, message_id]).fetchone()
+        duplicate = existing is not None
+        if duplicate:
+            queue_id = int(existing[0])
+        else:
+            cursor = db.execute(
+                """INSERT INTO a2a_queue (workspace_id, caller_id, message_id, method, body, headers, status,
+                   enqueued_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)""",
+                [workspace_id, caller_id, message_id, method, body, encoded, time.time()])
+            queue_id = int(cursor.lastrowid or 0)
+        depth = db.execute("SELECT count(*) FROM a2a_queue WHERE workspace_id = ? AND status = 'queued'",
+                           [workspace_id]).fetchone()[0]
+        return queue_id, int(depth), duplicate
+
+    return op
+
+
+def claim_next(workspace_id: str) -> Callable[[sqlite_utils.Database], dict[str, Any] | None]:
+    def op(db: sqlite_utils.Database) -> dict[str, Any] | None:
+        row = db.execute("SELECT * FROM a2a_queue WHERE workspace_id = ? AND status = 'queued' ORDER BY id LIMIT 1",
+                         [workspace_id]).fetchone()
+        if row is None:
+            return None
+        db.execute("UPDATE a2a_queue SET status = 'dispatched', dispatched_at = ?, attempts = attempts + 1 "
+                   "WHERE id = ?", [time.time(), row["id"]])
+        item = dict(row)
+        item["attempts"] += 1
+        return item
+
+    return op
+
+
+def finish(queue_id: int, *, ok: bool, error: str | None = None,
+           attempts: int = 0) -> Callable[[sqlite_utils.Database], str]:
+    def op(db: sqlite_utils.Database) -> str:
+        if ok:
+            status = "completed"
+        else:
+            status = "failed" if attempts >= MAX_ATTEMPTS else "queued"
+        db.execute("UPDATE a2a_queue SET status = ?, last_error = ?, completed_at = ? WHERE id = ?",
+                   [status, error, time.time() if status != "queued" else None, queue_id])
+        return status
+
+    return op
+
+
+def requeue_dispatched(db: sqlite_utils.Database) -> None:
+    db.execute("UPDATE a2a_queue SET status = 'queued' WHERE status = 'dispatched'")
+
+
+def pending_counts(db: sqlite_utils.Database) -> dict[str, int]:
+    rows = db.execute("SELECT workspace_id, count(*) FROM a2a_queue WHERE status = 'queued' GROUP BY workspace_id")
+    return {row[0]: int(row[1]) for row in rows}
+
+
+def get(db: sqlite_utils.Database, queue_id: int) -> dict[str, Any] | None:
+    row = db.execute("SELECT id, workspace_id, message_id, status, attempts, last_error FROM a2a_queue WHERE id = ?",
+                     [queue_id]).fetchone()
+    return dict(row) if row else None
