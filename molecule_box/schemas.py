@@ -162,12 +162,55 @@ class Restart(Body):
     rebuild_config: bool = False
 
 
+class Attachment(Body):
+    uri: Annotated[str, Field(min_length=1, max_length=4096)]
+    name: Annotated[str, Field(max_length=1000)] = ""
+    mimeType: Annotated[str, Field(max_length=200)] | None = None  # noqa: N815 - the platform's field name
+    size: int | None = Field(default=None, ge=0)
+
+
+class Notify(Body):
+    """``POST /workspaces/:id/notify``: an agent's message to its user."""
+
+    message: Annotated[str, Field(min_length=1, max_length=65536)]
+    attachments: list[Attachment] = Field(default_factory=list, max_length=20)
+
+
+ACTIVITY_TYPES = ("a2a_send", "a2a_receive", "task_update", "agent_log", "skill_promotion", "memory_write", "error")
+
+
+class ReportActivity(Body):
+    """``POST /workspaces/:id/activity``: an agent reports what it did."""
+
+    activity_type: Literal["a2a_send", "a2a_receive", "task_update", "agent_log", "skill_promotion",
+                           "memory_write", "error"]
+    source_id: Annotated[str, Field(max_length=100)] | None = None
+    target_id: Annotated[str, Field(max_length=100)] | None = None
+    method: Annotated[str, Field(max_length=200)] | None = None
+    summary: Annotated[str, Field(max_length=2000)] | None = None
+    request_body: Any = None
+    response_body: Any = None
+    status: Annotated[str, Field(max_length=50)] | None = None
+    duration_ms: int | None = Field(default=None, ge=0)
+    error_detail: Annotated[str, Field(max_length=8192)] | None = None
+
+
+class Delegate(Body):
+    """``POST /workspaces/:id/delegate``: platform form (``target_id`` set; ``:id`` is the source) or SDK form
+    (no ``target_id``; ``:id`` is the target and ``X-Workspace-ID`` the source)."""
+
+    task: Annotated[str, Field(min_length=1, max_length=262144)]
+    target_id: UUIDStr | None = None
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+
 class Empty(Body):
     """A body-less request (anything sent is ignored)."""
 
 
 ALL_BODIES: tuple[type[Body], ...] = (
     CreateWorkspace, PatchWorkspace, Register, Heartbeat, UpdateCard, CheckAccess, PutSecret, PutModel, Restart,
+    Notify, ReportActivity, Delegate,
 )
 
 

@@ -11,14 +11,14 @@ from .errors import encode, error_response
 
 
 def create_app(box: Any) -> QuartTrio:
-    from . import events, meta, registry, secrets, tokens, workspaces
+    from . import activity, events, meta, registry, secrets, tokens, workspaces
 
     app = QuartTrio("molecule_box")
     app.extensions["molecule_box"] = box
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     app.config["BODY_TIMEOUT"] = 60
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
-    for module in (workspaces, registry, secrets, tokens, events, meta):
+    for module in (workspaces, registry, secrets, tokens, events, activity, meta):
         app.register_blueprint(module.bp)
 
     @app.errorhandler(Exception)

@@ -176,23 +176,26 @@ class AgentPool:
                 break
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, h11.RemoteProtocolError,
                     h11.LocalProtocolError) as exc:
-                await conn.close()
+                conn.close_now()
                 conn = None
                 if reused and attempt == 0:
                     reused = False
                     continue  # a keep-alive connection the agent had already closed: retry once, fresh
                 raise UpstreamError("reset", str(exc) or type(exc).__name__) from None
+            except BaseException:  # cancelled (a deadline) mid-request: the connection is in an unknown state
+                conn.close_now()
+                raise
         assert conn is not None
         response = UpstreamResponse(event.status_code, list(event.headers), conn)
         try:
             yield response
         except BaseException:
-            await conn.close()
+            conn.close_now()
             raise
         if response._done:
             self._release(conn)
         else:
-            await conn.close()
+            conn.close_now()
 
     def close(self) -> None:
         idle, self._idle = self._idle, []

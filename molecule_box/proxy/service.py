@@ -369,9 +369,10 @@ class A2AProxy:
                 self.pending[workspace_id] = 0
                 return
             self.pending[workspace_id] = max(0, self.pending.get(workspace_id, 1) - 1)
-            ok, error = await self._deliver(item)
+            ok, error, body = await self._deliver(item)
             final = await self.box.store.write(queue_rows.finish(item["id"], ok=ok, error=error,
                                                                  attempts=item["attempts"]))
+            await self._settle_delegation(item, final, body, error)
             if final == "queued":
                 self.pending[workspace_id] = self.pending.get(workspace_id, 0) + 1
             log.info("queue item %d for %s: %s%s", item["id"], workspace_id, final, f" ({error})" if error else "")
@@ -380,16 +381,34 @@ class A2AProxy:
         finally:
             self._draining.discard(workspace_id)
 
-    async def _deliver(self, item: dict[str, Any]) -> tuple[bool, str | None]:
+    async def _settle_delegation(self, item: dict[str, Any], final: str, body: bytes, error: str | None) -> None:
+        """A delivered (or finally failed) queue item that carried a delegation records its result."""
+        if final == "queued" or item["caller_id"] is None:
+            return
+        row = self.box.store.db.execute("SELECT id, source_id FROM delegations WHERE id = ?",
+                                        [item["message_id"]]).fetchone()
+        if row is None:
+            return
+        status = "completed" if final == "completed" else "failed"
+        result = json.dumps(_json_or_text(body)) if body else json.dumps({"error": error})
+        await self.box.store.write(lambda db: db.execute(
+            "UPDATE delegations SET status = ?, result = ?, updated_at = ? WHERE id = ?",
+            [status, result, time.time(), row["id"]]))
+        kind = "DELEGATION_COMPLETE" if status == "completed" else "DELEGATION_FAILED"
+        self.box.bus.publish(self.box.bus.make(kind, row["source_id"], {
+            "delegation_id": row["id"], "target_id": item["workspace_id"], "via": "queue_drain",
+            "result": _json_or_text(body) if body else None, "error": error}))
+
+    async def _deliver(self, item: dict[str, Any]) -> tuple[bool, str | None, bytes]:
         ws = self.box.supervisor.record(item["workspace_id"])
         if ws is None:
-            return False, "workspace removed"
+            return False, "workspace removed", b""
         norm = normalize(bytes(item["body"]))
         if ws.url in (None, "", NO_INBOUND) and ws.is_external:
             await self._to_inbox(ws, item["caller_id"], norm)
-            return True, None
+            return True, None, b""
         if ws.status not in (S.ONLINE, S.DEGRADED) or not ws.url:
-            return False, f"workspace is {ws.status.value}"
+            return False, f"workspace is {ws.status.value}", b""
         headers = [(k.encode(), v.encode("latin-1")) for k, v in json.loads(item["headers"]).items()]
         started = time.perf_counter()
         status, body, error = 502, b"", None
@@ -407,7 +426,7 @@ class A2AProxy:
             error = str(exc)
         self._log_call(ws, item["caller_id"], norm, status if error is None else max(status, 502),
                        body[:CAPTURE_LIMIT], started, error)
-        return error is None, error
+        return error is None, error, body
 
     # -- retention -----------------------------------------------------------------------------
 

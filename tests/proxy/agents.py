@@ -17,6 +17,8 @@ ASGI = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 class TestAgent:
     """An A2A-ish agent: answers JSON-RPC, can stream SSE, be slow, or fail; records what it received."""
 
+    __test__ = False  # a helper, not a pytest test class
+
     def __init__(self) -> None:
         self.received: list[tuple[dict[str, str], dict[str, Any]]] = []
         self.delay = 0.0

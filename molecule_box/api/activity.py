@@ -1,0 +1,240 @@
+"""Activity, notifications, the poll inbox and delegation (reference §5.5, §5.7; SDK contract)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import datetime
+from typing import Any
+
+from quart import Blueprint, request
+
+from ..access import can_communicate
+from ..errors import BadRequest, Forbidden, Gone, NotFound
+from ..models import WorkspaceStatus, rfc3339
+from ..proxy.normalize import message_text
+from ..schemas import Delegate, Notify, ReportActivity
+from ..store import activity as activity_rows
+from ..store import queue as queue_rows
+from .auth import require_caller, require_workspace
+from .routing import box, parse, query_int, respond, route
+from .workspaces import load, workspace_id
+
+bp = Blueprint("activity", __name__)
+
+
+def _live(wid: str) -> Any:
+    ws = load(wid)
+    if ws.status is WorkspaceStatus.REMOVED:
+        raise NotFound("workspace not found")
+    return ws
+
+
+def _json(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def shape(row: dict[str, Any]) -> dict[str, Any]:
+    """An activity row as the platform's SDK reads it: ``data`` carries what its inbox needs."""
+    b = box()
+    request_body = _json(row["request_body"])
+    source = row["source_id"]
+    peer = b.supervisor.record(source) if source else None
+    text = message_text(request_body) if isinstance(request_body, dict) else ""
+    if not text and row["method"] == "notify":
+        response = _json(row["response_body"])
+        text = response.get("result", "") if isinstance(response, dict) else ""
+    return {
+        "id": row["id"],
+        "type": row["activity_type"],
+        "activity_type": row["activity_type"],
+        "workspace_id": row["workspace_id"],
+        "source_id": source,
+        "target_id": row["target_id"],
+        "method": row["method"],
+        "summary": row["summary"],
+        "status": row["status"],
+        "duration_ms": row["duration_ms"],
+        "error_detail": row["error_detail"],
+        "request_body": request_body,
+        "response_body": _json(row["response_body"]),
+        "created_at": rfc3339(row["created_at"]),
+        "data": {
+            "source": "canvas_user" if source is None else "peer_agent",
+            "text": text,
+            "message": text,
+            "peer_name": peer.name if peer else None,
+            "peer_role": peer.role if peer else None,
+            "agent_card_url": f"{request.host_url.rstrip('/')}/registry/discover/{source}" if source else None,
+        },
+    }
+
+
+@route(bp, "/workspaces/<raw_id>/activity", "GET", auth="workspace",
+       summary="Activity of a workspace; with type=a2a_receive its poll inbox (oldest first after since_id)",
+       query={"type": "activity type", "source": "canvas or agent", "limit": "1-500, default 100",
+              "since_id": "cursor: rows after this id, oldest first (410 when pruned)",
+              "peer_id": "only rows from this workspace", "before_ts": "RFC 3339: only older rows"},
+       responses={200: "A list of rows", 410: "The since_id cursor was pruned: reset it"})
+async def list_activity(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    principal = await require_workspace(b, wid)
+    _live(wid)
+    source = request.args.get("source") or None
+    if source not in (None, "canvas", "agent"):
+        raise BadRequest("source must be canvas or agent")
+    limit = query_int("limit", 100, low=1, high=500)
+    since_id = request.args.get("since_id")
+    since = None
+    if since_id:
+        since = query_int("since_id", 0, low=0, high=2**62)
+        if since and since <= activity_rows.pruned_below(b.store.db) and not b.store.db.execute(
+                "SELECT 1 FROM activity WHERE id = ?", [since]).fetchone():
+            raise Gone("activity cursor was pruned; reset since_id", code="cursor_pruned")
+    before = None
+    raw_before = request.args.get("before_ts")
+    if raw_before:
+        try:
+            before = datetime.fromisoformat(raw_before.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise BadRequest("before_ts must be an RFC 3339 timestamp") from None
+    rows = activity_rows.query(
+        b.store.db, wid, activity_type=request.args.get("type") or None, since_id=since, before_ts=before,
+        peer_id=request.args.get("peer_id") or None, source=source, limit=limit,
+        # An agent polling its own inbox never gets back what it sent itself (no self-echo loop).
+        exclude_source=None if principal.is_admin else wid,
+        newest_first=source is not None)
+    return respond([shape(row) for row in rows])
+
+
+@route(bp, "/workspaces/<raw_id>/activity", "POST", auth="workspace", body=ReportActivity,
+       summary="An agent reports an activity of its own", responses={200: "{status, id}", 403: "source_id spoof"})
+async def report_activity(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    body: ReportActivity = await parse(ReportActivity)
+    _live(wid)
+    if body.source_id is not None and body.source_id != wid:
+        raise Forbidden("source_id must be the reporting workspace")
+    row_id = await b.store.write(activity_rows.insert(
+        workspace_id=wid, activity_type=body.activity_type, source_id=wid, target_id=body.target_id,
+        method=body.method, summary=body.summary, request_body=body.request_body, response_body=body.response_body,
+        status=body.status, duration_ms=body.duration_ms, error_detail=body.error_detail))
+    b.bus.publish(b.bus.make("ACTIVITY_LOGGED", wid, {
+        "activity_type": body.activity_type, "method": body.method, "summary": body.summary,
+        "status": body.status, "source_id": wid, "target_id": body.target_id, "duration_ms": body.duration_ms}))
+    return respond({"status": "logged", "id": row_id})
+
+
+@route(bp, "/workspaces/<raw_id>/notify", "POST", auth="workspace", body=Notify,
+       summary="An agent pushes a message to its user", responses={200: "{status: sent}", 404: "Removed"})
+async def notify(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    body: Notify = await parse(Notify)
+    ws = _live(wid)
+    attachments = [a.model_dump(exclude_none=True) for a in body.attachments]
+    response: dict[str, Any] = {"result": body.message}
+    if attachments:
+        response["parts"] = [{"kind": "file", "file": a} for a in attachments]
+    # source_id is the agent itself: it is chat history for the user, never an inbox message for the agent.
+    await b.store.write(activity_rows.insert(
+        workspace_id=wid, activity_type="a2a_receive", source_id=wid, target_id=wid, method="notify",
+        summary=body.message[:200], response_body=response, status="ok"))
+    payload: dict[str, Any] = {"message": body.message, "workspace_id": wid, "name": ws.name}
+    if attachments:
+        payload["attachments"] = attachments
+    b.bus.publish(b.bus.make("AGENT_MESSAGE", wid, payload))
+    return respond({"status": "sent"})
+
+
+@route(bp, "/workspaces/<raw_id>/delegate", "POST", auth="caller", body=Delegate,
+       summary="Hand a task to another workspace asynchronously (idempotent by idempotency_key)",
+       responses={200: "Idempotent hit", 202: "{delegation_id, status: delegated, target_id}",
+                  400: "Bad body or self-delegation", 403: "Hierarchy forbids it"})
+async def delegate(raw_id: str) -> Any:
+    b = box()
+    path_id = workspace_id(raw_id)
+    body: Delegate = await parse(Delegate)
+    if body.target_id is not None:  # the platform's form: :id is the source
+        principal = await require_workspace(b, path_id)
+        source, target = path_id, body.target_id
+    else:  # the SDK's form: :id is the target, the caller is X-Workspace-ID
+        principal = await require_caller(b)
+        if principal.workspace_id is None:
+            raise BadRequest("X-Workspace-ID (the delegating workspace) is required")
+        source, target = principal.workspace_id, path_id
+    if source == target:
+        raise BadRequest("a workspace cannot delegate to itself")
+    _live(source)
+    target_ws = _live(target)
+    if not can_communicate(b.supervisor.record, source, target):
+        raise Forbidden("access denied: workspaces cannot communicate per hierarchy rules")
+    if body.idempotency_key:
+        row = b.store.db.execute(
+            "SELECT id, status FROM delegations WHERE source_id = ? AND target_id = ? AND idempotency_key = ?",
+            [source, target, body.idempotency_key]).fetchone()
+        if row is not None and row["status"] != "failed":
+            return respond({"delegation_id": row["id"], "status": row["status"], "target_id": target,
+                            "idempotent_hit": True})
+        if row is not None:
+            await b.store.write(lambda db: db.execute("DELETE FROM delegations WHERE id = ?", [row["id"]]))
+    delegation_id = str(uuid.uuid4())
+    message = {"jsonrpc": "2.0", "id": delegation_id, "method": "message/send", "params": {"message": {
+        "role": "user", "messageId": delegation_id, "parts": [{"kind": "text", "text": body.task}],
+        "metadata": {"delegation_id": delegation_id, "source_workspace_id": source}}}}
+    encoded = json.dumps(message, separators=(",", ":")).encode()
+    now = time.time()
+    enqueue = queue_rows.enqueue(target, source, delegation_id, "message/send", encoded,
+                                 {"content-type": "application/json"})
+
+    def op(db: Any) -> Any:
+        db.execute("""INSERT INTO delegations (id, source_id, target_id, task, idempotency_key, status, created_at,
+                      updated_at) VALUES (?, ?, ?, ?, ?, 'delegated', ?, ?)""",
+                   [delegation_id, source, target, body.task, body.idempotency_key, now, now])
+        return enqueue(db)
+
+    await b.store.write(op)
+    b.proxy.pending[target] = b.proxy.pending.get(target, 0) + 1
+    if target_ws.active_tasks < target_ws.max_concurrent_tasks:
+        b.proxy.request_drain(target)
+    b.bus.publish(b.bus.make("DELEGATION_SENT", source, {"delegation_id": delegation_id, "target_id": target,
+                                                         "task": body.task[:500]}))
+    del principal
+    return respond({"delegation_id": delegation_id, "status": "delegated", "target_id": target}, 202)
+
+
+@route(bp, "/workspaces/<raw_id>/delegations", "GET", auth="workspace",
+       summary="Delegations a workspace sent or received, newest first")
+async def list_delegations(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    rows = b.store.db.execute(
+        "SELECT * FROM delegations WHERE source_id = ? OR target_id = ? ORDER BY created_at DESC LIMIT 200",
+        [wid, wid]).fetchall()
+    return respond([{"delegation_id": r["id"], "source_id": r["source_id"], "target_id": r["target_id"],
+                     "task": r["task"], "status": r["status"], "result": _json(r["result"]),
+                     "created_at": rfc3339(r["created_at"]), "updated_at": rfc3339(r["updated_at"])} for r in rows])
+
+
+@route(bp, "/workspaces/<raw_id>/queue", "GET", auth="workspace",
+       summary="Messages queued for a busy workspace and their delivery state (molecule-box addition)")
+async def list_queue(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    rows = b.store.db.execute(
+        """SELECT id, caller_id, message_id, method, status, attempts, last_error, enqueued_at, completed_at
+           FROM a2a_queue WHERE workspace_id = ? ORDER BY id DESC LIMIT 200""", [wid]).fetchall()
+    return respond([{**dict(r), "enqueued_at": rfc3339(r["enqueued_at"]), "completed_at": rfc3339(r["completed_at"])}
+                    for r in rows])
