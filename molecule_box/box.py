@@ -37,7 +37,6 @@ from .security import tokens as tk
 from .security.crypto import SecretBox, load_key
 from .store import Store
 from .store import settings as box_settings
-from .store import workspaces as workspace_rows
 from .vault import Vault
 
 log = logging.getLogger(__name__)

@@ -160,7 +160,7 @@ class A2AProxy:
                 for candidate in ips:
                     reason = ip_refusal(candidate, allowed)
                     if reason:
-                        raise UnsafeAgentURL(reason)
+                        raise UnsafeAgentURL(reason) from None
                 address = str(ips[0])
                 self._resolved[host] = (now + RESOLVE_TTL, address)
             ip = ipaddress.ip_address(address)
@@ -257,7 +257,8 @@ class A2AProxy:
         try:
             scheme, address, port, host, path = await self._resolve(ws.url or "")
         except UnsafeAgentURL as exc:
-            raise BadGateway(f"workspace URL is not allowed: {exc.message.removeprefix('agent URL refused: ')}")
+            raise BadGateway(
+                f"workspace URL is not allowed: {exc.message.removeprefix('agent URL refused: ')}") from None
         now = trio.current_time()
         hard = min(now + timeout if timeout else math.inf, now + AGENT_CEILING if caller else math.inf)
         idle = self._idle_window(ws)

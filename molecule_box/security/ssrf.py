@@ -86,7 +86,7 @@ async def check_agent_url(url: str, allowed: Iterable[ipaddress.IPv4Network | ip
             raise UnsafeAgentURL(f"host {host!r} does not resolve") from None
         addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
         if not addresses:
-            raise UnsafeAgentURL(f"host {host!r} does not resolve")
+            raise UnsafeAgentURL(f"host {host!r} does not resolve") from None
     for ip in addresses:
         reason = ip_refusal(ip, allowed)
         if reason:
