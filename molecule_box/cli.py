@@ -84,3 +84,12 @@ def show_config() -> None:
     for setting in SETTINGS:
         default = "" if setting.default in (None, ()) else f" (default: {setting.default})"
         click.echo(f"{setting.env}{default}\n    {setting.help}")
+
+
+def _register_operator_commands() -> None:
+    from .operator import register
+
+    register(main)
+
+
+_register_operator_commands()

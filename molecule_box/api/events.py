@@ -45,6 +45,45 @@ async def workspace_history(raw_id: str) -> Any:
     return respond([e.history_row() for e in event_rows.recent(b.store.db, wid)])
 
 
+def _sse(events: Any, frame: Any) -> AsyncIterator[bytes]:
+    """Frames of a subscription as server-sent events, with keep-alive comments so proxies keep it open."""
+
+    async def frames() -> AsyncIterator[bytes]:
+        yield b": ping\n\n"
+        while True:
+            event: Event | None = None
+            with trio.move_on_after(SSE_KEEPALIVE):
+                event = await events.receive()
+            if event is None:
+                yield b": keepalive\n\n"
+                continue
+            yield b"data: " + json.dumps(frame(event), default=str).encode() + b"\n\n"
+
+    return frames()
+
+
+def _sse_response(body: AsyncIterator[bytes]) -> Response:
+    response = Response(body, content_type="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    response.timeout = None
+    return response
+
+
+@route(bp, "/events/stream", "GET", auth="admin", responses={200: "text/event-stream"},
+       summary="Server-sent events of every workspace, in the /ws frame shape (molecule-box addition)")
+async def all_events_stream() -> Any:
+    b = box()
+    await require_admin(b)
+
+    async def body() -> AsyncIterator[bytes]:
+        with b.bus.subscribe() as events:
+            async for chunk in _sse(events, Event.ws_frame):
+                yield chunk
+
+    return _sse_response(body())
+
+
 @route(bp, "/workspaces/<raw_id>/events/stream", "GET", summary="Server-sent events of one workspace",
        auth="workspace", responses={200: "text/event-stream", 404: "Unknown workspace"})
 async def workspace_stream(raw_id: str) -> Any:
@@ -54,23 +93,12 @@ async def workspace_stream(raw_id: str) -> Any:
     if load(wid).status is WorkspaceStatus.REMOVED:
         raise NotFound("workspace not found")
 
-    async def frames() -> AsyncIterator[bytes]:
-        yield b": ping\n\n"
+    async def body() -> AsyncIterator[bytes]:
         with b.bus.subscribe(lambda e: e.workspace_id == wid, buffer=64) as events:
-            while True:
-                event: Event | None = None
-                with trio.move_on_after(SSE_KEEPALIVE):
-                    event = await events.receive()
-                if event is None:
-                    yield b": keepalive\n\n"
-                    continue
-                yield b"data: " + json.dumps(event.sse_frame(), default=str).encode() + b"\n\n"
+            async for chunk in _sse(events, Event.sse_frame):
+                yield chunk
 
-    response = Response(frames(), content_type="text/event-stream")
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
-    response.timeout = None
-    return response
+    return _sse_response(body())
 
 
 declare("/ws", "GET", summary="WebSocket of live events (admin: all; workspace: those it may talk to)",

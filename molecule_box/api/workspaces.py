@@ -378,3 +378,22 @@ async def workspace_failures(raw_id: str) -> Any:
     return respond({"workspace_id": wid, "status": ws.status.value, "failure_reason": ws.failure_reason,
                     "actor_failures": [{"error": r["error"], "at": rfc3339(r["created_at"])} for r in rows],
                     "checked_at": rfc3339(time.time())})
+
+
+@route(bp, "/workspaces/<raw_id>/logs", "GET", auth="workspace", query={"tail": "lines, 1-10000, default 200"},
+       summary="The workload's recent output (backends with the logs capability)",
+       responses={200: "{workspace_id, logs}", 409: "The backend keeps no logs (e.g. remote agents)"})
+async def workspace_logs(raw_id: str) -> Any:
+    from .routing import query_int
+
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    ws = load(wid)
+    backend = await b.backends.get(ws.backend)
+    if not backend.capabilities().logs:
+        raise Conflict(f"the {ws.backend} backend keeps no logs for this workspace")
+    tail = query_int("tail", 200, low=1, high=10000)
+    with trio.fail_after(30):
+        text = await backend.logs(ws.backend_state or {"workspace_id": wid}, tail=tail)
+    return respond({"workspace_id": wid, "logs": text})

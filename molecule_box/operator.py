@@ -1,0 +1,393 @@
+"""Operator commands over the HTTP API: ``workspaces``, ``tokens``, ``secrets``, ``events``, ``logs``.
+
+They talk to a running box like any other client (``MOLECULE_BOX_URL``,
+default http://127.0.0.1:8080) with the admin token from ``ADMIN_TOKEN`` or
+the file ``~/.config/molecule-box/admin-token`` (which must be mode 0600).
+Tables on a terminal, ``--json`` for scripts. Secret values are read from
+stdin or a hidden prompt, never from the command line, where they would land
+in shell history and ``ps``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+TOKEN_FILE = Path("~/.config/molecule-box/admin-token").expanduser()
+TERMINAL_STATES = {"online", "failed", "removed", "paused", "awaiting_agent", "degraded"}
+
+
+class Api:
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.http = httpx.Client(base_url=self.url, timeout=30,
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise click.ClickException(f"cannot reach the box at {self.url} ({exc}); is `molecule-box run` "
+                                       "running? (set MOLECULE_BOX_URL to point elsewhere)") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("error", response.text)
+            except ValueError:
+                message = response.text
+            hint = " (set ADMIN_TOKEN or write the token to ~/.config/molecule-box/admin-token)" \
+                if response.status_code == 401 else ""
+            raise click.ClickException(f"{method} {path}: HTTP {response.status_code}: {message}{hint}")
+        return response.json() if response.content else None
+
+    def resolve(self, ref: str) -> str:
+        """A workspace id from an id, a unique id prefix, or a unique name."""
+        if len(ref) == 36:
+            return ref
+        rows = self.call("GET", "/workspaces")
+        matches = [w["id"] for w in rows if w["id"].startswith(ref) or w["name"] == ref]
+        if len(matches) != 1:
+            raise click.ClickException(f"{ref!r} matches {len(matches)} workspaces; use more of the id")
+        return str(matches[0])
+
+
+def admin_token() -> str | None:
+    token = os.environ.get("ADMIN_TOKEN")
+    if token:
+        return token.strip()
+    if TOKEN_FILE.exists():
+        mode = stat.S_IMODE(TOKEN_FILE.stat().st_mode)
+        if mode & 0o077:
+            raise click.ClickException(f"{TOKEN_FILE} is readable by others (mode {mode:o}); chmod 600 it")
+        return TOKEN_FILE.read_text().strip()
+    return None
+
+
+pass_api = click.make_pass_decorator(Api)
+
+
+def _api_group(name: str, help: str) -> click.Group:
+    @click.group(name=name, help=help)
+    @click.option("--url", envvar="MOLECULE_BOX_URL", default="http://127.0.0.1:8080", show_default=True,
+                  help="The box's address.")
+    @click.pass_context
+    def group(ctx: click.Context, url: str) -> None:
+        ctx.obj = Api(url, admin_token())
+
+    return group
+
+
+def emit(data: Any, as_json: bool, columns: list[tuple[str, str]] | None = None) -> None:
+    if as_json or columns is None:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    rows = data if isinstance(data, list) else [data]
+    table = [[_cell(row.get(key)) for key, _ in columns] for row in rows]
+    widths = [max([len(title)] + [len(r[i]) for r in table]) for i, (_, title) in enumerate(columns)]
+    click.echo("  ".join(title.ljust(w) for (_, title), w in zip(columns, widths, strict=True)).rstrip())
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+WS_COLUMNS = [("id", "ID"), ("name", "NAME"), ("status", "STATUS"), ("backend", "BACKEND"), ("runtime", "RUNTIME"),
+              ("last_heartbeat_at", "LAST HEARTBEAT")]
+
+# -- workspaces -------------------------------------------------------------------------------------
+
+workspaces = _api_group("workspaces", "List, create and manage workspaces.")
+
+
+@workspaces.command("ls")
+@json_option
+@pass_api
+def ws_ls(api: Api, as_json: bool) -> None:
+    """List workspaces."""
+    emit(api.call("GET", "/workspaces"), as_json, WS_COLUMNS)
+
+
+@workspaces.command("show")
+@click.argument("workspace")
+@json_option
+@pass_api
+def ws_show(api: Api, workspace: str, as_json: bool) -> None:
+    """Show one workspace, with why it failed if it did."""
+    wid = api.resolve(workspace)
+    data = api.call("GET", f"/workspaces/{wid}")
+    if as_json:
+        emit(data, True)
+        return
+    for key, value in data.items():
+        if value not in (None, "", {}, []):
+            click.echo(f"{key:>20}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+
+
+@workspaces.command("create")
+@click.argument("name")
+@click.option("--external", is_flag=True, help="A remote agent (laptop, CI runner) that registers itself.")
+@click.option("--url", "agent_url", help="The remote agent's A2A URL, if it has one.")
+@click.option("--runtime", help="Agent runtime (image) for box-run workspaces.")
+@click.option("--tier", type=click.IntRange(1, 4))
+@click.option("--parent", help="Parent workspace (id, prefix or name).")
+@click.option("--backend", help="Backend plugin to use instead of the default.")
+@click.option("--wait", is_flag=True, help="Wait until the workspace is online (or fails).")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds --wait waits.")
+@json_option
+@pass_api
+def ws_create(api: Api, name: str, external: bool, agent_url: str | None, runtime: str | None, tier: int | None,
+              parent: str | None, backend: str | None, wait: bool, timeout: float, as_json: bool) -> None:
+    """Create a workspace."""
+    body: dict[str, Any] = {"name": name, "external": external}
+    for key, value in (("url", agent_url), ("runtime", runtime), ("tier", tier), ("backend", backend)):
+        if value is not None:
+            body[key] = value
+    if parent:
+        body["parent_id"] = api.resolve(parent)
+    created = api.call("POST", "/workspaces", json=body)
+    if wait and created["status"] not in TERMINAL_STATES:
+        created["status"] = _wait(api, created["id"], timeout, quiet=as_json)
+    if as_json:
+        emit(created, True)
+        return
+    click.echo(f"created {created['id']} ({created['status']})")
+    connection = created.get("connection")
+    if connection:
+        click.echo("\nThe agent's token (shown only now; store it where the agent runs):\n")
+        click.echo(f"  WORKSPACE_ID={connection['workspace_id']}")
+        click.echo(f"  MOLECULE_TOKEN={connection['auth_token']}")
+        click.echo(f"  PLATFORM_URL={connection['platform_url']}")
+
+
+def _wait(api: Api, wid: str, timeout: float, *, quiet: bool) -> str:
+    deadline = time.monotonic() + timeout
+    spinner = "|/-\\"
+    status = "provisioning"
+    tick = 0
+    show = not quiet and sys.stderr.isatty()
+    while time.monotonic() < deadline:
+        status = api.call("GET", f"/workspaces/{wid}")["status"]
+        if status in TERMINAL_STATES:
+            break
+        if show:
+            click.echo(f"\r{spinner[tick % 4]} {status} ({int(deadline - time.monotonic())}s left) ", nl=False,
+                       err=True)
+        tick += 1
+        time.sleep(0.5)
+    if show:
+        click.echo("\r" + " " * 40 + "\r", nl=False, err=True)
+    if status == "failed":
+        reason = api.call("GET", f"/workspaces/{wid}/failures").get("failure_reason")
+        raise click.ClickException(f"workspace {wid} failed: {reason}")
+    if status not in TERMINAL_STATES:
+        raise click.ClickException(f"workspace {wid} still {status} after {timeout:g}s")
+    return str(status)
+
+
+@workspaces.command("rm")
+@click.argument("workspace")
+@click.option("--cascade", is_flag=True, help="Also delete its descendants.")
+@click.option("--purge", is_flag=True, help="Remove the rows too, not just mark them removed.")
+@json_option
+@pass_api
+def ws_rm(api: Api, workspace: str, cascade: bool, purge: bool, as_json: bool) -> None:
+    """Delete a workspace (its workload and volumes too)."""
+    wid = api.resolve(workspace)
+    params = {"confirm": "true"} if cascade else {}
+    if purge:
+        params["purge"] = "true"
+    response = api.http.delete(f"/workspaces/{wid}", params=params)
+    if response.status_code == 409:
+        kids = ", ".join(c["name"] for c in response.json()["children"])
+        raise click.ClickException(f"workspace has children ({kids}); pass --cascade to delete them too")
+    if response.status_code >= 400:
+        raise click.ClickException(f"DELETE: HTTP {response.status_code}: {response.json().get('error')}")
+    emit(response.json(), as_json, [("status", "STATUS"), ("cascade_deleted", "DESCENDANTS")])
+
+
+def _verb(name: str, help: str) -> None:
+    @workspaces.command(name, help=help)
+    @click.argument("workspace")
+    @json_option
+    @pass_api
+    def command(api: Api, workspace: str, as_json: bool) -> None:
+        wid = api.resolve(workspace)
+        emit(api.call("POST", f"/workspaces/{wid}/{name}"), as_json, [("status", "STATUS")])
+
+
+for _name, _help in (("restart", "Restart a box-run workspace's workload."),
+                     ("pause", "Pause a workspace and its descendants."),
+                     ("resume", "Resume a paused (or wake a hibernated) workspace."),
+                     ("hibernate", "Hibernate an idle workspace."), ("wake", "Wake a hibernated workspace.")):
+    _verb(_name, _help)
+
+# -- tokens -----------------------------------------------------------------------------------------
+
+tokens = _api_group("tokens", "Workspace bearer tokens: list, create (shown once), revoke.")
+
+
+@tokens.command("ls")
+@click.argument("workspace")
+@json_option
+@pass_api
+def tokens_ls(api: Api, workspace: str, as_json: bool) -> None:
+    """List a workspace's live tokens (prefixes only)."""
+    data = api.call("GET", f"/workspaces/{api.resolve(workspace)}/tokens")
+    emit(data if as_json else data["tokens"], as_json,
+         [("id", "ID"), ("prefix", "PREFIX"), ("created_at", "CREATED"), ("last_used_at", "LAST USED")])
+
+
+@tokens.command("create")
+@click.argument("workspace")
+@json_option
+@pass_api
+def tokens_create(api: Api, workspace: str, as_json: bool) -> None:
+    """Mint a token; it is printed once."""
+    data = api.call("POST", f"/workspaces/{api.resolve(workspace)}/tokens")
+    if as_json:
+        emit(data, True)
+    else:
+        click.echo(data["auth_token"])
+        click.echo("(shown only once; store it now)", err=True)
+
+
+@tokens.command("revoke")
+@click.argument("workspace")
+@click.argument("token_id")
+@json_option
+@pass_api
+def tokens_revoke(api: Api, workspace: str, token_id: str, as_json: bool) -> None:
+    """Revoke a token by its id."""
+    emit(api.call("DELETE", f"/workspaces/{api.resolve(workspace)}/tokens/{token_id}"), as_json,
+         [("status", "STATUS")])
+
+# -- secrets ----------------------------------------------------------------------------------------
+
+
+secrets = _api_group("secrets", "Secrets, global or per workspace. Values come from stdin or a prompt.")
+workspace_option = click.option("--workspace", "-w", help="A workspace (id, prefix or name); default: global.")
+
+
+def _secrets_path(api: Api, workspace: str | None) -> str:
+    return f"/workspaces/{api.resolve(workspace)}/secrets" if workspace else "/settings/secrets"
+
+
+@secrets.command("set")
+@click.argument("key")
+@workspace_option
+@json_option
+@pass_api
+def secrets_set(api: Api, key: str, workspace: str | None, as_json: bool) -> None:
+    """Set KEY; the value is read from stdin (piped) or a hidden prompt, never from arguments."""
+    if sys.stdin.isatty():
+        value = click.prompt(f"value for {key}", hide_input=True, confirmation_prompt=True)
+    else:
+        value = sys.stdin.read().rstrip("\n")
+    if not value:
+        raise click.ClickException("empty value; nothing saved")
+    emit(api.call("PUT", _secrets_path(api, workspace), json={"key": key, "value": value}), as_json,
+         [("status", "STATUS"), ("key", "KEY")])
+
+
+@secrets.command("ls")
+@workspace_option
+@json_option
+@pass_api
+def secrets_ls(api: Api, workspace: str | None, as_json: bool) -> None:
+    """List secret keys (never values)."""
+    emit(api.call("GET", _secrets_path(api, workspace)), as_json,
+         [("key", "KEY"), ("scope", "SCOPE"), ("updated_at", "UPDATED")])
+
+
+@secrets.command("rm")
+@click.argument("key")
+@workspace_option
+@json_option
+@pass_api
+def secrets_rm(api: Api, key: str, workspace: str | None, as_json: bool) -> None:
+    """Delete a secret."""
+    emit(api.call("DELETE", f"{_secrets_path(api, workspace)}/{key}"), as_json,
+         [("status", "STATUS"), ("key", "KEY")])
+
+# -- events and logs ---------------------------------------------------------------------------------
+
+
+@click.command("events")
+@click.option("--url", envvar="MOLECULE_BOX_URL", default="http://127.0.0.1:8080", show_default=True)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they happen.")
+@click.option("--workspace", "-w", help="Only this workspace.")
+@json_option
+def events(url: str, follow: bool, workspace: str | None, as_json: bool) -> None:
+    """Recent events, or a live feed with --follow."""
+    api = Api(url, admin_token())
+    wid = api.resolve(workspace) if workspace else None
+    if not follow:
+        rows = list(reversed(api.call("GET", f"/events/{wid}" if wid else "/events")))
+        if as_json:
+            emit(rows, True)
+        else:
+            for row in rows:
+                click.echo(_event_line(row["created_at"], row["event_type"], row["workspace_id"], row["payload"]))
+        return
+    try:
+        for frame in _stream(api, "/events/stream"):
+            if wid and frame.get("workspace_id") != wid:
+                continue
+            click.echo(json.dumps(frame) if as_json else
+                       _event_line(frame["timestamp"], frame["event"], frame["workspace_id"], frame["payload"]))
+    except KeyboardInterrupt:
+        pass
+
+
+def _stream(api: Api, path: str) -> Iterator[dict[str, Any]]:
+    with api.http.stream("GET", path, timeout=httpx.Timeout(30, read=None)) as response:
+        if response.status_code >= 400:
+            raise click.ClickException(f"GET {path}: HTTP {response.status_code}")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                yield json.loads(line[6:])
+
+
+def _event_line(when: str, kind: str, wid: str | None, payload: Any) -> str:
+    details = " ".join(f"{k}={v}" for k, v in (payload or {}).items() if k != "agent_card")
+    return f"{when}  {kind:<28} {(wid or '-')[:8]}  {details}".rstrip()
+
+
+@click.command("logs")
+@click.argument("workspace")
+@click.option("--url", envvar="MOLECULE_BOX_URL", default="http://127.0.0.1:8080", show_default=True)
+@click.option("--tail", "-n", default=200, show_default=True, help="Lines to show.")
+@json_option
+def logs(workspace: str, url: str, tail: int, as_json: bool) -> None:
+    """A workspace's container output (backends that keep logs, e.g. docker)."""
+    api = Api(url, admin_token())
+    data = api.call("GET", f"/workspaces/{api.resolve(workspace)}/logs", params={"tail": tail})
+    if as_json:
+        emit(data, True)
+    else:
+        click.echo(data["logs"], nl=False)
+
+
+COMMANDS = (workspaces, tokens, secrets, events, logs)
+
+
+def register(main: click.Group) -> None:
+    for command in COMMANDS:
+        main.add_command(command)
