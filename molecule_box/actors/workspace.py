@@ -331,8 +331,6 @@ class WorkspaceActor:
         if cmd.mint_token:
             token, mint = token_rows.mint(ws.id)
             extra.append(mint)
-        if ws.status is S.PROVISIONING:
-            pass  # the workload is up: the start op (if any) reports its handle independently
         await self._commit(outcome, *extra)
         self.box.metrics.registrations.inc()
         self.box.proxy.request_drain(ws.id)

@@ -46,7 +46,7 @@ def paused_ancestor(ws: Workspace) -> Workspace | None:
     parent = ws.parent_id
     while parent and parent not in seen:
         seen.add(parent)
-        node = load(parent) if parent else None
+        node = box().supervisor.record(parent) or workspace_rows.get(box().store.db, parent)
         if node is None:
             return None
         if node.status is S.PAUSED:

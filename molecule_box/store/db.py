@@ -187,8 +187,15 @@ class Store:
     # -- maintenance -------------------------------------------------------------------------
 
     def checkpoint(self) -> None:
-        """Fold the WAL back into the main file so it does not grow without bound."""
-        self._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        """Fold the WAL back into the main file so it does not grow without bound.
+
+        Runs on a connection of its own (any connection may checkpoint a WAL database), so it never shares
+        the writer's connection across threads; PASSIVE never blocks the writer or readers."""
+        conn = _connect(self.path)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
 
     def integrity_check(self) -> str:
         return str(self._rconn.execute("PRAGMA integrity_check").fetchone()[0])
