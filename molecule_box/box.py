@@ -29,9 +29,10 @@ from .actors.commands import Observed
 from .backends.base import BackendContext, BackendEvent, BackendFactory
 from .backends.loader import BackendRegistry
 from .config import Settings
-from .errors import BackendNotInstalled
+from .errors import BackendError, BackendNotInstalled
 from .events import EventBus
 from .metrics import BoxMetrics
+from .ops.lock import DataDirLock
 from .proxy.service import A2AProxy
 from .security import tokens as tk
 from .security.crypto import SecretBox, load_key
@@ -42,6 +43,10 @@ from .vault import Vault
 log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL = 300.0
+#: The orphan sweep runs ``ORPHAN_GRACE_SECONDS`` after start, then this often.
+ORPHAN_SWEEP_INTERVAL = 60.0
+#: Longest one orphan's removal may take before the sweep moves on (it is retried at the next sweep).
+ORPHAN_DESTROY_DEADLINE = 60.0
 
 
 class AdminAuth:
@@ -142,11 +147,52 @@ class Box:
             except Exception:
                 log.exception("store checkpoint failed")
 
+    # -- orphan sweep (user asks #11; Nomad's reconcile_dangling) ---------------------------------
+
+    async def _orphan_sweep(self) -> None:
+        """Remove, after a grace period and then every minute, the workloads this box manages that belong to
+        no workspace it supervises (a delete interrupted by a crash, a store restored from an older backup)."""
+        await trio.sleep(self.settings.orphan_grace_seconds)
+        while True:
+            await self.sweep_orphans()
+            await trio.sleep(ORPHAN_SWEEP_INTERVAL)
+
+    async def sweep_orphans(self) -> int:
+        """One sweep over every loaded lifecycle backend; returns how many orphans it removed.
+
+        Only workloads labelled with this box's id are listed (``list_managed``), so another box's are never
+        touched; a workload younger than ``ORPHAN_GRACE_SECONDS`` is left alone (its create may still be on the
+        way); a workspace with an actor cleans up its own workloads.
+        """
+        removed = 0
+        grace = self.settings.orphan_grace_seconds
+        for name, backend in sorted(self.backends.loaded().items()):
+            if not backend.capabilities().lifecycle:
+                continue
+            try:
+                handles = await backend.list_managed()
+            except BackendError as exc:
+                log.warning("orphan sweep: %s cannot list its workloads (%s)", name, exc.reason)
+                continue
+            for handle in handles:
+                workspace_id = str(handle.get("workspace_id") or "")
+                if workspace_id and workspace_id in self.supervisor.slots:
+                    continue
+                created = handle.get("created")
+                if isinstance(created, (int, float)) and time.time() - created < grace:
+                    continue
+                log.warning("orphan sweep: removing %s workload %s of unknown workspace %s", name,
+                            handle.get("name") or handle.get("container_id") or "?", workspace_id or "?")
+                with trio.move_on_after(ORPHAN_DESTROY_DEADLINE):
+                    try:
+                        await backend.destroy(handle)
+                        removed += 1
+                    except BackendError as exc:
+                        log.warning("orphan sweep: could not remove it (%s); retrying at the next sweep", exc.reason)
+        return removed
+
     def _checkpoint(self) -> None:
-        # Through the writer queue would hold a batch open for the whole checkpoint; the checkpoint takes
-        # its own lock and waits for readers (busy_timeout).
-        conn = self.store._wconn  # noqa: SLF001 - the store owns this connection; only it and this call use it
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self.store.checkpoint()
 
 
 def _announce_admin_token(token: str) -> None:
@@ -168,8 +214,25 @@ async def open_box(
     now: Callable[[], float] = time.time,
     announce: Callable[[str], None] = _announce_admin_token,
 ) -> AsyncIterator[Box]:
-    """Open the store, restore every workspace's actor and start the backends; yield the running box."""
+    """Open the store, restore every workspace's actor and start the backends; yield the running box.
+
+    Holds the data directory's lock (:mod:`molecule_box.ops.lock`) throughout: a second box or a
+    ``molecule-box restore`` on the same directory is refused with :class:`ConfigError`.
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with DataDirLock.acquire(settings.data_dir):
+        async with _open_box(settings, extra_backends=extra_backends, now=now, announce=announce) as box:
+            yield box
+
+
+@asynccontextmanager
+async def _open_box(
+    settings: Settings,
+    *,
+    extra_backends: Mapping[str, BackendFactory] | None,
+    now: Callable[[], float],
+    announce: Callable[[str], None],
+) -> AsyncIterator[Box]:
     store = Store.open(settings.store_path)
     try:
         async with trio.open_nursery() as writer_nursery:
@@ -188,6 +251,7 @@ async def open_box(
                 log.info("restored %d workspace actors in %.3fs", box.restored, box.restore_seconds)
                 await core.start(box.proxy.run)
                 core.start_soon(box._maintenance)
+                core.start_soon(box._orphan_sweep)
                 yield box
                 core.cancel_scope.cancel()
             writer_nursery.cancel_scope.cancel()
@@ -220,6 +284,34 @@ def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     return config
 
 
+def _shield_sends(app: Any, draining: trio.Event) -> Any:
+    """During a graceful stop, let hypercorn finish closing connections whose last response went out.
+
+    hypercorn hands ``http.disconnect`` to the app from *inside* the app's final
+    ``send``; quart-trio then cancels its request task, and that cancellation lands
+    in hypercorn's connection close, leaving the socket open. While draining, such a
+    connection would hold the stop for the whole grace period. hypercorn shields its
+    socket writes already, so shielding the rest of ``send`` adds no way to hang.
+    Only while draining: outside it the same race leaves a ``Connection: close``
+    socket open until the client closes it, which clients do after the response.
+    """
+    async def shielded(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+
+        async def send_shielded(message: Any) -> None:
+            if not draining.is_set():
+                await send(message)
+                return
+            with trio.CancelScope(shield=True):
+                await send(message)
+
+        await app(scope, receive, send_shielded)
+
+    return shielded
+
+
 async def serve(
     settings: Settings,
     *,
@@ -233,7 +325,7 @@ async def serve(
     from .api import create_asgi
 
     async with open_box(settings, extra_backends=extra_backends, now=now, announce=announce) as box:
-        app = create_asgi(box)
+        app = _shield_sends(create_asgi(box), box.shutdown_requested)
         async with trio.open_nursery() as nursery:
             box.urls = await nursery.start(partial(
                 hypercorn.trio.serve, app, hypercorn_config(settings), shutdown_trigger=box.shutdown_requested.wait,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 import trio
@@ -12,6 +14,12 @@ import trio
 from . import __version__
 from .config import SETTINGS, Settings
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .box import Box
+    from .ops.notify import Notifier
+
+log = logging.getLogger("molecule_box")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,48 +42,101 @@ def load_settings(env_file: Path | None) -> Settings:
 @click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path),
               help="KEY=VALUE file; the process environment wins over it.")
 def run(env_file: Path | None) -> None:
-    """Serve the API and run every workspace until SIGTERM/SIGINT (a second signal exits at once)."""
+    """Serve the API and run every workspace until SIGTERM/SIGINT (a second signal exits at once).
+
+    Exit status: 0 after a graceful stop, 2 for a configuration problem, 128+signal when a second
+    signal cut the drain short. Under systemd (Type=notify) it reports READY, STATUS, STOPPING and
+    pings the watchdog.
+    """
     from . import logs
 
     settings = load_settings(env_file)
     logs.setup(settings.log_level)
     try:
-        trio.run(_run, settings)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(f"molecule-box: {problem}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+        code = trio.run(_run, settings)
+    except BaseException as exc:  # trio wraps errors of the run's tasks in exception groups
+        problems = [p for error in _leaves(exc, ConfigError) for p in error.problems]
+        if problems:
+            for problem in problems:
+                click.echo(f"molecule-box: {problem}", err=True)
+            sys.exit(2)
+        if _leaves(exc, KeyboardInterrupt):
+            sys.exit(130)
+        raise
+    sys.exit(code)
 
 
-async def _run(settings: Settings) -> None:
-    async with trio.open_nursery() as nursery:
-        box = await nursery.start(_serve_then_stop, settings, nursery.cancel_scope)
-        nursery.start_soon(_signals, box)
+E = TypeVar("E", bound=BaseException)
 
 
-async def _serve_then_stop(settings: Settings, scope: trio.CancelScope,
-                           task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
+def _leaves(exc: BaseException, kind: type[E]) -> list[E]:
+    """The exceptions of type ``kind`` in ``exc``, however deep in exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner, kind)]
+    return [exc] if isinstance(exc, kind) else []
+
+
+class _Lifecycle:
+    """What the signal watcher needs to know: the box once it serves, and the signal that forced an exit."""
+
+    def __init__(self) -> None:
+        self.box: Box | None = None
+        self.forced_by: int | None = None
+
+
+async def _run(settings: Settings) -> int:
+    """The run nursery: signal watcher, watchdog, the box, then its status reporter; returns the exit status."""
+    from .ops.notify import Notifier, status_line
+
+    state = _Lifecycle()
+    with Notifier.from_environ() as notifier:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_signals, state, notifier, nursery.cancel_scope)
+            nursery.start_soon(notifier.watchdog)
+            await notifier.send("STATUS=starting: opening the store, restoring workspaces")
+            box = await nursery.start(_serve_then_stop, settings, state, nursery.cancel_scope)
+            # serve() reports started only once the store is open, every actor restored and the port bound.
+            await notifier.send("READY=1", f"STATUS={status_line(box)}")
+            nursery.start_soon(notifier.report_status, box)
+    return 0 if state.forced_by is None else 128 + state.forced_by
+
+
+async def _serve_then_stop(settings: Settings, state: _Lifecycle, scope: trio.CancelScope,
+                           task_status: trio.TaskStatus[Box] = trio.TASK_STATUS_IGNORED) -> None:
     from .box import serve
 
-    await serve(settings, task_status=task_status)
-    scope.cancel()  # the server finished its graceful stop: end the signal watcher too
+    def ready(box: Box) -> None:
+        state.box = box  # before started(): a signal from now on drains instead of aborting start-up
+
+    await serve(settings, task_status=task_status, on_ready=ready)
+    scope.cancel()  # the server finished its graceful stop: end the signal watcher, watchdog and reporter too
 
 
-async def _signals(box: object) -> None:
-    import logging
+async def _signals(state: _Lifecycle, notifier: Notifier, scope: trio.CancelScope,
+                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """First signal: drain (or, during start-up, abandon it); second signal: cancel everything now."""
+    from .ops.notify import stopping_line
 
-    log = logging.getLogger("molecule_box")
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
-            if not box.shutdown_requested.is_set():  # type: ignore[attr-defined]
-                log.info("%s: finishing in-flight requests, then stopping (again to exit at once)",
-                         signal.Signals(signum).name)
-                box.shutdown_requested.set()  # type: ignore[attr-defined]
+            name = signal.Signals(signum).name
+            box = state.box
+            if box is None:
+                log.info("%s during start-up: stopping", name)
+                await notifier.stopping("stopping: interrupted during start-up")
+                scope.cancel()
+                return
+            if not box.shutdown_requested.is_set():
+                log.info("%s: finishing in-flight requests (up to %gs), then stopping (again to exit at once)",
+                         name, box.settings.shutdown_grace_seconds)
+                await notifier.stopping(stopping_line(box))
+                box.shutdown_requested.set()
                 continue
-            log.warning("second signal: exiting now")
-            raise KeyboardInterrupt
+            log.warning("second signal (%s): exiting now", name)
+            state.forced_by = signum
+            scope.cancel()
+            return
 
 
 @main.command("config")
@@ -92,4 +153,11 @@ def _register_operator_commands() -> None:
     register(main)
 
 
+def _register_ops_commands() -> None:
+    from .ops.commands import register
+
+    register(main)
+
+
 _register_operator_commands()
+_register_ops_commands()

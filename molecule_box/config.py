@@ -103,6 +103,57 @@ def _str(raw: str) -> str:
     return raw.strip()
 
 
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be zero or a positive number of seconds")
+    return value
+
+
+def _name_list(raw: str) -> str:
+    """Normalised to ``a,b,c`` (kept as text so every default prints as a valid env value)."""
+    names = list(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    if not names or not all(c.isalnum() or c in "-_." for name in names for c in name):
+        raise ValueError("must be a comma-separated list of names such as langgraph,claude-code")
+    return ",".join(names)
+
+
+def parse_port_range(raw: str) -> tuple[int, int]:
+    low, sep, high = raw.strip().partition("-")
+    try:
+        first, last = int(low), int(high if sep else low)
+    except ValueError:
+        raise ValueError("must be a port range such as 30000-30999") from None
+    if not 1024 <= first <= last <= 65535:
+        raise ValueError("must be a port range within 1024-65535, low-high")
+    return first, last
+
+
+def _port_range(raw: str) -> str:
+    first, last = parse_port_range(raw)
+    return f"{first}-{last}"
+
+
+def _network_name(raw: str) -> str:
+    raw = raw.strip()
+    if not raw or not all(c.isalnum() or c in "-_." for c in raw):
+        raise ValueError("must be a Docker network name, or host")
+    return raw
+
+
+#: Runtimes that have a workspace-template image (reference §2.4's fallback list), plus ``external``.
+DEFAULT_RUNTIMES = "langgraph,claude-code,openclaw,crewai,autogen,deepagents,hermes,codex,gemini-cli,external"
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """One environment variable: what it is called, how it parses, what it means."""
@@ -144,6 +195,44 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shutdown_grace_seconds", "MOLECULE_BOX_SHUTDOWN_GRACE", _positive_float, 20.0,
             "On SIGTERM, how long in-flight requests may take to finish."),
     Setting("log_level", "MOLECULE_BOX_LOG_LEVEL", _log_level, "info", "debug, info, warning or error."),
+    # -- workspace supervision (all lifecycle backends) --
+    Setting("restart_limit", "RESTART_LIMIT", _positive_int, 5,
+            "A workload that exits unexpectedly is restarted at most this many times per window, then marked failed."),
+    Setting("restart_window_seconds", "RESTART_WINDOW_SECONDS", _positive_float, 600.0,
+            "The window of RESTART_LIMIT, in seconds."),
+    Setting("restart_backoff_seconds", "RESTART_BACKOFF_SECONDS", _non_negative_float, 1.0,
+            "Delay before the first automatic restart; doubles with each restart in the window (at most 60 s)."),
+    Setting("orphan_grace_seconds", "ORPHAN_GRACE_SECONDS", _non_negative_float, 60.0,
+            "Managed workloads of this box that belong to no live workspace are removed after this many seconds "
+            "(first sweep after start, then every 60 s)."),
+    # -- the docker backend --
+    Setting("docker_host", "DOCKER_HOST", _str, None,
+            "Docker engine address (unix:///var/run/docker.sock, tcp://...). Default: the Docker context, else the local socket."),
+    Setting("workspace_image_prefix", "WORKSPACE_IMAGE_PREFIX", _str, "ghcr.io/molecule-ai/workspace-template-",
+            "Image of a docker workspace: prefix + runtime + ':' + WORKSPACE_IMAGE_TAG. Pulled when missing."),
+    Setting("workspace_image_tag", "WORKSPACE_IMAGE_TAG", _str, "latest", "Tag of workspace images."),
+    Setting("allowed_runtimes", "ALLOWED_RUNTIMES", _name_list, DEFAULT_RUNTIMES,
+            "Comma-separated runtimes a docker workspace may use; a create with another is refused (400)."),
+    Setting("workspace_network", "WORKSPACE_NETWORK", _network_name, "molecule-box",
+            "Docker bridge network of workspaces (created if missing; port 8000 published on 127.0.0.1), "
+            "or host (each workspace gets a port from WORKSPACE_PORT_RANGE)."),
+    Setting("workspace_port_range", "WORKSPACE_PORT_RANGE", _port_range, "30000-30999",
+            "With WORKSPACE_NETWORK=host: the ports workspaces listen on (PORT), low-high."),
+    Setting("tier1_memory_mb", "TIER1_MEMORY_MB", _positive_int, 512, "Memory limit of tier 1 (sandboxed) containers, in MiB."),
+    Setting("tier2_memory_mb", "TIER2_MEMORY_MB", _positive_int, 512, "Memory limit of tier 2 containers, in MiB."),
+    Setting("tier3_memory_mb", "TIER3_MEMORY_MB", _positive_int, 2048, "Memory limit of tier 3 containers, in MiB."),
+    Setting("tier4_memory_mb", "TIER4_MEMORY_MB", _positive_int, 4096, "Memory limit of tier 4 containers, in MiB."),
+    Setting("tier1_cpus", "TIER1_CPUS", _positive_float, 1.0, "CPU limit of tier 1 containers (fractions allowed; at most the host's CPUs)."),
+    Setting("tier2_cpus", "TIER2_CPUS", _positive_float, 1.0, "CPU limit of tier 2 containers."),
+    Setting("tier3_cpus", "TIER3_CPUS", _positive_float, 2.0, "CPU limit of tier 3 containers."),
+    Setting("tier4_cpus", "TIER4_CPUS", _positive_float, 4.0, "CPU limit of tier 4 containers."),
+    Setting("workspace_pids_limit", "WORKSPACE_PIDS_LIMIT", _positive_int, 1024, "Most processes a workspace container may run."),
+    Setting("docker_allow_privileged", "DOCKER_ALLOW_PRIVILEGED", _bool, False,
+            "Opt-in: tier 3 gets --privileged and the host PID namespace, tier 4 also the Docker socket. Off: never."),
+    Setting("workspace_healthcheck_interval", "WORKSPACE_HEALTHCHECK_INTERVAL", _positive_float, 15.0,
+            "Seconds between Docker health probes of the agent card (images with their own HEALTHCHECK keep theirs)."),
+    Setting("image_pull_timeout_seconds", "IMAGE_PULL_TIMEOUT_SECONDS", _positive_float, 300.0,
+            "A workspace image pull that takes longer fails the workspace."),
 )
 
 
@@ -214,6 +303,28 @@ class Settings:
     activity_retention_days: float = 7.0
     shutdown_grace_seconds: float = 20.0
     log_level: str = "info"
+    restart_limit: int = 5
+    restart_window_seconds: float = 600.0
+    restart_backoff_seconds: float = 1.0
+    orphan_grace_seconds: float = 60.0
+    docker_host: str | None = None
+    workspace_image_prefix: str = "ghcr.io/molecule-ai/workspace-template-"
+    workspace_image_tag: str = "latest"
+    allowed_runtimes: str = DEFAULT_RUNTIMES
+    workspace_network: str = "molecule-box"
+    workspace_port_range: str = "30000-30999"
+    tier1_memory_mb: int = 512
+    tier2_memory_mb: int = 512
+    tier3_memory_mb: int = 2048
+    tier4_memory_mb: int = 4096
+    tier1_cpus: float = 1.0
+    tier2_cpus: float = 1.0
+    tier3_cpus: float = 2.0
+    tier4_cpus: float = 4.0
+    workspace_pids_limit: int = 1024
+    docker_allow_privileged: bool = False
+    workspace_healthcheck_interval: float = 15.0
+    image_pull_timeout_seconds: float = 300.0
 
     @property
     def store_path(self) -> Path:
@@ -257,6 +368,20 @@ class Settings:
             for key, value in read_env_file(env_file).items():
                 values.setdefault(key, value)
         return cls.from_mapping(values, environ=environ)
+
+    @property
+    def allowed_runtime_names(self) -> frozenset[str]:
+        return frozenset(self.allowed_runtimes.split(","))
+
+    @property
+    def workspace_ports(self) -> tuple[int, int]:
+        """``WORKSPACE_PORT_RANGE`` as (first, last), both inclusive."""
+        return parse_port_range(self.workspace_port_range)
+
+    def tier_limits(self, tier: int) -> tuple[int, float]:
+        """(memory MiB, CPUs) of a tier; anything but 1, 3 or 4 is sized as tier 2, as on the platform."""
+        tier = tier if tier in (1, 2, 3, 4) else 2
+        return getattr(self, f"tier{tier}_memory_mb"), getattr(self, f"tier{tier}_cpus")
 
     def liveness_deadline_for(self, *, remote: bool) -> float:
         return self.remote_liveness_stale_after if remote else self.liveness_ttl_seconds

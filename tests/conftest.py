@@ -20,6 +20,9 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 def make_settings(data_dir: Path, **env: str) -> Settings:
     values = {
+        # Boxes under test start only the backends they use: the docker tests ask for docker (its engine
+        # watcher's timers would make every MockClock test wait on real engine calls).
+        "CONTAINER_BACKEND": "external",
         "PORT": "0",
         "BIND_ADDR": "127.0.0.1",
         "MOLECULE_BOX_DATA": str(data_dir),

@@ -72,7 +72,9 @@ def heartbeat(ws: Workspace, hb: Heartbeat, now: float) -> Outcome:
         elif hb.error_rate >= 0.5 and not self_managed:
             status = S.DEGRADED
             events.append(("WORKSPACE_DEGRADED", {"error_rate": hb.error_rate, "sample_error": hb.sample_error or ""}))
-    elif status is S.DEGRADED and not hb.runtime_state:
+    elif status is S.DEGRADED and not hb.runtime_state and ws.failure_reason is None:
+        # A degradation with a reason came from another observer (the container's health check): only it
+        # (or a register) clears it, so a heartbeat cannot paper over a failing health check.
         if self_managed or hb.error_rate < 0.1:
             status = S.ONLINE
             events.append(("WORKSPACE_ONLINE", {}))
@@ -92,6 +94,23 @@ def register(ws: Workspace, url: str | None, agent_card: dict[str, Any], now: fl
         failure_reason=None,
     )
     return Outcome(new, [("WORKSPACE_ONLINE", {"url": new.url or "", "agent_card": agent_card})])
+
+
+#: ``failure_reason`` of a workspace degraded by its container's health check (cleared when it passes again).
+HEALTH_DEGRADED = "the container's health check fails (its agent card does not answer)"
+
+
+def health_changed(ws: Workspace, health: str | None, now: float) -> Outcome | None:
+    """The workload's health check changed: online → degraded when it fails; back to online when it passes
+    again, but only if the health check was what degraded it. None: nothing changes."""
+    if health == "unhealthy" and ws.status is S.ONLINE:
+        return Outcome(set_status(ws, S.DEGRADED, now, failure_reason=HEALTH_DEGRADED),
+                       [("WORKSPACE_DEGRADED", {"source": "healthcheck", "health": "unhealthy",
+                                                "reason": HEALTH_DEGRADED})])
+    if health == "healthy" and ws.status is S.DEGRADED and ws.failure_reason == HEALTH_DEGRADED:
+        return Outcome(set_status(ws, S.ONLINE, now, failure_reason=None),
+                       [("WORKSPACE_ONLINE", {"recovered_from": "unhealthy"})])
+    return None
 
 
 def update_card(ws: Workspace, agent_card: dict[str, Any], now: float) -> Outcome:

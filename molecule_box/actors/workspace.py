@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..backends.base import Backend, Workload, WorkloadSpec
+from ..backends.base import Backend, BackendEvent, Handle, Workload, WorkloadSpec, WorkloadState
 from ..errors import BackendError, Conflict, MoleculeBoxError, NotFound, ServiceUnavailable
 from ..models import BROADCAST_ONLY, LIVE_STATES, Workspace, WorkspaceStatus
 from ..store import events as event_rows
@@ -29,6 +29,7 @@ from ..store import tokens as token_rows
 from ..store import workspaces as workspace_rows
 from . import commands as c
 from . import transitions as t
+from .restart_policy import RestartPolicy, failure_reason
 
 if TYPE_CHECKING:
     from ..box import Box
@@ -42,6 +43,13 @@ CRASH_LIMIT = 5
 
 #: Longest a destroy or stop may take before it is retried (a failed cleanup is retried, never dropped).
 CLEANUP_DEADLINE = 60.0
+
+#: Longest adoption of a workload after a box restart may take (an engine that does not answer keeps the status).
+ADOPT_DEADLINE = 60.0
+#: Longest the actor waits for an ``inspect`` or a log tail while reacting to a backend event.
+OBSERVE_DEADLINE = 10.0
+#: States in which a workload the box started is expected to run, so its death is a crash.
+RUNNING_STATES = frozenset({S.ONLINE, S.DEGRADED, S.OFFLINE, S.PROVISIONING})
 
 
 class ActorExit(Exception):
@@ -70,6 +78,12 @@ class WorkspaceActor:
         self._nursery: trio.Nursery | None = None
         self.current: c.Message | None = None
         self._cleanup_attempts = 0
+        #: Unexpected exits of the workload, for the restart policy (unit-tested in restart_policy).
+        self._restarts = RestartPolicy.from_settings(box.settings)
+        #: The backend reported an OOM kill since the workload last started (Docker reports it before the exit).
+        self._oom = False
+        #: An exit reported while a start or adoption was in flight: checked once it finishes.
+        self._exit_pending: BackendEvent | None = None
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -210,7 +224,9 @@ class WorkspaceActor:
         ws = self.record
         now = self._now()
         if done.kind == "start":
-            if ws.status is not S.PROVISIONING:
+            # The agent may register (→ online) before its start op reports back; the workload is still the
+            # current one (a superseded op never gets here), so its handle must be kept all the same.
+            if ws.status not in RUNNING_STATES or (ws.status is not S.PROVISIONING and done.error is not None):
                 return
             if done.error is not None:
                 await self._commit(t.failed(ws, now, f"workspace start failed: {done.error.reason}"))
@@ -220,6 +236,9 @@ class WorkspaceActor:
             if done.result.url:
                 changes.update(url=done.result.url, url_from_backend=True)
             await self._commit(t.Outcome(dataclasses.replace(ws, **changes)))
+            await self._recheck_pending_exit()
+        elif done.kind == "adopt":
+            await self._adopted(done)
         elif done.kind == "hibernate":
             if ws.status is not S.HIBERNATING:
                 return
@@ -249,10 +268,125 @@ class WorkspaceActor:
                 await backend.destroy(self.record.backend_state or {"workspace_id": self.record.id})
         return run
 
+    # -- what the backend observed (Docker's events stream, reconciliation) -----------------------
+
     async def _observed(self, observed: c.Observed) -> None:
-        """Backend events (Docker's events stream): the lifecycle reactions live with the backend issue;
-        here they are recorded so nothing the backend reports is lost."""
-        log.info("workspace %s: backend reported %s", self.record.id, observed.event)
+        """React to a backend event. Events are only triggers (streams lose and reorder them): an exit is
+        confirmed with ``inspect`` before anything restarts, and nothing reacts while the box itself is
+        stopping the workload (pause, hibernate, delete) or the workspace is failed."""
+        event = observed.event
+        ws = self.record
+        if event.kind == "progress":  # image pull progress: shown live, not kept
+            self.box.bus.publish(self.box.bus.make("WORKSPACE_PROVISION_PROGRESS", ws.id, {"detail": event.detail or ""}))
+            return
+        log.debug("workspace %s: backend reported %s", ws.id, event)
+        if ws.status not in RUNNING_STATES:
+            return
+        backend = await self._lifecycle()
+        if backend is None:
+            return
+        if event.kind == "health":
+            outcome = t.health_changed(ws, event.health, self._now())
+            if outcome is not None:
+                log.info("workspace %s: health check %s: %s", ws.id, event.health, outcome.workspace.status.value)
+                await self._commit(outcome)
+        elif event.kind == "oom":
+            self._oom = True
+        elif event.kind in ("exited", "removed"):
+            if self._op is not None and self._op.kind in ("start", "adopt"):
+                self._exit_pending = event  # about the old workload, or too early to tell: check after the op
+                return
+            await self._workload_stopped(backend, event)
+
+    async def _recheck_pending_exit(self) -> None:
+        event, self._exit_pending = self._exit_pending, None
+        if event is not None and self.record.status in RUNNING_STATES:
+            backend = await self._lifecycle()
+            if backend is not None:
+                await self._workload_stopped(backend, event)
+
+    async def _workload_stopped(self, backend: Backend, event: BackendEvent) -> None:
+        """The backend says the workload stopped: if ``inspect`` agrees, apply the restart policy."""
+        ws = self.record
+        if ws.backend_state is None:
+            return
+        status = None
+        with trio.move_on_after(OBSERVE_DEADLINE):
+            status = await backend.inspect(ws.backend_state)
+        # RUNNING/STARTING: a stale event (the workload was replaced); UNKNOWN (or no answer): the engine cannot
+        # tell, and reconciliation reports again once it can. Neither is a reason to act.
+        if status is None or status.state not in (WorkloadState.STOPPED, WorkloadState.MISSING):
+            return
+        exit_code = status.exit_code if status.exit_code is not None else event.exit_code
+        await self._restart_or_fail(backend, exit_code=exit_code, oom_killed=status.oom_killed or self._oom,
+                                    what=event.detail or event.kind)
+
+    async def _restart_or_fail(self, backend: Backend, *, exit_code: int | None, oom_killed: bool, what: str) -> None:
+        """An unexpected stop: start the workload again after the policy's backoff, or give up as failed
+        with the exit code, the OOM flag and the workload's last output (user asks #2, #12)."""
+        ws = self.record
+        now = self._now()
+        decision = self._restarts.on_exit(trio.current_time())
+        self._oom = False
+        if not decision.restart:
+            output = ""
+            with trio.move_on_after(OBSERVE_DEADLINE):
+                output = await backend.logs(ws.backend_state or {"workspace_id": ws.id}, tail=50)
+            reason = failure_reason(exits=decision.exits, window=self._restarts.window, exit_code=exit_code,
+                                    oom_killed=oom_killed, log_tail=output)
+            log.warning("workspace %s: %s", ws.id, reason.splitlines()[0])
+            await self._commit(t.failed(ws, now, reason, exit_code=exit_code, oom_killed=oom_killed,
+                                        restarts=decision.exits - 1, source="restart_policy"))
+            return
+        log.warning("workspace %s: workload stopped unexpectedly (%s, exit code %s%s); restart %d in %.1fs",
+                    ws.id, what, exit_code, ", OOM-killed" if oom_killed else "", decision.exits, decision.delay)
+        await self._commit(t.Outcome(
+            t.set_status(ws, S.PROVISIONING, now, failure_reason=None, **self._cleared_url()),
+            [("WORKSPACE_PROVISIONING", {"name": ws.name, "tier": ws.tier, "runtime": ws.runtime, "restart": True,
+                                         "reason": "oom_killed" if oom_killed else "exited", "exit_code": exit_code,
+                                         "oom_killed": oom_killed, "attempt": decision.exits,
+                                         "delay_seconds": decision.delay})],
+        ))
+        await self._provision(self.record, delay=decision.delay, automatic=True)
+
+    def _adopt(self, backend: Backend, handle: Handle) -> Callable[[], Awaitable[Workload | None]]:
+        """After a box restart: reattach to the workload (never restarting a healthy one). Returns it when
+        running (or when the backend cannot tell), None when gone; raises _NotRunning when it stopped."""
+        async def run() -> Workload | None:
+            adopted = await backend.adopt(handle)
+            if adopted is None:
+                return None
+            status = await backend.inspect(adopted)
+            if status.state is WorkloadState.STOPPED:
+                raise _NotRunning(status.exit_code, status.oom_killed)
+            if status.state is WorkloadState.MISSING:
+                return None
+            return Workload(handle=adopted)
+        return run
+
+    async def _adopted(self, done: c.OpDone) -> None:
+        ws = self.record
+        if ws.status not in RUNNING_STATES:
+            return
+        if done.result is not None:
+            if done.result.handle != ws.backend_state:
+                await self._commit(t.Outcome(dataclasses.replace(ws, backend_state=done.result.handle)))
+            log.info("workspace %s: adopted its running workload", ws.id)
+            await self._recheck_pending_exit()
+            return
+        if done.error is not None and not isinstance(done.error, _NotRunning):
+            log.warning("workspace %s: adoption failed (%s); keeping the status until the backend answers",
+                        ws.id, done.error.reason)
+            return
+        backend = await self._lifecycle()
+        if backend is None:
+            return
+        self._exit_pending = None
+        if isinstance(done.error, _NotRunning):
+            await self._restart_or_fail(backend, exit_code=done.error.exit_code, oom_killed=done.error.oom_killed,
+                                        what="stopped while the box was down")
+        else:
+            await self._restart_or_fail(backend, exit_code=None, oom_killed=False, what="gone after the box restarted")
 
     def _cleared_url(self) -> dict[str, Any]:
         """Stopping a box-driven workload drops the URL the backend gave it; a remote agent keeps its own."""
@@ -260,8 +394,14 @@ class WorkspaceActor:
             return {"url": None, "url_from_backend": False}
         return {}
 
-    async def _provision(self, ws: Workspace, *, stop_first: dict[str, Any] | None = None) -> None:
-        """Start the workload of a workspace that is now ``provisioning`` (stopping the old one first)."""
+    async def _provision(self, ws: Workspace, *, stop_first: dict[str, Any] | None = None, delay: float = 0.0,
+                         automatic: bool = False) -> None:
+        """Start the workload of a workspace that is now ``provisioning`` (stopping the old one first).
+
+        ``automatic``: a restart by the restart policy (after ``delay``); any other start (create, resume,
+        restart by the operator) begins a fresh restart window."""
+        if not automatic:
+            self._restarts.reset()
         backend = await self._backend()
         spec_token: str | None = None
         extra = []
@@ -283,6 +423,8 @@ class WorkspaceActor:
             config=ws.config if isinstance(ws.config, dict) else {}, previous=ws.backend_state,
         )
         async def start() -> Workload:
+            if delay > 0:
+                await trio.sleep(delay)
             if stop_first is not None:
                 with trio.move_on_after(CLEANUP_DEADLINE):
                     await backend.stop(stop_first)
@@ -315,6 +457,14 @@ class WorkspaceActor:
             backend = await self._lifecycle()
             if backend is not None:
                 await self._provision(ws)
+        elif ws.status in RUNNING_STATES:
+            # The workload may have kept running while the box was down: adopt it, never start a second one.
+            # (No stored handle: the box died between the agent's register and its start op's report; the
+            # backend finds the workload by the workspace id.)
+            backend = await self._lifecycle()
+            if backend is not None:
+                handle = ws.backend_state or {"workspace_id": ws.id}
+                self._start_op("adopt", self._adopt(backend, handle), deadline=trio.current_time() + ADOPT_DEADLINE)
 
     # -- commands -----------------------------------------------------------------------------
 
@@ -470,6 +620,15 @@ class WorkspaceActor:
 
     async def _on_Crash(self, cmd: c.Crash) -> None:
         raise RuntimeError("injected actor fault")
+
+
+class _NotRunning(BackendError):
+    """Adoption found the workload stopped (it died while the box was down)."""
+
+    def __init__(self, exit_code: int | None, oom_killed: bool) -> None:
+        super().__init__("the workload stopped while the box was down")
+        self.exit_code = exit_code
+        self.oom_killed = oom_killed
 
 
 async def _stopped(awaitable: Awaitable[None]) -> None:

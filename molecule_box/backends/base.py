@@ -122,7 +122,8 @@ class BackendEvent:
     """Something the backend saw happen to a workload, pushed to the workspace's actor."""
 
     workspace_id: str
-    kind: str  # "exited", "oom", "health", "removed"
+    #: "exited", "oom", "health", "removed"; "progress" (e.g. an image pull) is only shown, never acted on.
+    kind: str
     exit_code: int | None = None
     health: str | None = None
     detail: str | None = None
@@ -209,6 +210,13 @@ class BaseBackend:
 
     def capabilities(self) -> Capabilities:
         return Capabilities()
+
+    def admit(self, *, runtime: str, tier: int) -> None:
+        """Optional hook, called by ``POST /workspaces`` before anything is stored: raise
+        :class:`~molecule_box.errors.BackendError` to refuse the workspace with a 400 carrying ``reason``
+        (e.g. a runtime the operator did not allow). Must be cheap and must not do I/O. Not part of the
+        :class:`Backend` protocol: the API calls it only if a backend has it."""
+        return None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

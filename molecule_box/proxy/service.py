@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 S = WorkspaceStatus
 
 BODY_LIMIT = 1024 * 1024
+BOX_ASSIGNED_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "::1/128", "fc00::/7"))
 ERROR_BODY_LIMIT = 64 * 1024
 CAPTURE_LIMIT = 64 * 1024
 AGENT_CEILING = 30 * 60.0
@@ -158,7 +160,7 @@ class A2AProxy:
             raise Unauthorized("invalid caller auth token")
         return caller
 
-    async def _resolve(self, url: str) -> tuple[str, str, int, str, str]:
+    async def _resolve(self, url: str, *, box_assigned: bool = False) -> tuple[str, str, int, str, str]:
         """(scheme, vetted address, port, host name, path): DNS re-resolved (cached briefly), SSRF-checked.
 
         The whole answer is cached per URL for RESOLVE_TTL (a literal-IP URL is pure parsing and policy,
@@ -168,17 +170,21 @@ class A2AProxy:
         cached = self._vetted.get(url)
         if cached is not None and cached[0] > now:
             return cached[1]
-        vetted = await self._resolve_uncached(url)
+        vetted = await self._resolve_uncached(url, box_assigned=box_assigned)
         if len(self._vetted) > 4096:
             self._vetted.clear()
         self._vetted[url] = (now + RESOLVE_TTL, vetted)
         return vetted
 
-    async def _resolve_uncached(self, url: str) -> tuple[str, str, int, str, str]:
+    async def _resolve_uncached(self, url: str, *, box_assigned: bool = False) -> tuple[str, str, int, str, str]:
         host, port = split_agent_url(url)
         parts = urlsplit(url)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         allowed = self.box.settings.allow_agent_networks
+        if box_assigned:
+            # A URL the box's own backend assigned (a container port on 127.0.0.1) is trusted for loopback and
+            # private ranges (reference §13.1.10); link-local, metadata and the like stay refused.
+            allowed = (*allowed, *BOX_ASSIGNED_NETWORKS)
         try:
             ip = ipaddress.ip_address(host)
             address = str(ip)
@@ -292,7 +298,7 @@ class A2AProxy:
                                  caller: str | None, norm: Normalized, headers: list[tuple[bytes, bytes]],
                                  timeout: float | None, started: float) -> None:
         try:
-            scheme, address, port, host, path = await self._resolve(ws.url or "")
+            scheme, address, port, host, path = await self._resolve(ws.url or "", box_assigned=ws.url_from_backend)
         except UnsafeAgentURL as exc:
             raise BadGateway(
                 f"workspace URL is not allowed: {exc.message.removeprefix('agent URL refused: ')}") from None
@@ -482,7 +488,7 @@ class A2AProxy:
         started = time.perf_counter()
         status, body, error = 502, b"", None
         try:
-            scheme, address, port, host, path = await self._resolve(ws.url)
+            scheme, address, port, host, path = await self._resolve(ws.url, box_assigned=ws.url_from_backend)
             with trio.move_on_after(DRAIN_DEADLINE) as scope:
                 async with self.pools.get(scheme, address, port, host).post(path, headers, norm.body) as resp:
                     status = resp.status

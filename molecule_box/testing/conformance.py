@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
 import pytest
 import trio
 
-from ..backends.base import CONTRACT_VERSION, Backend, Capabilities, Workload, WorkloadSpec, WorkloadState
+from ..backends.base import (
+    CONTRACT_VERSION,
+    Backend,
+    Capabilities,
+    Workload,
+    WorkloadSpec,
+    WorkloadState,
+)
 
 
 def make_spec(**overrides: Any) -> WorkloadSpec:
@@ -91,15 +99,54 @@ class BackendConformance:
         try:
             if first.capabilities().lifecycle:
                 await wait_for_state(first, workload.handle, {WorkloadState.RUNNING})
+            before = (await first.inspect(workload.handle)).started_at
             second = await open_backend()  # a new instance, as after a box restart
             adopted = await second.adopt(workload.handle)
             assert adopted is not None
             assert adopted.get("workspace_id") == spec.workspace_id
             if second.capabilities().lifecycle:
-                assert (await second.inspect(adopted)).state is WorkloadState.RUNNING
+                status = await second.inspect(adopted)
+                assert status.state is WorkloadState.RUNNING
+                assert status.started_at == before, "adopt must not restart a running workload"
                 assert {h["workspace_id"] for h in await second.list_managed()} >= {spec.workspace_id}
         finally:
             await first.destroy(workload.handle)
+
+    async def test_adopt_of_a_gone_workload(self, open_backend: Any, spec: WorkloadSpec) -> None:
+        first = await open_backend()
+        workload = await first.start(spec)
+        await first.destroy(workload.handle)
+        second = await open_backend()
+        adopted = await second.adopt(workload.handle)
+        if second.capabilities().lifecycle:
+            assert adopted is None, "a destroyed workload cannot be adopted"
+
+    async def test_start_is_idempotent_per_workspace(self, open_backend: Any, spec: WorkloadSpec) -> None:
+        backend = await open_backend()
+        first = await backend.start(spec)
+        second = await backend.start(spec)  # e.g. the box crashed after start, before storing the handle
+        try:
+            if backend.capabilities().lifecycle:
+                mine = [h for h in await backend.list_managed() if h["workspace_id"] == spec.workspace_id]
+                assert len(mine) == 1, f"start must replace a leftover workload, not add one: {mine}"
+                assert (await wait_for_state(backend, second.handle, {WorkloadState.RUNNING})) is WorkloadState.RUNNING
+        finally:
+            await backend.destroy(second.handle)
+            await backend.destroy(first.handle)
+
+    async def test_restart_after_stop(self, open_backend: Any, spec: WorkloadSpec) -> None:
+        """Pause/resume and restart: stop, then start again with the previous handle (volumes are kept)."""
+        backend = await open_backend()
+        first = await backend.start(spec)
+        second = None
+        try:
+            await backend.stop(first.handle, grace=2)
+            second = await backend.start(dataclasses.replace(spec, previous=first.handle))
+            assert second.handle.get("workspace_id") == spec.workspace_id
+            if backend.capabilities().lifecycle:
+                assert (await wait_for_state(backend, second.handle, {WorkloadState.RUNNING})) is WorkloadState.RUNNING
+        finally:
+            await backend.destroy(second.handle if second is not None else first.handle)
 
     async def test_list_managed(self, open_backend: Any, spec: WorkloadSpec) -> None:
         backend = await open_backend()
@@ -117,6 +164,8 @@ class BackendConformance:
     async def test_destroy_leaves_nothing(self, open_backend: Any, spec: WorkloadSpec) -> None:
         backend = await open_backend()
         workload = await backend.start(spec)
+        if backend.capabilities().lifecycle:
+            await wait_for_state(backend, workload.handle, {WorkloadState.RUNNING})
         await backend.destroy(workload.handle)
         await backend.destroy(workload.handle)  # idempotent
         if backend.capabilities().lifecycle:

@@ -36,7 +36,7 @@ CASES = [
     ("POST", "/workspaces", "admin", {"name": "ok", "parent_id": "../etc"}, 400),
     ("POST", "/workspaces", "admin", {"name": "ok", "workspace_dir": "/etc/x"}, 400),
     ("POST", "/workspaces", "admin", {"name": "ok", "secrets": {"bad key": "v"}}, 400),
-    ("POST", "/workspaces", "admin", {"name": "ok", "runtime": "langgraph"}, 400),  # docker not installed here
+    ("POST", "/workspaces", "admin", {"name": "ok", "runtime": "no-such", "backend": "docker"}, 400),  # ALLOWED_RUNTIMES
     ("POST", "/workspaces", "admin", {"name": "ok", "backend": "nope"}, 400),
     ("POST", "/workspaces", "admin", b"{" + b'"name": "' + b"x" * (1024 * 1024) + b'"}', 413),
     ("POST", "/workspaces", None, {"name": "ok"}, 401),
@@ -83,7 +83,13 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "who", "body", "status"), CASES,
+# The box answers 413 and closes the connection before httpx has sent the whole body; httpx then leaves
+# its request-body generator to the garbage collector (a client-side warning, not a box problem).
+_CLIENT_WARNING = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.mark.parametrize(("method", "path", "who", "body", "status"),
+                         [pytest.param(*c, marks=[_CLIENT_WARNING] if c[4] == 413 else []) for c in CASES],
                          ids=[f"{c[0]} {c[1]} {c[4]}-{i}" for i, c in enumerate(CASES)])
 async def test_bad_input(client: httpx.AsyncClient, method: str, path: str, who: str | None,
                          body: object, status: int) -> None:
