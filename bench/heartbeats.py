@@ -56,7 +56,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -174,18 +173,18 @@ class Processes:
             if proc.poll() is None:
                 try:
                     self.stop(proc, timeout=10.0)
-                except Exception as exc:  # keep stopping the others
+                except (OSError, subprocess.SubprocessError) as exc:  # keep stopping the others
                     print(f"  ! could not stop pid {proc.pid}: {exc}", file=sys.stderr)
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of a process in MiB, from /proc/<pid>/status."""
+    """(VmRSS, VmHWM) of a process in MB (10^6 bytes, as the target is stated), from /proc/<pid>/status."""
     values = {"VmRSS": 0.0, "VmHWM": 0.0}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             key = line.split(":", 1)[0]
             if key in values:
-                values[key] = int(line.split()[1]) / 1024
+                values[key] = int(line.split()[1]) * 1024 / 1e6  # the kernel's "kB" are KiB
     return values["VmRSS"], values["VmHWM"]
 
 
@@ -242,7 +241,7 @@ class BoxProcess:
         headers = {"Authorization": f"Bearer {self.admin_token}"} if admin else {}
         req = urllib.request.Request(self.url + path, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - 127.0.0.1 only
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
@@ -300,14 +299,14 @@ def start_box(procs: Processes, data: Path, port: int, admin_token: str, stale_a
 
 
 def metric_value(text: str, name: str) -> float | None:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else None
 
 
 def histogram(text: str, name: str) -> tuple[dict[float, float], float, float]:
     """(cumulative count per upper bound, sum, count) of a Prometheus histogram without labels."""
     buckets: dict[float, float] = {}
-    for le, value in re.findall(rf'^{re.escape(name)}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M):
+    for le, value in re.findall(rf'^{re.escape(name)}_bucket{{le="([^"]+)"}} (\S+)$', text, re.MULTILINE):
         buckets[math.inf if le == "+Inf" else float(le)] = float(value)
     return buckets, metric_value(text, f"{name}_sum") or 0.0, metric_value(text, f"{name}_count") or 0.0
 
@@ -339,7 +338,7 @@ def run_wrk(url: str, script: Path, pairs: Path, offset: int, seconds: float, co
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url,
             "--", str(pairs), str(offset)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    match = re.search(r"^BENCH (\{.*\})$", out.stdout, re.M)
+    match = re.search(r"^BENCH (\{.*\})$", out.stdout, re.MULTILINE)
     if out.returncode != 0 or match is None:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout}\n{out.stderr}")
     r = json.loads(match.group(1))
@@ -674,7 +673,7 @@ def phase_create(b: Bench) -> None:
     time.sleep(1.0)
     rss, hwm = memory_mb(box.pid)
     b.results.update(rss_idle=rss, hwm_after_create=hwm)
-    print(f"    box RSS with {n} workspaces, idle: {rss:.0f} MiB (VmHWM so far {hwm:.0f} MiB)", flush=True)
+    print(f"    box RSS with {n} workspaces, idle: {rss:.0f} MB (VmHWM so far {hwm:.0f} MB)", flush=True)
 
 
 def phase_ingest(b: Bench, ceiling_url: str) -> None:
@@ -691,7 +690,7 @@ def phase_ingest(b: Bench, ceiling_url: str) -> None:
         offset = (offset + res.requests) % n
         runs.append(res)
         rss, _ = memory_mb(b.box.pid)
-        print(f"    box    round {r + 1}  {res.line()}  RSS {rss:.0f} MiB", flush=True)
+        print(f"    box    round {r + 1}  {res.line()}  RSS {rss:.0f} MB", flush=True)
         ceil = run_wrk(ceiling_url, b.lua, b.results["ceiling_pairs"], 0, b.args.ceiling_seconds)
         b.results["ceiling_runs"].append(ceil)
         print(f"    ceiling round {r + 1}  {ceil.line()}", flush=True)
@@ -715,7 +714,7 @@ def phase_paced(b: Bench) -> None:
     if res["errors"]:
         print(f"    errors: {res['errors']}", flush=True)
     rss, hwm = memory_mb(b.box.pid)
-    print(f"    box RSS now {rss:.0f} MiB, VmHWM {hwm:.0f} MiB", flush=True)
+    print(f"    box RSS now {rss:.0f} MB, VmHWM {hwm:.0f} MB", flush=True)
     b.results.update(rss_after_load=rss, hwm_box1=hwm)
 
 
@@ -743,7 +742,7 @@ def phase_restore(b: Bench) -> None:
     print(f"    /health answered {to_health:.2f} s after exec; log: restored {logged[0] if logged else '?'} actors in "
           f"{logged[1] if logged else float('nan'):.3f} s; molecule_box_restore_seconds {restore_metric}; "
           f"counts {counts}", flush=True)
-    print(f"    box RSS after restore {rss:.0f} MiB (VmHWM {hwm:.0f} MiB)", flush=True)
+    print(f"    box RSS after restore {rss:.0f} MB (VmHWM {hwm:.0f} MB)", flush=True)
 
 
 async def _watch_offline(box: BoxProcess, n: int, online_ts: dict[str, float], offline: dict[str, tuple[float, float]],
@@ -752,24 +751,24 @@ async def _watch_offline(box: BoxProcess, n: int, online_ts: dict[str, float], o
     import httpx
 
     headers = {"Authorization": f"Bearer {box.admin_token}"}
-    async with httpx.AsyncClient(base_url=box.url, timeout=httpx.Timeout(10, read=60)) as client:
-        async with client.stream("GET", "/events/stream", headers=headers) as resp:
-            if resp.status_code != 200:
-                raise RuntimeError(f"/events/stream answered {resp.status_code}")
-            async for line in resp.aiter_lines():
-                ready.set()
-                if not line.startswith("data: ") or ("WORKSPACE_ONLINE" not in line and "WORKSPACE_OFFLINE" not in line):
-                    continue
-                received = time.time()
-                frame = json.loads(line[6:])
-                ts = datetime.fromisoformat(frame["timestamp"]).timestamp()
-                if frame["event"] == "WORKSPACE_ONLINE":
-                    online_ts[frame["workspace_id"]] = ts
-                elif frame["workspace_id"] in online_ts:
-                    offline[frame["workspace_id"]] = (ts, received)
-                    if len(offline) >= n:
-                        done.set()
-                        return
+    async with httpx.AsyncClient(base_url=box.url, timeout=httpx.Timeout(10, read=60)) as client, \
+            client.stream("GET", "/events/stream", headers=headers) as resp:
+        if resp.status_code != 200:
+            raise RuntimeError(f"/events/stream answered {resp.status_code}")
+        async for line in resp.aiter_lines():
+            ready.set()
+            if not line.startswith("data: ") or ("WORKSPACE_ONLINE" not in line and "WORKSPACE_OFFLINE" not in line):
+                continue
+            received = time.time()
+            frame = json.loads(line[6:])
+            ts = datetime.fromisoformat(frame["timestamp"]).timestamp()
+            if frame["event"] == "WORKSPACE_ONLINE":
+                online_ts[frame["workspace_id"]] = ts
+            elif frame["workspace_id"] in online_ts:
+                offline[frame["workspace_id"]] = (ts, received)
+                if len(offline) >= n:
+                    done.set()
+                    return
 
 
 def _worst_bucket(before: dict[float, float], after: dict[float, float]) -> tuple[float, float]:
@@ -883,22 +882,24 @@ def summary(b: Bench) -> bool:
          f"{paced['p50_ms']:.1f} / {paced['p99_ms']:.1f} ms  ({paced['rate']:.0f}/s)", f"p99 <= {TARGET_P99_MS:g} ms",
          paced["p99_ms"] <= TARGET_P99_MS),
         (f"non-200 at {TARGET_RATE:g}/s", f"{paced['non200']}", "0", paced["non200"] == 0),
-        (f"box RSS idle, {n} ws", f"{r['rss_idle']:.0f} MiB", f"<= {TARGET_RSS_MB:g} MiB", r["rss_idle"] <= TARGET_RSS_MB),
-        ("box RSS peak under load (sampled)", f"{peak_rss:.0f} MiB", f"<= {TARGET_RSS_MB:g} MiB", peak_rss <= TARGET_RSS_MB),
-        ("box VmHWM (first box / restored box)", f"{r['hwm_box1']:.0f} / {r['hwm_restored']:.0f} MiB",
-         f"<= {TARGET_RSS_MB:g} MiB", max(r["hwm_box1"], r["hwm_restored"]) <= TARGET_RSS_MB),
+        (f"box RSS idle, {n} ws", f"{r['rss_idle']:.0f} MB", f"<= {TARGET_RSS_MB:g} MB",
+         r["rss_idle"] <= TARGET_RSS_MB),
+        ("box RSS peak, sampled every 0.2 s, all phases", f"{peak_rss:.0f} MB", f"<= {TARGET_RSS_MB:g} MB", peak_rss <= TARGET_RSS_MB),
+        ("box VmHWM (first box / restored box)", f"{r['hwm_box1']:.0f} / {r['hwm_restored']:.0f} MB",
+         f"<= {TARGET_RSS_MB:g} MB", max(r["hwm_box1"], r["hwm_restored"]) <= TARGET_RSS_MB),
         ("restore: exec -> /health 200", f"{r['restore_health']:.2f} s", f"<= {TARGET_RESTORE_S:g} s",
          r["restore_health"] <= TARGET_RESTORE_S),
         ("restore: log 'restored N actors in X s'",
-         f"{logged[0]} in {logged[1]:.3f} s (metric {r['restore_metric']})" if logged else "line not found",
+         f"{logged[0]} in {logged[1]:.3f} s (metric {r['restore_metric']:.3f})" if logged else "line not found",
          f"<= {TARGET_RESTORE_S:g} s", bool(logged) and logged[1] <= TARGET_RESTORE_S and logged[0] == n),
         (f"catch-up: {n} overdue -> offline after exec", f"{r['catch_up']:.2f} s", "info", None),
-        ("offline lateness, box histogram (worst bucket)", f"<= {r['offline_hist_worst']:g} s "
-         f"(mean {r['offline_hist_mean'] * 1000:.0f} ms, {r['offline_hist_count']:.0f} obs)",
+        ("offline lateness, box histogram (worst bucket)",
+         (f"<= {r['offline_hist_worst']:g} s "
+          f"(mean {r['offline_hist_mean'] * 1000:.0f} ms, {r['offline_hist_count']:.0f} obs)"),
          f"<= {TARGET_LATENESS_S:g} s", r["offline_hist_worst"] <= TARGET_LATENESS_S and r["offline_hist_count"] >= n),
         ("offline lateness, SSE (box ts / seen by client)",
-         f"max {r['offline_box_max'] * 1000:.0f} / {r['offline_seen_max'] * 1000:.0f} ms "
-         f"({r['offline_events']}/{n} seen, {r['offline_dropped']:.0f} ev dropped)",
+         (f"max {r['offline_box_max'] * 1000:.0f} / {r['offline_seen_max'] * 1000:.0f} ms "
+          f"({r['offline_events']}/{n} seen, {r['offline_dropped']:.0f} ev dropped)"),
          f"<= {TARGET_LATENESS_S * 1000:g} ms", r["offline_seen_max"] <= TARGET_LATENESS_S and r["offline_events"] > 0),
         ("all offline 1 s after last deadline (GET /workspaces)", f"{listed}", f"offline = {n}", all_offline),
     ]
@@ -948,7 +949,10 @@ def main(argv: list[str] | None = None) -> int:
     procs = Processes()
     sampler = MemorySampler()
     sampler.start()
-    print(f"molecule-box heartbeat bench: {args.workspaces} workspaces, work dir {work}", flush=True)
+    source = subprocess.run([sys.executable, "-c", "import molecule_box; print(molecule_box.__file__)"],
+                            capture_output=True, text=True, cwd=work, timeout=60, check=False).stdout.strip()
+    print(f"molecule-box heartbeat bench: {args.workspaces} workspaces, box from {source or '?'}, work dir {work}",
+          flush=True)
     try:
         b = Bench(args, work, procs, sampler)
         ceiling_url = phase_ceiling(b)

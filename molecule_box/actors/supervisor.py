@@ -10,6 +10,7 @@ mailbox, which outlives the crash. Nothing escapes to the box's nursery.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import random
@@ -55,11 +56,15 @@ class Supervisor:
         self.box = box
         self.slots: dict[str, ActorSlot] = {}
         self._nursery: trio.Nursery | None = None
+        self._context: contextvars.Context | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Restore an actor for every workspace in the store, then supervise until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            # Actors start in the supervisor's context, not the caller's: spawned from POST /workspaces they
+            # would keep that request (quart's request context) alive for the actor's whole life.
+            self._context = contextvars.copy_context()
             restored = 0
             for ws in workspace_rows.all_live(self.box.store.db):
                 self.spawn(ws)
@@ -73,7 +78,8 @@ class Supervisor:
         slot = self.slots.get(ws.id)
         if slot is None:
             slot = self.slots[ws.id] = ActorSlot(ws.id)
-            self._nursery.start_soon(self._supervise, slot, ws, name=f"actor:{ws.id}")
+            assert self._context is not None
+            self._context.run(self._nursery.start_soon, self._supervise, slot, ws, name=f"actor:{ws.id}")
         return slot
 
     def record(self, workspace_id: str) -> Workspace | None:
