@@ -71,11 +71,6 @@ class NotFound(HTTPError):
     default_message = "not found"
 
 
-class MethodNotAllowed(HTTPError):
-    status = 405
-    default_message = "method not allowed"
-
-
 class Conflict(HTTPError):
     status = 409
     default_message = "conflict"
@@ -94,11 +89,6 @@ class PayloadTooLarge(HTTPError):
 
     def __init__(self, message: str | None = None, **extra: Any) -> None:
         super().__init__(message, headers={"Connection": "close"}, **extra)
-
-
-class UnsupportedMediaType(HTTPError):
-    status = 415
-    default_message = "expected a JSON body"
 
 
 class TooManyRequests(HTTPError):

@@ -176,9 +176,6 @@ class Notify(Body):
     attachments: list[Attachment] = Field(default_factory=list, max_length=20)
 
 
-ACTIVITY_TYPES = ("a2a_send", "a2a_receive", "task_update", "agent_log", "skill_promotion", "memory_write", "error")
-
-
 class ReportActivity(Body):
     """``POST /workspaces/:id/activity``: an agent reports what it did."""
 
@@ -206,12 +203,6 @@ class Delegate(Body):
 
 class Empty(Body):
     """A body-less request (anything sent is ignored)."""
-
-
-ALL_BODIES: tuple[type[Body], ...] = (
-    CreateWorkspace, PatchWorkspace, Register, Heartbeat, UpdateCard, CheckAccess, PutSecret, PutModel, Restart,
-    Notify, ReportActivity, Delegate,
-)
 
 
 def describe_error(exc: Exception) -> str:

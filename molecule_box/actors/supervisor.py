@@ -115,10 +115,12 @@ class Supervisor:
         failures = 0
         last_error = ""
         record: Workspace | None = ws
+        del ws
         try:
             while record is not None:
                 actor = WorkspaceActor(self.box, record, slot.receive, slot.send, crashes=failures,
                                        last_error=last_error)
+                record = None  # the actor owns the record now; keeping it here would hold a stale copy
                 slot.actor = actor
                 started = trio.current_time()
                 try:

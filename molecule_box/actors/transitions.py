@@ -24,10 +24,6 @@ class Outcome:
     workspace: Workspace
     events: list[EventSpec] = dataclasses.field(default_factory=list)
 
-    @property
-    def changed_status(self) -> bool:
-        return any(e[0].startswith("WORKSPACE_") and e[0] != "WORKSPACE_HEARTBEAT" for e in self.events)
-
 
 def set_status(ws: Workspace, status: WorkspaceStatus, now: float, **changes: Any) -> Workspace:
     if status is not ws.status:

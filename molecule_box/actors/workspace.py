@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..backends.base import Backend, BackendEvent, Handle, Workload, WorkloadSpec, WorkloadState
-from ..errors import BackendError, Conflict, MoleculeBoxError, NotFound, ServiceUnavailable
+from ..errors import BackendError, Conflict, MoleculeBoxError, NotFound
 from ..models import BROADCAST_ONLY, LIVE_STATES, Workspace, WorkspaceStatus
 from ..store import events as event_rows
 from ..store import secrets as secret_rows
@@ -635,6 +635,3 @@ async def _stopped(awaitable: Awaitable[None]) -> None:
     with trio.fail_after(CLEANUP_DEADLINE):
         await awaitable
 
-
-def unavailable(workspace_id: str) -> ServiceUnavailable:
-    return ServiceUnavailable(f"workspace {workspace_id} is busy; retry shortly", retry_after=2)

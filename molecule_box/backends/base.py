@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import trio
@@ -231,4 +231,3 @@ class BaseBackend:
 
 
 BackendFactory = Callable[[BackendContext], Backend]
-Reporter = Callable[[BackendEvent], Awaitable[None]]

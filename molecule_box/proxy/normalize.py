@@ -20,7 +20,6 @@ FORWARDED_HEADERS = (b"content-type", b"accept", b"a2a-version", b"a2a-extension
 HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
               b"proxy-authorization", b"proxy-authenticate", b"content-length"}
 
-SEND_METHODS = {"message/send", "message/stream", "SendMessage", "SendStreamingMessage"}
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,6 @@ class Normalized:
     body: bytes
     method: str
     message_id: str | None
-    rpc_id: Any
     payload: dict[str, Any]
 
 
@@ -62,7 +60,7 @@ def normalize(raw: bytes) -> Normalized:
             changed = True
         message_id = mid
     body = json.dumps(payload, separators=(",", ":")).encode() if changed else raw
-    return Normalized(body, method, message_id, payload.get("id"), payload)
+    return Normalized(body, method, message_id, payload)
 
 
 def message_text(payload: dict[str, Any], limit: int = 4000) -> str:
@@ -80,13 +78,6 @@ def message_text(payload: dict[str, Any], limit: int = 4000) -> str:
         elif isinstance(part.get("root"), dict) and isinstance(part["root"].get("text"), str):
             texts.append(part["root"]["text"])
     return "\n".join(texts)[:limit]
-
-
-def message_role(payload: dict[str, Any]) -> str | None:
-    params = payload.get("params")
-    message = params.get("message") if isinstance(params, dict) else None
-    role = message.get("role") if isinstance(message, dict) else None
-    return role if isinstance(role, str) else None
 
 
 def agent_error(status: int, body: bytes) -> str:

@@ -197,9 +197,6 @@ class Store:
         finally:
             conn.close()
 
-    def integrity_check(self) -> str:
-        return str(self._rconn.execute("PRAGMA integrity_check").fetchone()[0])
-
     def close(self) -> None:
         """Close both connections; call after the writer task has finished."""
         self._closed = True

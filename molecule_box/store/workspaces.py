@@ -9,9 +9,6 @@ import sqlite_utils
 
 from ..models import Workspace
 
-COLUMNS = tuple(Workspace.__dataclass_fields__)
-
-
 def get(db: sqlite_utils.Database, workspace_id: str) -> Workspace | None:
     row = db.execute("SELECT * FROM workspaces WHERE id = ?", [workspace_id]).fetchone()
     return Workspace.from_row(dict(row)) if row else None
@@ -73,15 +70,3 @@ def save(workspace: Workspace) -> Callable[[sqlite_utils.Database], None]:
         db.execute(f"UPDATE workspaces SET {assignments} WHERE id = ?", [*row.values(), wid])
 
     return op
-
-
-def update_fields(workspace_id: str, fields: dict[str, Any]) -> Callable[[sqlite_utils.Database], None]:
-    def op(db: sqlite_utils.Database) -> None:
-        assignments = ", ".join(f"{name} = ?" for name in fields)
-        db.execute(f"UPDATE workspaces SET {assignments} WHERE id = ?", [*fields.values(), workspace_id])
-
-    return op
-
-
-def status_counts(db: sqlite_utils.Database) -> dict[str, int]:
-    return {row[0]: row[1] for row in db.execute("SELECT status, count(*) FROM workspaces GROUP BY status")}
