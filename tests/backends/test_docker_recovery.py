@@ -153,19 +153,63 @@ def _dockerd() -> tuple[int, list[str], str | None] | None:
     return found[0] if len(found) == 1 else None
 
 
-def _restart_dockerd(pid: int, argv: list[str], log: str | None) -> None:
-    """SIGTERM the engine, wait for it to exit, start it again with the same flags (blocking)."""
-    os.kill(pid, signal.SIGTERM)
-    for _ in range(300):
-        if not Path(f"/proc/{pid}").exists():
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("dockerd did not stop within 30s")
+def _gone(pid: int) -> bool:
+    """Has ``pid`` exited? A zombie counts: when ``scripts/test`` started the engine and then exec'd pytest,
+    the engine is this process's child, and its /proc entry stays until it is reaped here."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child: init reaps it
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
+def _engine_answers() -> bool:
+    return subprocess.run(["docker", "version"], capture_output=True, timeout=10, check=False).returncode == 0
+
+
+def _start_dockerd(argv: list[str], log: str | None) -> None:
     with open(log or "/tmp/molecule-box-test-dockerd.log", "ab") as out:  # the engine keeps its own copy
-        # setsid --fork: the engine is nobody's child here, as it was before (it outlives the test run).
+        # setsid --fork: the engine is nobody's child here (it outlives the test run).
         subprocess.run(["setsid", "--fork", *argv], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                        check=True)
+
+
+def _restart_dockerd(pid: int, argv: list[str], log: str | None) -> None:
+    """SIGTERM the engine, wait for it to exit, start it again with the same flags (blocking).
+
+    The engine is started again whatever happens here: every later docker test needs it."""
+    os.kill(pid, signal.SIGTERM)
+    try:
+        for _ in range(1200):
+            if _gone(pid):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("dockerd did not stop within 120s")
+    finally:
+        if not _gone(pid):
+            os.kill(pid, signal.SIGKILL)
+            for _ in range(100):
+                if _gone(pid):
+                    break
+                time.sleep(0.1)
+        _start_dockerd(argv, log)
+
+
+def _ensure_engine(argv: list[str], log: str | None) -> None:
+    """Teardown: the engine answers again before the next test (started once more if the test left it down)."""
+    for attempt in range(2):
+        for _ in range(120):
+            if _engine_answers():
+                return
+            time.sleep(0.5)
+        if attempt == 0 and _dockerd() is None:
+            _start_dockerd(argv, log)
+    raise AssertionError(f"the Docker engine did not come back after the test restarted it ({log})")
 
 
 @pytest.mark.slow
@@ -212,4 +256,5 @@ async def test_engine_restart_under_a_running_box(runner: BoxRunner) -> None:
             assert docker("ps", "-q", "--filter", f"label=molecule-box.box={box_id}").strip()
     finally:
         await runner.stop()
+        await trio.to_thread.run_sync(_ensure_engine, argv, log)
         await trio.to_thread.run_sync(remove_box, box_id)
