@@ -158,15 +158,18 @@ async def test_idle_timeout_reset_by_heartbeats(runner: BoxRunner, agent: TestAg
         silent = await client.post(f"/workspaces/{wid}/a2a", json=send_body(), headers=ADMIN)
         assert silent.status_code == 504 and "idle" in silent.json()["error"]
 
-        async def beat() -> None:
-            while True:
+        done = trio.Event()
+
+        async def beat() -> None:  # stopped between requests: a cancelled httpx request leaks its body generator
+            while not done.is_set():
                 await client.post("/registry/heartbeat", json={"workspace_id": wid}, headers=bearer(token))
-                await trio.sleep(0.3)
+                with trio.move_on_after(0.3):
+                    await done.wait()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(beat)
             alive = await client.post(f"/workspaces/{wid}/a2a", json=send_body(), headers=ADMIN)
-            nursery.cancel_scope.cancel()
+            done.set()
         assert alive.status_code == 200
 
 
