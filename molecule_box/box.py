@@ -42,7 +42,6 @@ from .vault import Vault
 
 log = logging.getLogger(__name__)
 
-MAINTENANCE_INTERVAL = 300.0
 #: The orphan sweep runs ``ORPHAN_GRACE_SECONDS`` after start, then this often.
 ORPHAN_SWEEP_INTERVAL = 60.0
 #: Longest one orphan's removal may take before the sweep moves on (it is retried at the next sweep).
@@ -138,15 +137,6 @@ class Box:
             counts[ws.status.value] = counts.get(ws.status.value, 0) + 1
         return counts
 
-    async def _maintenance(self) -> None:
-        """Periodic housekeeping: keep the WAL from growing without bound."""
-        while True:
-            await trio.sleep(MAINTENANCE_INTERVAL)
-            try:
-                await trio.to_thread.run_sync(self._checkpoint)
-            except Exception:
-                log.exception("store checkpoint failed")
-
     # -- orphan sweep (user asks #11; Nomad's reconcile_dangling) ---------------------------------
 
     async def _orphan_sweep(self) -> None:
@@ -190,9 +180,6 @@ class Box:
                     except BackendError as exc:
                         log.warning("orphan sweep: could not remove it (%s); retrying at the next sweep", exc.reason)
         return removed
-
-    def _checkpoint(self) -> None:
-        self.store.checkpoint()
 
 
 def _announce_admin_token(token: str) -> None:
@@ -250,7 +237,6 @@ async def _open_box(
                 box.restore_seconds = time.perf_counter() - began
                 log.info("restored %d workspace actors in %.3fs", box.restored, box.restore_seconds)
                 await core.start(box.proxy.run)
-                core.start_soon(box._maintenance)
                 core.start_soon(box._orphan_sweep)
                 yield box
                 core.cancel_scope.cancel()

@@ -246,7 +246,7 @@ async def _purge(family: list[str]) -> None:
             db.execute(f"DELETE FROM {table} WHERE workspace_id IN ({marks})", family)
         db.execute(f"DELETE FROM workspaces WHERE id IN ({marks})", family)
 
-    await b.store.write(op)
+    await b.store.write(op, bulk=True)  # a workspace's activity and events can be many rows
 
 
 @route(bp, "/workspaces/<raw_id>/state", "GET", summary="Status poll for remote agents", auth="workspace",
