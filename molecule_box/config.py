@@ -191,6 +191,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Comma-separated CIDRs agent URLs may use besides public addresses, e.g. 127.0.0.0/8,10.0.0.0/8."),
     Setting("a2a_idle_timeout_seconds", "A2A_IDLE_TIMEOUT_SECONDS", _positive_float, 300.0,
             "An A2A call is cancelled when the target shows no sign of life (events, heartbeats, bytes) this long."),
+    Setting("a2a_active_limit", "A2A_ACTIVE_LIMIT", _positive_int, 4,
+            "Proxied A2A calls worked on at once (waiting for an agent does not count): keeps heartbeats and the API "
+            "responsive while the proxy is saturated."),
     Setting("activity_retention_days", "ACTIVITY_RETENTION_DAYS", _positive_float, 7.0, "Activity rows older than this are pruned."),
     Setting("shutdown_grace_seconds", "MOLECULE_BOX_SHUTDOWN_GRACE", _positive_float, 20.0,
             "On SIGTERM, how long in-flight requests may take to finish."),
@@ -300,6 +303,7 @@ class Settings:
     provision_timeout_seconds: float = 600.0
     allow_agent_networks: tuple[IPNetwork, ...] = ()
     a2a_idle_timeout_seconds: float = 300.0
+    a2a_active_limit: int = 4
     activity_retention_days: float = 7.0
     shutdown_grace_seconds: float = 20.0
     log_level: str = "info"

@@ -101,6 +101,14 @@ class SecretsChanged(Command):
 
 
 @dataclasses.dataclass(eq=False)
+class Outbound(Command):
+    """The workspace's A2A calls succeeded, the last at ``at`` (``last_outbound_at``). The proxy tells these
+    once per activity flush, one per caller, and nobody waits for the reply: the call path stays lean."""
+
+    at: float
+
+
+@dataclasses.dataclass(eq=False)
 class Crash(Command):
     """Fault injection for tests: the actor raises while handling it (exercises the supervisor)."""
 

@@ -114,6 +114,13 @@ def update_card(ws: Workspace, agent_card: dict[str, Any], now: float) -> Outcom
                    [("AGENT_CARD_UPDATED", {"agent_card": agent_card})])
 
 
+def outbound(ws: Workspace, at: float) -> Outcome | None:
+    """A later successful outbound call moves ``last_outbound_at`` forward (never back: tells can race)."""
+    if ws.last_outbound_at is not None and at <= ws.last_outbound_at:
+        return None
+    return Outcome(dataclasses.replace(ws, last_outbound_at=at))
+
+
 def liveness_deadline(ws: Workspace, ttl: float) -> float | None:
     """When a live workspace is declared offline without a heartbeat (unix seconds), or None."""
     if ws.status not in LIVE_STATES:

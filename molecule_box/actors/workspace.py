@@ -503,6 +503,13 @@ class WorkspaceActor:
         await self._commit(t.update_card(self.record, cmd.agent_card, self._now()))
         return {"status": "updated"}
 
+    async def _on_Outbound(self, cmd: c.Outbound) -> None:
+        if self.record.status is S.REMOVED:
+            return
+        outcome = t.outbound(self.record, cmd.at)
+        if outcome is not None:
+            await self._commit(outcome)
+
     async def _on_Patch(self, cmd: c.Patch) -> dict[str, Any]:
         ws = self._require_not_removed()
         changes = dict(cmd.changes)

@@ -31,6 +31,8 @@ import trio
 MAX_IDLE_PER_AGENT = 64
 IDLE_EVICT_SECONDS = 60.0
 CONNECT_TIMEOUT = 10.0
+#: How long post() waits for an answer before calling ``waiting`` (see post()).
+QUICK_ANSWER = 0.005
 READ_CHUNK = 65536
 
 
@@ -217,16 +219,28 @@ class AgentPool:
             return
         conn.close_now()
 
-    async def _head(self, conn: _Conn, request: Callable[[], h11.Request], body: bytes) -> UpstreamResponse:
+    async def _head(self, conn: _Conn, request: Callable[[], h11.Request], body: bytes,
+                    waiting: Callable[[], None] | None) -> UpstreamResponse:
         """Read the response head. A Content-Length reply is framed here (the common case, no h11);
-        chunked, close-delimited and 1xx replies are handed to h11, which is fed what was read so far."""
+        chunked, close-delimited and 1xx replies are handed to h11, which is fed what was read so far.
+
+        ``waiting`` is called once the agent has not answered within QUICK_ANSWER (receiving is cancel-safe)."""
         while True:
             end = conn.buf.find(b"\r\n\r\n")
             if end >= 0:
                 break
             if len(conn.buf) > _MAX_HEAD:
                 raise h11.RemoteProtocolError("response head too large")
-            if not await conn.fill():
+            filled: bool | None = None
+            if waiting is not None:
+                with trio.move_on_after(QUICK_ANSWER):
+                    filled = await conn.fill()
+                if filled is None:
+                    waiting()
+                    waiting = None
+            if filled is None:
+                filled = await conn.fill()
+            if not filled:
                 raise trio.BrokenResourceError("agent closed the connection")
         parsed = _parse_head(bytes(conn.buf[:end]))
         status, headers, http11 = parsed or (0, [], False)
@@ -254,9 +268,13 @@ class AgentPool:
         return UpstreamResponse(event.status_code, list(event.headers), conn)
 
     @asynccontextmanager
-    async def post(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes
-                   ) -> AsyncIterator[UpstreamResponse]:
-        """Send ``body``; yield the response once its head arrived. The body is read through ``chunks()``."""
+    async def post(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes,
+                   waiting: Callable[[], None] | None = None) -> AsyncIterator[UpstreamResponse]:
+        """Send ``body``; yield the response once its head arrived. The body is read through ``chunks()``.
+
+        ``waiting`` is called before a wait on the network: a new connection, or an answer that did not come
+        within QUICK_ANSWER (a fast agent's answer is awaited in place): the proxy's admission control leaves
+        its work slot there."""
         host = (self.server_name if self.port in (80, 443) else f"{self.server_name}:{self.port}").encode()
         target = (path or "/").encode()
         all_headers = [(b"host", host), (b"content-length", str(len(body)).encode()), *headers]
@@ -274,10 +292,12 @@ class AgentPool:
         reused = conn is not None
         for attempt in (0, 1):
             if conn is None:
+                if waiting is not None:
+                    waiting()
                 conn = await self._open()
             try:
                 await conn.stream.send_all(data)
-                response = await self._head(conn, request, body)
+                response = await self._head(conn, request, body, waiting)
                 break
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, h11.RemoteProtocolError,
                     h11.LocalProtocolError) as exc:

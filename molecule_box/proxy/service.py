@@ -42,6 +42,7 @@ from ..security.ssrf import NO_INBOUND, UnsafeAgentURL, ip_refusal, split_agent_
 from ..security.tokens import parse_bearer
 from ..store import activity as activity_rows
 from ..store import queue as queue_rows
+from .admission import Admission
 from .client import Pools, UpstreamError, UpstreamResponse
 from .normalize import FORWARDED_HEADERS, HOP_BY_HOP, Normalized, agent_error, caller_timeout, normalize, summarize
 
@@ -62,6 +63,9 @@ DRAIN_DEADLINE = 300.0
 RETENTION_EVERY = 6 * 3600.0
 IDLE_BUMP_EVERY = 1.0
 ACTIVITY_FLUSH_EVERY = 0.05
+#: A reply up to this size is written to the caller inside the call's work slot (the socket buffer takes it
+#: without waiting on the client); a bigger one leaves the slot first.
+SEND_IN_SLOT = 64 * 1024
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -88,6 +92,8 @@ class A2AProxy:
     def __init__(self, box: Box) -> None:
         self.box = box
         self.pools = Pools()
+        #: Work slots of the proxy (see admission.py): calls worked on at once, not calls in flight.
+        self._slots = trio.Semaphore(box.settings.a2a_active_limit)
         self._resolved: dict[str, tuple[float, str]] = {}
         self._vetted: dict[str, tuple[float, tuple[str, str, int, str, str]]] = {}
         #: In-flight calls per target: their idle scopes and idle windows, bumped by the target's events.
@@ -95,6 +101,7 @@ class A2AProxy:
         self._bumped: dict[str, float] = {}
         #: Activity rows of finished calls, written as one group-commit op every ACTIVITY_FLUSH_EVERY.
         self._activity_buf: list[Callable[[Any], int]] = []
+        self._outbound: dict[str, float] = {}  # caller id -> time of its last successful call, until the flush
         self._activity_wake = trio.Event()
         #: Queued (not yet dispatched) messages per workspace, so the heartbeat path checks a dict, not SQLite.
         self.pending: dict[str, int] = {}
@@ -166,15 +173,19 @@ class A2AProxy:
         The whole answer is cached per URL for RESOLVE_TTL (a literal-IP URL is pure parsing and policy,
         a host name's address is re-resolved after that), so the hot path skips urlsplit, ipaddress
         parsing and the network checks on all but the first call of each window."""
+        vetted = self._vetted_now(url)
+        if vetted is not None:
+            return vetted
         now = trio.current_time()
-        cached = self._vetted.get(url)
-        if cached is not None and cached[0] > now:
-            return cached[1]
         vetted = await self._resolve_uncached(url, box_assigned=box_assigned)
         if len(self._vetted) > 4096:
             self._vetted.clear()
         self._vetted[url] = (now + RESOLVE_TTL, vetted)
         return vetted
+
+    def _vetted_now(self, url: str) -> tuple[str, str, int, str, str] | None:
+        cached = self._vetted.get(url)
+        return cached[1] if cached is not None and cached[0] > trio.current_time() else None
 
     async def _resolve_uncached(self, url: str, *, box_assigned: bool = False) -> tuple[str, str, int, str, str]:
         host, port = split_agent_url(url)
@@ -222,12 +233,14 @@ class A2AProxy:
 
     async def handle(self, scope: dict[str, Any], receive: Receive, send: Send, raw_id: str) -> None:
         started = time.perf_counter()
+        admission = Admission(self._slots)
         try:
             try:
                 target_id = str(uuid.UUID(raw_id))
             except ValueError:
                 raise BadRequest("invalid workspace ID") from None
-            raw = await read_body(receive, BODY_LIMIT)
+            raw = await read_body(receive, BODY_LIMIT)  # before admission: a slow client holds no slot
+            await admission.enter()
             caller = await self._caller(scope)
             box = self.box
             ws = box.supervisor.record(target_id)
@@ -243,17 +256,23 @@ class A2AProxy:
             forward_headers = [(k, v) for k, v in scope["headers"] if k in FORWARDED_HEADERS]
             if not any(k == b"content-type" for k, _ in forward_headers):
                 forward_headers.append((b"content-type", b"application/json"))
-            ws = await self._route(ws, caller, norm, forward_headers)
-            await self._forward_streaming(scope, receive, send, ws, caller, norm, forward_headers, timeout, started)
+            ws = await self._route(ws, caller, norm, forward_headers, admission)
+            await self._forward_streaming(scope, receive, send, ws, caller, norm, forward_headers, timeout, started,
+                                          admission)
         except Queued as queued:
+            admission.leave()
             await send_json(send, 202, queued.body)
         except Exception as exc:
+            admission.leave()
             status, body, headers = error_response(exc)
             await send_json(send, status, body, headers)
+        finally:
+            admission.leave()
 
     async def _route(self, ws: Workspace, caller: str | None, norm: Normalized,
-                     headers: list[tuple[bytes, bytes]]) -> Workspace:
-        """Decide what happens to a call before any byte goes to the agent; raises Queued or an error."""
+                     headers: list[tuple[bytes, bytes]], admission: Admission) -> Workspace:
+        """Decide what happens to a call before any byte goes to the agent; raises Queued or an error.
+        A queued call waits for its commit without a work slot."""
         if ws.status in (S.HIBERNATED, S.HIBERNATING):
             self.box.supervisor.tell(ws.id, c.Wake())
             raise ServiceUnavailable("workspace is hibernated and is being woken", retry_after=15, waking=True)
@@ -261,11 +280,13 @@ class A2AProxy:
             raise ServiceUnavailable("workspace is paused", retry_after=30, status=ws.status.value)
         if ws.url in (None, "", NO_INBOUND):
             if ws.is_external:
+                admission.leave()
                 raise Queued(await self._to_inbox(ws, caller, norm))
             raise ServiceUnavailable("workspace has no URL yet", retry_after=10, status=ws.status.value)
         if ws.status not in (S.ONLINE, S.DEGRADED):
             raise ServiceUnavailable(f"workspace is {ws.status.value}", retry_after=10, status=ws.status.value)
         if ws.active_tasks >= ws.max_concurrent_tasks and ws.active_tasks > 0:
+            admission.leave()
             raise Queued(await self._busy(ws, caller, norm, headers, "agent at its max_concurrent_tasks"))
         return ws
 
@@ -296,9 +317,14 @@ class A2AProxy:
 
     async def _forward_streaming(self, scope: dict[str, Any], receive: Receive, send: Send, ws: Workspace,
                                  caller: str | None, norm: Normalized, headers: list[tuple[bytes, bytes]],
-                                 timeout: float | None, started: float) -> None:
+                                 timeout: float | None, started: float, admission: Admission) -> None:
         try:
-            scheme, address, port, host, path = await self._resolve(ws.url or "", box_assigned=ws.url_from_backend)
+            vetted = self._vetted_now(ws.url or "")
+            if vetted is None:  # a DNS lookup may wait: not in a work slot
+                admission.leave()
+                vetted = await self._resolve(ws.url or "", box_assigned=ws.url_from_backend)
+                await admission.enter()
+            scheme, address, port, host, path = vetted
         except UnsafeAgentURL as exc:
             raise BadGateway(
                 f"workspace URL is not allowed: {exc.message.removeprefix('agent URL refused: ')}") from None
@@ -311,7 +337,10 @@ class A2AProxy:
         status, captured, error, response_started = 502, bytearray(), None, False
         try:
             with trio.CancelScope(deadline=hard) as hard_scope, idle_scope:
-                async with self.pools.get(scheme, address, port, host).post(path, headers, norm.body) as resp:
+                pool = self.pools.get(scheme, address, port, host)
+                # The pool leaves the work slot before it waits on the network (connect, the agent's answer).
+                async with pool.post(path, headers, norm.body, waiting=admission.leave) as resp:
+                    await admission.enter()
                     status = resp.status
                     if status >= 300:
                         body = await resp.read(ERROR_BODY_LIMIT)
@@ -321,7 +350,7 @@ class A2AProxy:
                         response_started = True
                     else:
                         response_started = True
-                        await self._relay(send, receive, resp, idle_scope, idle, captured)
+                        await self._relay(send, receive, resp, idle_scope, idle, captured, admission)
             if not response_started:
                 cause = "X-Timeout deadline" if hard_scope.cancelled_caught and timeout else (
                     "30 min agent-to-agent ceiling" if hard_scope.cancelled_caught else f"idle {idle:g}s")
@@ -329,6 +358,7 @@ class A2AProxy:
                 status = 504
                 raise GatewayTimeout(error)
         except UpstreamError as exc:
+            admission.leave()  # what follows waits (a commit, our client)
             error = exc.detail
             if exc.response_started or response_started:
                 log.warning("workspace %s: response cut mid-stream: %s", ws.id, exc.detail)
@@ -349,18 +379,22 @@ class A2AProxy:
             self._log_call(ws, caller, norm, status, bytes(captured), started, error)
 
     async def _relay(self, send: Send, receive: Receive, resp: UpstreamResponse, idle_scope: trio.CancelScope,
-                     idle: float, captured: bytearray) -> None:
+                     idle: float, captured: bytearray, admission: Admission) -> None:
         out_headers = [(k, v) for k, v in resp.headers if k not in HOP_BY_HOP]
         length = resp.header(b"content-length")
         if length is not None:
             out_headers.append((b"content-length", length))
         streaming = length is None
-        await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
         if not streaming:
             body = await resp.read(10 * 1024 * 1024)
+            if len(body) > SEND_IN_SLOT:
+                admission.leave()  # a big reply may wait on a slow client
             captured += body[:CAPTURE_LIMIT]
+            await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
             await send({"type": "http.response.body", "body": body})
             return
+        admission.leave()  # a stream waits on the agent between events
+        await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
         # A stream: pass chunks on as they arrive, and stop the upstream call if our client goes away.
         async with trio.open_nursery() as nursery:
             async def watch_client() -> None:
@@ -389,6 +423,8 @@ class A2AProxy:
             else f"A2A request to {ws.name} failed: {error}"[:500],
             request_body=norm.body, response_body=response or None, duration_ms=duration, status=outcome,
             error_detail=error))
+        if caller is not None and 200 <= status < 300 and status != 202 and error is None:
+            self._outbound[caller] = time.time()
         if len(self._activity_buf) == 1:
             self._activity_wake.set()
         self._activity_event(ws, caller, norm.method, outcome, duration)
@@ -409,6 +445,9 @@ class A2AProxy:
     def _flush_activity(self) -> None:
         ops, self._activity_buf = self._activity_buf, []
         self._activity_wake = trio.Event()
+        outbound, self._outbound = self._outbound, {}
+        for caller, at in outbound.items():  # callers' last_outbound_at, owned by their actors
+            self.box.supervisor.tell(caller, c.Outbound(at=at))
         if not ops:
             return
 
@@ -509,7 +548,7 @@ class A2AProxy:
         while True:
             cutoff = time.time() - self.box.settings.activity_retention_days * 86400
             try:
-                pruned = await self.box.store.write(activity_rows.prune(cutoff))
+                pruned = await self.box.store.write(activity_rows.prune(cutoff), bulk=True)
                 if pruned:
                     log.info("pruned %d activity rows older than %g days", pruned,
                              self.box.settings.activity_retention_days)

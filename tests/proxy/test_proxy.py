@@ -57,6 +57,26 @@ async def test_human_and_agent_callers(client: httpx.AsyncClient, agent: TestAge
     assert [r["source_id"] for r in rows] == [None]
     rows = (await client.get(f"/workspaces/{wid}/activity?source=agent", headers=ADMIN)).json()
     assert rows[0]["source_id"] == caller and rows[0]["status"] == "ok" and rows[0]["method"] == "message/send"
+    # The successful call moved the caller's last_outbound_at (the target's stays unset: it sent nothing).
+    with trio.fail_after(5):
+        while (await client.get(f"/workspaces/{caller}", headers=ADMIN)).json()["last_outbound_at"] is None:
+            await trio.sleep(0.05)
+    assert (await client.get(f"/workspaces/{wid}", headers=ADMIN)).json()["last_outbound_at"] is None
+
+
+async def test_failed_call_leaves_last_outbound_at_alone(client: httpx.AsyncClient, agent: TestAgent) -> None:
+    wid, _ = await target(client, agent)
+    caller, caller_tok = await joined(client, "caller")
+    headers = {"X-Workspace-ID": caller, **bearer(caller_tok)}
+    agent.fail_status = 500
+    assert (await client.post(f"/workspaces/{wid}/a2a", json=send_body(), headers=headers)).status_code == 500
+    await trio.sleep(0.2)
+    assert (await client.get(f"/workspaces/{caller}", headers=ADMIN)).json()["last_outbound_at"] is None
+    agent.fail_status = None
+    assert (await client.post(f"/workspaces/{wid}/a2a", json=send_body(), headers=headers)).status_code == 200
+    with trio.fail_after(5):
+        while (await client.get(f"/workspaces/{caller}", headers=ADMIN)).json()["last_outbound_at"] is None:
+            await trio.sleep(0.05)
 
 
 async def test_self_call_logged_with_own_id(client: httpx.AsyncClient, agent: TestAgent) -> None:
