@@ -160,7 +160,8 @@ async def notify(raw_id: str) -> Any:
 @route(bp, "/workspaces/<raw_id>/delegate", "POST", auth="caller", body=Delegate,
        summary="Hand a task to another workspace asynchronously (idempotent by idempotency_key)",
        responses={200: "Idempotent hit", 202: "{delegation_id, status: delegated, target_id}",
-                  400: "Bad body or self-delegation", 403: "Hierarchy forbids it"})
+                  400: "Bad body or self-delegation", 403: "Hierarchy forbids it",
+                  429: "The target's queue is full (A2A_QUEUE_LIMIT)"})
 async def delegate(raw_id: str) -> Any:
     b = box()
     path_id = workspace_id(raw_id)
@@ -195,7 +196,7 @@ async def delegate(raw_id: str) -> Any:
     encoded = json.dumps(message, separators=(",", ":")).encode()
     now = time.time()
     enqueue = queue_rows.enqueue(target, source, delegation_id, "message/send", encoded,
-                                 {"content-type": "application/json"})
+                                 {"content-type": "application/json"}, b.settings.a2a_queue_limit)
 
     def op(db: Any) -> Any:
         db.execute("""INSERT INTO delegations (id, source_id, target_id, task, idempotency_key, status, created_at,

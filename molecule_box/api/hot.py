@@ -34,7 +34,7 @@ declare("/workspaces/<id>/a2a", "POST", tag="a2a", auth="caller",
         responses={200: "The agent's reply, streamed as it arrives", 202: "Queued durably, or delivered to a "
                    "poll-mode agent's inbox", 400: "Bad body", 401: "Caller not authenticated",
                    402: "Budget exceeded", 403: "Hierarchy forbids it, or a system caller id", 404: "Unknown",
-                   413: "Body over 1 MiB", 502: "Agent unreachable", 503: "Paused, offline or waking",
+                   413: "Body over 1 MiB", 429: "The busy workspace's queue is full (A2A_QUEUE_LIMIT)", 502: "Agent unreachable", 503: "Paused, offline or waking",
                    504: "Deadline (X-Timeout, idle, ceiling) passed"})
 
 

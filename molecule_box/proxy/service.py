@@ -299,7 +299,8 @@ class A2AProxy:
             raise ServiceUnavailable("workspace agent busy — retry after a short backoff", retry_after=30, busy=True)
         hdrs = {k.decode(): v.decode("latin-1") for k, v in headers}
         queue_id, depth, duplicate = await self.box.store.write(
-            queue_rows.enqueue(ws.id, caller, norm.message_id, norm.method, norm.body, hdrs))
+            queue_rows.enqueue(ws.id, caller, norm.message_id, norm.method, norm.body, hdrs,
+                               self.box.settings.a2a_queue_limit))
         if not duplicate:
             self.pending[ws.id] = self.pending.get(ws.id, 0) + 1
         log.info("workspace %s busy (%s): message queued as %d (depth %d)", ws.id, why, queue_id, depth)

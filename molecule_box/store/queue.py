@@ -14,12 +14,19 @@ from typing import Any
 
 import sqlite_utils
 
+from ..errors import TooManyRequests
+
 MAX_ATTEMPTS = 5
+#: Retry-After of a call refused because the workspace's queue is full.
+FULL_RETRY_AFTER = 30
 
 
 def enqueue(workspace_id: str, caller_id: str | None, message_id: str, method: str, body: bytes,
-            headers: dict[str, str]) -> Callable[[sqlite_utils.Database], tuple[int, int, bool]]:
-    """Returns (queue id, queue depth, whether it was already queued)."""
+            headers: dict[str, str], limit: int) -> Callable[[sqlite_utils.Database], tuple[int, int, bool]]:
+    """Returns (queue id, queue depth, whether it was already queued).
+
+    A workspace holds at most ``limit`` queued messages: beyond that a new one is refused with 429 (a caller
+    looping on a stuck agent must not fill the disk); a retry of one already queued still finds it."""
     encoded = json.dumps(headers)
 
     def op(db: sqlite_utils.Database) -> tuple[int, int, bool]:
@@ -30,6 +37,13 @@ def enqueue(workspace_id: str, caller_id: str | None, message_id: str, method: s
         if duplicate:
             queue_id = int(existing[0])
         else:
+            queued = db.execute("SELECT count(*) FROM a2a_queue WHERE workspace_id = ? AND status = 'queued'",
+                                [workspace_id]).fetchone()[0]
+            if queued >= limit:
+                raise TooManyRequests(
+                    f"the workspace's queue is full ({queued} messages waiting); retry later",
+                    headers={"Retry-After": str(FULL_RETRY_AFTER)}, queued=False, queue_depth=int(queued),
+                    retry_after=FULL_RETRY_AFTER)
             cursor = db.execute(
                 """INSERT INTO a2a_queue (workspace_id, caller_id, message_id, method, body, headers, status,
                    enqueued_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)""",

@@ -228,6 +228,29 @@ async def test_busy_target_queues_then_drains_once(client: httpx.AsyncClient, ag
     assert [(q["message_id"], q["status"]) for q in queue] == [("busy-1", "completed")]
 
 
+async def test_full_queue_is_429_and_retries_still_find_their_row(runner: BoxRunner, agent: TestAgent) -> None:
+    box = await runner.start(A2A_QUEUE_LIMIT="2")
+    async with httpx.AsyncClient(base_url=box.urls[0], timeout=10) as client:
+        wid, token = await target(client, agent)
+        await client.post("/registry/heartbeat", json={"workspace_id": wid, "active_tasks": 1}, headers=bearer(token))
+        for n in (1, 2):
+            queued = await client.post(f"/workspaces/{wid}/a2a", json=send_body("x", f"q-{n}"), headers=ADMIN)
+            assert queued.status_code == 202 and queued.json()["queue_depth"] == n
+        full = await client.post(f"/workspaces/{wid}/a2a", json=send_body("x", "q-3"), headers=ADMIN)
+        assert full.status_code == 429 and full.headers["retry-after"] == "30"
+        assert full.json()["queued"] is False and full.json()["queue_depth"] == 2 and "full" in full.json()["error"]
+        again = await client.post(f"/workspaces/{wid}/a2a", json=send_body("x", "q-1"), headers=ADMIN)
+        assert again.status_code == 202 and again.json()["duplicate"] is True  # a retry is not refused
+        caller, caller_tok = await joined(client, "boss")
+        delegated = await client.post(f"/workspaces/{wid}/delegate", json={"task": "t", "idempotency_key": "k"},
+                                      headers={"X-Workspace-ID": caller, **bearer(caller_tok)})
+        assert delegated.status_code == 429
+        queue = (await client.get(f"/workspaces/{wid}/queue", headers=ADMIN)).json()
+        assert sorted(q["message_id"] for q in queue) == ["q-1", "q-2"]  # nothing half-written by the refusals
+        delegations = (await client.get(f"/workspaces/{caller}/delegations", headers=ADMIN))
+        assert delegations.status_code == 200 and delegations.json() == [], delegations.text
+
+
 async def test_poll_mode_inbox_without_self_echo(client: httpx.AsyncClient) -> None:
     poller = (await create_external(client, "poller"))["id"]
     token = (await register(client, poller, url="remote://no-inbound"))["auth_token"]
