@@ -16,7 +16,9 @@ lookup, a new connection, the agent's answer, a stream's next event), so
 2,000 calls to a slow agent are all in flight together, and a slow client
 holds none either (its request body is read before admission, a big reply is
 written outside the slot). Waiters are served in FIFO order (trio's
-Semaphore), so no call starves. Admitting only the first phase was measured
+Semaphore), so no call starves. One wait stays inside a slot on purpose: a
+token's very first use commits that it was used before the call goes on (it
+ends the register bootstrap), once per token. Admitting only the first phase was measured
 not to help: relaying and logging the reply is half of a call's work.
 """
 
