@@ -67,6 +67,8 @@ class Box:
         self.now = now
         self.bus = EventBus()
         self.metrics = BoxMetrics()
+        store.observe_commit = self.metrics.sqlite_commit.observe
+        store.observe_checkpoint = self.metrics.sqlite_checkpoint.observe
         self.vault = Vault(store, SecretBox(load_key(settings)))
         self.box_id = ""
         self.admin = AdminAuth(b"")

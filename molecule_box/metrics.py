@@ -47,6 +47,13 @@ class BoxMetrics:
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
             registry=self.registry,
         )
+        # SQLite's own time in COMMIT (the fsync, with synchronous=FULL) and in checkpoints: every reply waits
+        # for a commit, so a slow disk shows here first (one 185 ms fsync held heartbeats that long in a bench).
+        disk_buckets = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+        self.sqlite_commit = Histogram("molecule_box_sqlite_commit_seconds", "Time SQLite spent in one group COMMIT",
+                                       buckets=disk_buckets, registry=self.registry)
+        self.sqlite_checkpoint = Histogram("molecule_box_sqlite_checkpoint_seconds",
+                                           "Time one WAL checkpoint took", buckets=disk_buckets, registry=self.registry)
         self._gauges: _Gauges | None = None
 
     def bind_sampler(self, sample: Callable[[], dict[str, dict[str, float]]]) -> None:

@@ -113,6 +113,9 @@ class Store:
         self._closed = False
         self.batches = 0
         self.commit_seconds = 0.0
+        #: Called (from a worker thread) with the seconds SQLite spent in each COMMIT and each checkpoint.
+        self.observe_commit: Callable[[float], None] | None = None
+        self.observe_checkpoint: Callable[[float], None] | None = None
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -236,7 +239,10 @@ class Store:
     def _commit(self, batch: list[Write[Any]]) -> None:
         conn = self._wconn
         try:
+            began = time.perf_counter()
             conn.execute("COMMIT")
+            if self.observe_commit is not None:
+                self.observe_commit(time.perf_counter() - began)
         except sqlite3.Error as exc:
             log.error("store: commit failed, %d writes lost: %s", len(batch), exc)
             try:
@@ -255,7 +261,10 @@ class Store:
         the writer's connection across threads; PASSIVE never blocks the writer or readers."""
         conn = _connect(self.path)
         try:
+            began = time.perf_counter()
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if self.observe_checkpoint is not None:
+                self.observe_checkpoint(time.perf_counter() - began)
         finally:
             conn.close()
 
