@@ -109,6 +109,20 @@ class ServiceUnavailable(HTTPError):
         super().__init__(message, headers=headers, **extra)
 
 
+class BadGateway(HTTPError):
+    """502: the workspace's agent could not be reached (the proxy)."""
+
+    status = 502
+    default_message = "failed to reach workspace agent"
+
+
+class GatewayTimeout(HTTPError):
+    """504: the agent did not answer within the caller's deadline, the idle window or the ceiling."""
+
+    status = 504
+    default_message = "the agent did not answer in time"
+
+
 class BackendError(MoleculeBoxError):
     """A backend could not do what was asked. ``reason`` is safe to show users; details stay in logs."""
 

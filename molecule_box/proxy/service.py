@@ -29,16 +29,17 @@ from ..api.auth import SYSTEM_PREFIXES, identify
 from ..api.errors import error_response
 from ..api.hot import header, read_body, send_json
 from ..errors import (
+    BadGateway,
     BadRequest,
     Forbidden,
-    HTTPError,
+    GatewayTimeout,
     NotFound,
     PaymentRequired,
     ServiceUnavailable,
     Unauthorized,
 )
 from ..models import Event, Workspace, WorkspaceStatus
-from ..security.ssrf import NO_INBOUND, UnsafeAgentURL, ip_refusal, split_agent_url
+from ..security.ssrf import NO_INBOUND, UnsafeAgentURL, resolve_checked, split_agent_url
 from ..security.tokens import parse_bearer
 from ..store import activity as activity_rows
 from ..store import queue as queue_rows
@@ -71,16 +72,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
-class GatewayTimeout(HTTPError):
-    status = 504
-    default_message = "the agent did not answer in time"
-
-
-class BadGateway(HTTPError):
-    status = 502
-    default_message = "failed to reach workspace agent"
-
-
 class Queued(Exception):
     """Not an error: the call was queued durably; carries the 202 body."""
 
@@ -94,8 +85,7 @@ class A2AProxy:
         self.pools = Pools()
         #: Work slots of the proxy (see admission.py): calls worked on at once, not calls in flight.
         self._slots = trio.Semaphore(box.settings.a2a_active_limit)
-        self._resolved: dict[str, tuple[float, str]] = {}
-        self._vetted: dict[str, tuple[float, tuple[str, str, int, str, str]]] = {}
+        self._vetted: dict[tuple[str, bool], tuple[float, tuple[str, str, int, str, str]]] = {}
         #: In-flight calls per target: their idle scopes and idle windows, bumped by the target's events.
         self._inflight: dict[str, dict[trio.CancelScope, float]] = {}
         self._bumped: dict[str, float] = {}
@@ -173,21 +163,10 @@ class A2AProxy:
         The whole answer is cached per URL for RESOLVE_TTL (a literal-IP URL is pure parsing and policy,
         a host name's address is re-resolved after that), so the hot path skips urlsplit, ipaddress
         parsing and the network checks on all but the first call of each window."""
-        vetted = self._vetted_now(url)
+        vetted = self._vetted_now(url, box_assigned)
         if vetted is not None:
             return vetted
         now = trio.current_time()
-        vetted = await self._resolve_uncached(url, box_assigned=box_assigned)
-        if len(self._vetted) > 4096:
-            self._vetted.clear()
-        self._vetted[url] = (now + RESOLVE_TTL, vetted)
-        return vetted
-
-    def _vetted_now(self, url: str) -> tuple[str, str, int, str, str] | None:
-        cached = self._vetted.get(url)
-        return cached[1] if cached is not None and cached[0] > trio.current_time() else None
-
-    async def _resolve_uncached(self, url: str, *, box_assigned: bool = False) -> tuple[str, str, int, str, str]:
         host, port = split_agent_url(url)
         parts = urlsplit(url)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -196,32 +175,17 @@ class A2AProxy:
             # A URL the box's own backend assigned (a container port on 127.0.0.1) is trusted for loopback and
             # private ranges (reference §13.1.10); link-local, metadata and the like stay refused.
             allowed = (*allowed, *BOX_ASSIGNED_NETWORKS)
-        try:
-            ip = ipaddress.ip_address(host)
-            address = str(ip)
-        except ValueError:
-            now = trio.current_time()
-            cached = self._resolved.get(host)
-            if cached is not None and cached[0] > now:
-                address = cached[1]
-            else:
-                try:
-                    with trio.fail_after(5):
-                        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
-                except (OSError, trio.TooSlowError):
-                    raise UnsafeAgentURL(f"host {host!r} does not resolve") from None
-                ips = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
-                for candidate in ips:
-                    reason = ip_refusal(candidate, allowed)
-                    if reason:
-                        raise UnsafeAgentURL(reason) from None
-                address = str(ips[0])
-                self._resolved[host] = (now + RESOLVE_TTL, address)
-            ip = ipaddress.ip_address(address)
-        reason = ip_refusal(ip, allowed)
-        if reason:
-            raise UnsafeAgentURL(reason)
-        return parts.scheme, address, port, host, path
+        addresses = await resolve_checked(host, port, allowed)
+        vetted = (parts.scheme, str(addresses[0]), port, host, path)
+        if len(self._vetted) > 4096:
+            self._vetted.clear()
+        self._vetted[(url, box_assigned)] = (now + RESOLVE_TTL, vetted)
+        return vetted
+
+    def _vetted_now(self, url: str, box_assigned: bool) -> tuple[str, str, int, str, str] | None:
+        """The cached answer of :meth:`_resolve`, if still fresh (keyed with the policy it passed)."""
+        cached = self._vetted.get((url, box_assigned))
+        return cached[1] if cached is not None and cached[0] > trio.current_time() else None
 
     def _idle_window(self, ws: Workspace) -> float:
         meta = ws.runtime_metadata if isinstance(ws.runtime_metadata, dict) else {}
@@ -320,7 +284,7 @@ class A2AProxy:
                                  caller: str | None, norm: Normalized, headers: list[tuple[bytes, bytes]],
                                  timeout: float | None, started: float, admission: Admission) -> None:
         try:
-            vetted = self._vetted_now(ws.url or "")
+            vetted = self._vetted_now(ws.url or "", ws.url_from_backend)
             if vetted is None:  # a DNS lookup may wait: not in a work slot
                 admission.leave()
                 vetted = await self._resolve(ws.url or "", box_assigned=ws.url_from_backend)

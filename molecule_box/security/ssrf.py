@@ -74,8 +74,16 @@ async def check_agent_url(url: str, allowed: Iterable[ipaddress.IPv4Network | ip
     """Validate ``url`` for use as an agent endpoint; returns it unchanged or raises :class:`UnsafeAgentURL`."""
     if url == NO_INBOUND:
         return url
-    allowed = tuple(allowed)
     host, port = split_agent_url(url)
+    await resolve_checked(host, port, allowed)
+    return url
+
+
+async def resolve_checked(host: str, port: int,
+                          allowed: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> list[IPAddress]:
+    """Every address ``host`` stands for (a literal IP is its own), each passed by the policy, or
+    :class:`UnsafeAgentURL`. Resolved afresh each call: callers cache the answer for as long as they trust it."""
+    allowed = tuple(allowed)
     try:
         addresses: list[IPAddress] = [ipaddress.ip_address(host)]
     except ValueError:
@@ -91,4 +99,4 @@ async def check_agent_url(url: str, allowed: Iterable[ipaddress.IPv4Network | ip
         reason = ip_refusal(ip, allowed)
         if reason:
             raise UnsafeAgentURL(reason)
-    return url
+    return addresses
