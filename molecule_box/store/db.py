@@ -53,7 +53,7 @@ Op = Callable[[sqlite_utils.Database], T]
 
 #: Longest a submitter waits for its commit before answering 503.
 WRITE_DEADLINE = 30.0
-#: How long a connection waits for a lock another process holds (the writer's thread path only).
+#: How long a connection waits for a lock another process holds (for the writer: its thread path only).
 BUSY_TIMEOUT_MS = 5000
 #: How often the WAL is folded back into the database file while there are commits.
 CHECKPOINT_EVERY = 1.0
@@ -104,6 +104,8 @@ class Store:
         self._wconn = writer
         self._wdb = sqlite_utils.Database(writer)
         self._migrate()
+        # From here the writer never waits for a lock on the loop: only the thread path (_apply) does.
+        writer.execute("PRAGMA busy_timeout = 0")
         self._rconn = _connect(self.path)
         #: Read-only handle for queries on the trio loop.
         self.db = sqlite_utils.Database(self._rconn)
@@ -201,29 +203,31 @@ class Store:
             write.done.set()
 
     def _begin_now(self) -> bool:
-        """BEGIN IMMEDIATE on the loop without ever waiting for the lock. False when another process holds
-        it (an operator's sqlite3 shell): the batch then goes to the thread, which waits busy_timeout."""
-        conn = self._wconn
-        conn.execute("PRAGMA busy_timeout = 0")
+        """BEGIN IMMEDIATE on the loop without ever waiting for the lock (the writer's busy_timeout is 0).
+        False when another process holds it (an operator's sqlite3 shell): the batch then goes to the
+        thread, which waits up to BUSY_TIMEOUT_MS."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._wconn.execute("BEGIN IMMEDIATE")
             return True
         except sqlite3.Error:
             return False
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def _apply(self, batch: list[Write[Any]]) -> None:
         """The whole batch in the worker thread: bulk ops, or the write lock was not free at once."""
+        conn = self._wconn
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         try:
-            self._wconn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            log.error("store: cannot begin a transaction: %s", exc)
-            for write in batch:
-                write.error = StoreUnavailable(str(exc))
-            return
-        self._run_ops(batch)
-        self._commit(batch)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                log.error("store: cannot begin a transaction: %s", exc)
+                for write in batch:
+                    write.error = StoreUnavailable(str(exc))
+                return
+            self._run_ops(batch)
+            self._commit(batch)
+        finally:
+            conn.execute("PRAGMA busy_timeout = 0")
 
     def _run_ops(self, batch: list[Write[Any]]) -> None:
         conn = self._wconn
