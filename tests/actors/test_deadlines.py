@@ -10,13 +10,14 @@ import trio
 import trio.testing
 
 from molecule_box.actors import commands as c
-from molecule_box.backends import BaseBackend, Capabilities, Workload, WorkloadSpec, WorkloadState, WorkloadStatus
+from molecule_box.backends import Workload, WorkloadSpec
 from molecule_box.box import open_box
 from molecule_box.models import Workspace, WorkspaceStatus
 from molecule_box.schemas import Heartbeat
 from molecule_box.store import workspaces as workspace_rows
 
 from ..conftest import make_settings
+from .stubs import LifecycleStub
 
 BASE = 1_700_000_000.0
 
@@ -85,28 +86,12 @@ async def test_deadline_long_past_goes_offline_at_once(tmp_path: Path,
         assert trio.current_time() - start < 0.01
 
 
-class NeverStarts(BaseBackend):
+class NeverStarts(LifecycleStub):
     name = "never"
-    version = "1"
-
-    def capabilities(self) -> Capabilities:
-        return Capabilities(lifecycle=True)
 
     async def start(self, spec: WorkloadSpec) -> Workload:
         await trio.sleep_forever()
         raise AssertionError
-
-    async def stop(self, handle: dict[str, object], *, grace: float = 10.0) -> None:
-        return None
-
-    async def destroy(self, handle: dict[str, object]) -> None:
-        return None
-
-    async def inspect(self, handle: dict[str, object]) -> WorkloadStatus:
-        return WorkloadStatus(WorkloadState.MISSING)
-
-    async def list_managed(self) -> list[dict[str, object]]:
-        return []
 
 
 async def test_provision_timeout_fails_workspace(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:

@@ -6,10 +6,11 @@ import httpx
 import trio
 
 from molecule_box.actors import commands as c
-from molecule_box.backends import BaseBackend, Capabilities, Workload, WorkloadSpec, WorkloadState, WorkloadStatus
+from molecule_box.backends import Workload, WorkloadSpec
 from molecule_box.errors import ServiceUnavailable
 
 from ..conftest import ADMIN, BoxRunner, bearer, joined
+from .stubs import LifecycleStub
 
 
 async def test_crashing_actor_is_restarted_and_neighbour_unaffected(runner: BoxRunner) -> None:
@@ -44,29 +45,13 @@ async def test_crashing_actor_is_restarted_and_neighbour_unaffected(runner: BoxR
         assert (await client.get("/health")).json()["status"] == "ok"
 
 
-class ExplodingBackend(BaseBackend):
+class ExplodingBackend(LifecycleStub):
     """A lifecycle backend whose start raises an unexpected error (a plugin bug, not a BackendError)."""
 
     name = "exploding"
-    version = "1"
-
-    def capabilities(self) -> Capabilities:
-        return Capabilities(lifecycle=True)
 
     async def start(self, spec: WorkloadSpec) -> Workload:
         raise RuntimeError("plugin bug")
-
-    async def stop(self, handle: dict[str, object], *, grace: float = 10.0) -> None:
-        return None
-
-    async def destroy(self, handle: dict[str, object]) -> None:
-        return None
-
-    async def inspect(self, handle: dict[str, object]) -> WorkloadStatus:
-        return WorkloadStatus(WorkloadState.MISSING)
-
-    async def list_managed(self) -> list[dict[str, object]]:
-        return []
 
 
 async def test_buggy_backend_crashes_only_its_workspace(runner: BoxRunner) -> None:

@@ -8,7 +8,7 @@ import trio
 
 from ..conftest import ADMIN, BoxRunner, create_external
 from .agents import TestAgent
-from .test_proxy import _free_port, agent, send_body, target  # noqa: F401 (fixture)
+from .test_proxy import _free_port, send_body, target
 
 
 async def _raw_request(url: str, wid: str, body: bytes, length: int) -> trio.SocketStream:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import trio
 
 from molecule_box.box import Box
@@ -22,13 +21,6 @@ def send_body(text: str = "hi", message_id: str | None = None, method: str = "me
     if message_id:
         message["messageId"] = message_id
     return {"jsonrpc": "2.0", "id": 1, "method": method, "params": {"message": message}}
-
-
-@pytest.fixture
-async def agent(nursery: trio.Nursery) -> TestAgent:
-    agent = TestAgent()
-    agent.url = await serve_agent(nursery, agent)
-    return agent
 
 
 async def target(client: httpx.AsyncClient, agent: TestAgent, name: str = "target", **fields: Any) -> tuple[str, str]:
