@@ -91,6 +91,16 @@ class PayloadTooLarge(HTTPError):
         super().__init__(message, headers={"Connection": "close"}, **extra)
 
 
+class RequestTimeout(HTTPError):
+    """408. Closes the connection: the rest of a body that stalled must not be parsed as the next request."""
+
+    status = 408
+    default_message = "request body not received in time"
+
+    def __init__(self, message: str | None = None, **extra: Any) -> None:
+        super().__init__(message, headers={"Connection": "close"}, **extra)
+
+
 class TooManyRequests(HTTPError):
     status = 429
     default_message = "too many requests"

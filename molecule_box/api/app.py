@@ -8,6 +8,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from .errors import encode, error_response
+from .hot import BODY_DEADLINE
 
 
 def create_app(box: Any) -> QuartTrio:
@@ -16,7 +17,7 @@ def create_app(box: Any) -> QuartTrio:
     app = QuartTrio("molecule_box")
     app.extensions["molecule_box"] = box
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
-    app.config["BODY_TIMEOUT"] = 60
+    app.config["BODY_TIMEOUT"] = BODY_DEADLINE
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     for module in (workspaces, registry, secrets, tokens, events, activity, meta):
         app.register_blueprint(module.bp)

@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import trio
+
 from ..actors import commands as c
-from ..errors import BadRequest, PayloadTooLarge
+from ..errors import BadRequest, PayloadTooLarge, RequestTimeout
 from ..schemas import Heartbeat
 from .auth import require_workspace
 from .errors import JSON_HEADERS, encode, error_response
@@ -23,10 +25,13 @@ ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Cal
                    Awaitable[None]]
 
 HEARTBEAT_LIMIT = 64 * 1024
+#: Longest a request body may take to arrive, on these routes as on the app's (its BODY_TIMEOUT).
+BODY_DEADLINE = 60.0
 
 declare("/registry/heartbeat", "POST", summary="Agent liveness and load snapshot", auth="workspace",
         tag="registry", body=Heartbeat,
-        responses={200: "{status: ok}", 400: "Bad body", 401: "Wrong or missing token", 404: "Deleted workspace"})
+        responses={200: "{status: ok}", 400: "Bad body", 401: "Wrong or missing token", 404: "Deleted workspace",
+                   408: "Body not received within 60 s"})
 
 
 declare("/workspaces/<id>/a2a", "POST", tag="a2a", auth="caller",
@@ -34,6 +39,7 @@ declare("/workspaces/<id>/a2a", "POST", tag="a2a", auth="caller",
         responses={200: "The agent's reply, streamed as it arrives", 202: "Queued durably, or delivered to a "
                    "poll-mode agent's inbox", 400: "Bad body", 401: "Caller not authenticated",
                    402: "Budget exceeded", 403: "Hierarchy forbids it, or a system caller id", 404: "Unknown",
+                   408: "Body not received within 60 s",
                    413: "Body over 1 MiB", 429: "The busy workspace's queue is full (A2A_QUEUE_LIMIT)", 502: "Agent unreachable", 503: "Paused, offline or waking",
                    504: "Deadline (X-Timeout, idle, ceiling) passed"})
 
@@ -41,17 +47,19 @@ declare("/workspaces/<id>/a2a", "POST", tag="a2a", auth="caller",
 async def read_body(receive: Callable[[], Awaitable[dict[str, Any]]], limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BadRequest("client disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    with trio.move_on_after(BODY_DEADLINE):
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise BadRequest("client disconnected")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body over {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+    raise RequestTimeout()
 
 
 async def send_json(send: Callable[[dict[str, Any]], Awaitable[None]], status: int, body: Any,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+import trio
 
 from ..conftest import ADMIN, bearer, joined
 
@@ -107,3 +108,27 @@ async def test_bad_input(client: httpx.AsyncClient, method: str, path: str, who:
     assert "error" in response.json() or status == 200
     if status != 200:
         assert await snapshot(client) == before
+
+
+async def test_a_stalled_body_on_a_hot_route_is_408(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The raw-ASGI routes bound the body's arrival as the app's routes do (BODY_TIMEOUT), so a client that
+    stops mid-body does not hold its request open forever."""
+    from molecule_box.api import hot
+
+    monkeypatch.setattr(hot, "BODY_DEADLINE", 0.3)
+    wid, _ = await joined(client, "stalled")
+    host, port = str(client.base_url).removeprefix("http://").rstrip("/").split(":")
+    for path in ("/registry/heartbeat", f"/workspaces/{wid}/a2a"):
+        stream = await trio.open_tcp_stream(host, int(port))
+        try:
+            await stream.send_all(f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                                  f"authorization: {ADMIN['Authorization']}\r\ncontent-length: 100\r\n\r\n{{".encode())
+            reply = b""
+            with trio.fail_after(5):
+                while b"\r\n\r\n" not in reply:
+                    chunk = await stream.receive_some(4096)
+                    assert chunk, reply
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.1 408"), reply
+        finally:
+            await stream.aclose()
