@@ -11,24 +11,17 @@ from typing import Any
 from quart import Blueprint, request
 
 from ..access import can_communicate
-from ..errors import BadRequest, Forbidden, Gone, NotFound
-from ..models import WorkspaceStatus, rfc3339
+from ..errors import BadRequest, Forbidden, Gone
+from ..models import rfc3339
 from ..proxy.normalize import message_text
 from ..schemas import Delegate, Notify, ReportActivity
 from ..store import activity as activity_rows
 from ..store import queue as queue_rows
 from .auth import require_caller, require_workspace
 from .routing import box, parse, query_int, respond, route
-from .workspaces import load, workspace_id
+from .workspaces import live, workspace_id
 
 bp = Blueprint("activity", __name__)
-
-
-def _live(wid: str) -> Any:
-    ws = load(wid)
-    if ws.status is WorkspaceStatus.REMOVED:
-        raise NotFound("workspace not found")
-    return ws
 
 
 def _json(text: str | None) -> Any:
@@ -86,7 +79,7 @@ async def list_activity(raw_id: str) -> Any:
     b = box()
     wid = workspace_id(raw_id)
     principal = await require_workspace(b, wid)
-    _live(wid)
+    live(wid)
     source = request.args.get("source") or None
     if source not in (None, "canvas", "agent"):
         raise BadRequest("source must be canvas or agent")
@@ -121,7 +114,7 @@ async def report_activity(raw_id: str) -> Any:
     wid = workspace_id(raw_id)
     await require_workspace(b, wid)
     body: ReportActivity = await parse(ReportActivity)
-    _live(wid)
+    live(wid)
     if body.source_id is not None and body.source_id != wid:
         raise Forbidden("source_id must be the reporting workspace")
     row_id = await b.store.write(activity_rows.insert(
@@ -141,7 +134,7 @@ async def notify(raw_id: str) -> Any:
     wid = workspace_id(raw_id)
     await require_workspace(b, wid)
     body: Notify = await parse(Notify)
-    ws = _live(wid)
+    ws = live(wid)
     attachments = [a.model_dump(exclude_none=True) for a in body.attachments]
     response: dict[str, Any] = {"result": body.message}
     if attachments:
@@ -176,8 +169,8 @@ async def delegate(raw_id: str) -> Any:
         source, target = principal.workspace_id, path_id
     if source == target:
         raise BadRequest("a workspace cannot delegate to itself")
-    _live(source)
-    target_ws = _live(target)
+    live(source)
+    target_ws = live(target)
     if not can_communicate(b.supervisor.record, source, target):
         raise Forbidden("access denied: workspaces cannot communicate per hierarchy rules")
     if body.idempotency_key:

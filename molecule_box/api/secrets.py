@@ -9,19 +9,13 @@ from quart import Blueprint
 
 from ..actors import commands as c
 from ..errors import NotFound
-from ..models import WorkspaceStatus
 from ..schemas import PutModel, PutSecret
 from ..store import secrets as secret_rows
 from .auth import require_admin, require_workspace
 from .routing import box, parse, respond, route
-from .workspaces import load, workspace_id
+from .workspaces import live, workspace_id
 
 bp = Blueprint("secrets", __name__)
-
-
-def _live(wid: str) -> None:
-    if load(wid).status is WorkspaceStatus.REMOVED:
-        raise NotFound("workspace not found")
 
 
 async def _restart_inheritors(key: str | None, only: str | None = None) -> None:
@@ -52,7 +46,7 @@ async def list_secrets(raw_id: str) -> Any:
     b = box()
     wid = workspace_id(raw_id)
     await require_workspace(b, wid)
-    _live(wid)
+    live(wid)
     return respond(b.vault.listing(wid))
 
 
@@ -63,7 +57,7 @@ async def secret_values(raw_id: str) -> Any:
     b = box()
     wid = workspace_id(raw_id)
     await require_workspace(b, wid, allow_admin=False)
-    _live(wid)
+    live(wid)
     return respond(b.vault.values(wid), headers={"Cache-Control": "no-store"})
 
 
@@ -72,7 +66,7 @@ async def _put_workspace_secret(raw_id: str) -> Any:
     wid = workspace_id(raw_id)
     await require_workspace(b, wid)
     body: PutSecret = await parse(PutSecret)
-    _live(wid)
+    live(wid)
     await b.store.write(secret_rows.put(b.vault.box, wid, body.key, body.value))
     await _restart_inheritors(body.key, only=wid)
     return respond({"status": "saved", "key": body.key})
@@ -138,7 +132,7 @@ async def get_model(raw_id: str) -> Any:
     b = box()
     wid = workspace_id(raw_id)
     await require_workspace(b, wid)
-    _live(wid)
+    live(wid)
     model = b.vault.values(wid).get("MODEL_PROVIDER", "")
     return respond({"model": model, "source": "workspace_secrets" if model else "default"})
 
@@ -150,7 +144,7 @@ async def put_model(raw_id: str) -> Any:
     wid = workspace_id(raw_id)
     await require_workspace(b, wid)
     body: PutModel = await parse(PutModel)
-    _live(wid)
+    live(wid)
     if body.model:
         await b.store.write(secret_rows.put(b.vault.box, wid, "MODEL_PROVIDER", body.model))
         result = {"status": "saved", "model": body.model}

@@ -7,12 +7,12 @@ from typing import Any
 from quart import Blueprint
 
 from ..errors import NotFound
-from ..models import WorkspaceStatus, rfc3339
+from ..models import rfc3339
 from ..schemas import Empty
 from ..store import tokens as token_rows
 from .auth import require_workspace
 from .routing import box, parse, query_int, respond, route
-from .workspaces import load, workspace_id
+from .workspaces import live, workspace_id
 
 bp = Blueprint("tokens", __name__)
 
@@ -24,8 +24,7 @@ async def mint_token(raw_id: str) -> Any:
     wid = workspace_id(raw_id)
     await require_workspace(b, wid)
     await parse(Empty)
-    if load(wid).status is WorkspaceStatus.REMOVED:
-        raise NotFound("workspace not found")
+    live(wid)
     token, op = token_rows.mint(wid)
     token_id = await b.store.write(op)
     return respond({"auth_token": token.plaintext, "workspace_id": wid, "id": token_id, "prefix": token.prefix,

@@ -41,6 +41,14 @@ def load(wid: str) -> Workspace:
     return ws
 
 
+def live(wid: str) -> Workspace:
+    """:func:`load`, but a removed workspace is not found either (routes that act on a workspace)."""
+    ws = load(wid)
+    if ws.status is S.REMOVED:
+        raise NotFound("workspace not found")
+    return ws
+
+
 def paused_ancestor(ws: Workspace) -> Workspace | None:
     seen = {ws.id}
     parent = ws.parent_id
@@ -178,9 +186,7 @@ async def patch_workspace(raw_id: str) -> Any:
     wid = workspace_id(raw_id)
     await require_workspace(b, wid)
     body: PatchWorkspace = await parse(PatchWorkspace)
-    ws = load(wid)
-    if ws.status is S.REMOVED:
-        raise NotFound("workspace not found")
+    ws = live(wid)
     changes: dict[str, Any] = {}
     for name in body.model_fields_set - {"x", "y"}:
         changes[name] = getattr(body, name)
@@ -362,9 +368,7 @@ async def restart_workspace(raw_id: str) -> Any:
     wid = workspace_id(raw_id)
     await require_workspace(b, wid)
     await parse(Restart)
-    ws = load(wid)
-    if ws.status is S.REMOVED:
-        raise NotFound("workspace not found")
+    ws = live(wid)
     blocker = paused_ancestor(ws)
     if blocker is not None:
         raise Conflict(f'parent workspace "{blocker.name}" is paused — resume it first')
