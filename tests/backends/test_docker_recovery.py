@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 import trio
 
 from ..conftest import ADMIN, ADMIN_TOKEN, BoxRunner
+from ..ops.conftest import BoxProcess
 from .dockerutil import (
     RUNTIME,
     containers,
@@ -31,52 +31,17 @@ from .dockerutil import (
 pytestmark = pytest.mark.docker
 
 
-class BoxProcess:
-    """``python -m molecule_box run`` as a child process, so the test can SIGKILL it."""
-
-    def __init__(self, data_dir: Path, log: Path, env: dict[str, str]) -> None:
-        self.url = f"http://127.0.0.1:{env['PORT']}"
-        self.env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "PORT")}
-        self.env.update(env, MOLECULE_BOX_DATA=str(data_dir), ADMIN_TOKEN=ADMIN_TOKEN, BIND_ADDR="127.0.0.1",
-                        MOLECULE_BOX_ALLOW_AGENT_NETWORKS="127.0.0.0/8", PYTHONUNBUFFERED="1")
-        self.log_path = log
-        self.proc: trio.Process | None = None
-
-    async def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = await trio.lowlevel.open_process([sys.executable, "-m", "molecule_box", "run"], env=self.env,
-                                                         stdout=log, stderr=subprocess.STDOUT)
-        with trio.fail_after(30):
-            async with httpx.AsyncClient(timeout=2) as client:
-                while True:
-                    assert self.proc.returncode is None, self.log()
-                    try:
-                        if (await client.get(f"{self.url}/health")).status_code == 200:
-                            return
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.05)
-
-    async def sigkill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        with trio.fail_after(10):
-            await self.proc.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
 @pytest.fixture
 async def box_process(tmp_path: Path) -> AsyncIterator[BoxProcess]:
-    box = BoxProcess(tmp_path / "data", tmp_path / "box.log", docker_env(free_port()))
+    """``molecule-box run`` as a child process on the docker test settings, so a test can SIGKILL it."""
+    port = free_port()
+    box = BoxProcess(tmp_path / "data", tmp_path / "box.log", port=port, ADMIN_TOKEN=ADMIN_TOKEN,
+                     MOLECULE_BOX_ALLOW_AGENT_NETWORKS="127.0.0.0/8",
+                     DOCKER_HOST=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"), **docker_env(port))
     try:
         yield box
     finally:
-        if box.proc is not None and box.proc.returncode is None:
-            box.proc.kill()
-            with trio.move_on_after(10):
-                await box.proc.wait()
+        await box.kill()
 
 
 async def wait_status(client: httpx.AsyncClient, wid: str, status: str, timeout: float = 30) -> dict[str, Any]:
@@ -119,7 +84,8 @@ async def test_sigkilled_box_adopts_its_containers(box_process: BoxProcess) -> N
             assert set(before) == set(ids)
             events_before = {wid: (await client.get(f"/events/{wid}", headers=ADMIN)).json() for wid in ids}
 
-            await box_process.sigkill()
+            box_process.signal(signal.SIGKILL)
+            await box_process.wait(timeout=10)
             assert snapshot(box_id) == before  # the containers do not notice the box dying
             await box_process.start()
             for wid in ids:

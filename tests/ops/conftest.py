@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -56,15 +57,18 @@ async def acli(*args: str, env: Mapping[str, str], timeout: float = 60) -> subpr
 class BoxProcess:
     """A ``molecule-box run`` subprocess; its stderr is kept in a file for failure messages."""
 
-    def __init__(self, data_dir: Path, log: Path, **extra: str) -> None:
-        self.port = free_port()
+    def __init__(self, data_dir: Path, log: Path, *, port: int | None = None, **extra: str) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = box_env(data_dir, self.port, **extra)
         self.log_path = log
         self.proc: trio.Process | None = None
+        self._log: IO[bytes] | None = None
 
     async def start(self, *, wait: bool = True) -> None:
-        self._log = open(self.log_path, "ab")
+        """Start it (again, after a kill: the log file is appended to)."""
+        if self._log is None or self._log.closed:
+            self._log = open(self.log_path, "ab")
         self.proc = await trio.lowlevel.open_process([sys.executable, "-m", "molecule_box", "run"], env=self.env,
                                                      stdout=self._log, stderr=self._log)
         if wait:
@@ -99,7 +103,8 @@ class BoxProcess:
             self.proc.kill()
             with trio.move_on_after(10):
                 await self.proc.wait()
-        self._log.close()
+        if self._log is not None:
+            self._log.close()
 
 
 @pytest.fixture
