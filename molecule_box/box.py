@@ -19,8 +19,6 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
-import hypercorn.config
-import hypercorn.trio
 import trio
 
 from . import __version__
@@ -259,47 +257,6 @@ async def _load_backends_in_use(box: Box) -> None:
             log.warning("%s", exc.message)
 
 
-def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
-    config = hypercorn.config.Config()
-    host = f"[{settings.bind_addr}]" if ":" in settings.bind_addr else settings.bind_addr
-    config.bind = [f"{host}:{settings.port}"]
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.accesslog = None  # 13 % of the hot path (perf-notes); requests are counted in /metrics instead
-    config.graceful_timeout = settings.shutdown_grace_seconds
-    config.keep_alive_timeout = 75
-    config.include_server_header = False
-    config.backlog = 1024
-    return config
-
-
-def _shield_sends(app: Any, draining: trio.Event) -> Any:
-    """During a graceful stop, let hypercorn finish closing connections whose last response went out.
-
-    hypercorn hands ``http.disconnect`` to the app from *inside* the app's final
-    ``send``; quart-trio then cancels its request task, and that cancellation lands
-    in hypercorn's connection close, leaving the socket open. While draining, such a
-    connection would hold the stop for the whole grace period. hypercorn shields its
-    socket writes already, so shielding the rest of ``send`` adds no way to hang.
-    Only while draining: outside it the same race leaves a ``Connection: close``
-    socket open until the client closes it, which clients do after the response.
-    """
-    async def shielded(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-
-        async def send_shielded(message: Any) -> None:
-            if not draining.is_set():
-                await send(message)
-                return
-            with trio.CancelScope(shield=True):
-                await send(message)
-
-        await app(scope, receive, send_shielded)
-
-    return shielded
-
-
 async def serve(
     settings: Settings,
     *,
@@ -310,13 +267,15 @@ async def serve(
     on_ready: Callable[[Box], Any] | None = None,
 ) -> None:
     """Run the box until ``box.shutdown_requested`` is set; ``task_status.started(box)`` once it serves."""
-    from .api import create_asgi
+    from .api import create_asgi, server
 
     async with open_box(settings, extra_backends=extra_backends, now=now, announce=announce) as box:
-        app = _shield_sends(create_asgi(box), box.shutdown_requested)
+        app = server.shield_sends(create_asgi(box), box.shutdown_requested)
+        intake = server.Intake(settings.connection_intake)
         async with trio.open_nursery() as nursery:
             box.urls = await nursery.start(partial(
-                hypercorn.trio.serve, app, hypercorn_config(settings), shutdown_trigger=box.shutdown_requested.wait,
+                server.serve, app, server.hypercorn_config(settings), intake=intake,
+                shutdown_trigger=box.shutdown_requested.wait,
             ))
             log.info("molecule-box %s serving on %s (data: %s, pid %d)", __version__, ", ".join(box.urls),
                      settings.data_dir, os.getpid())

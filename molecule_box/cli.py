@@ -165,8 +165,14 @@ async def _signals(state: _Lifecycle, notifier: Notifier, scope: trio.CancelScop
 
 
 @main.command("config")
-def show_config() -> None:
+@click.option("--markdown", is_flag=True, help="Print the table of docs/configuration.md instead.")
+def show_config(markdown: bool) -> None:
     """List every setting with its default and meaning."""
+    if markdown:
+        from .config import markdown_table
+
+        click.echo(markdown_table())
+        return
     for setting in SETTINGS:
         default = "" if setting.default in (None, ()) else f" (default: {setting.default})"
         click.echo(f"{setting.env}{default}\n    {setting.help}")

@@ -194,6 +194,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("a2a_active_limit", "A2A_ACTIVE_LIMIT", _positive_int, 4,
             "Proxied A2A calls worked on at once (waiting for an agent does not count): keeps heartbeats and the API "
             "responsive while the proxy is saturated."),
+    Setting("connection_intake", "MOLECULE_BOX_CONNECTION_INTAKE", _positive_int, 4,
+            "New connections worked on at once until their first request reaches the API; more wait in the listen "
+            "backlog, so a burst of clients connecting cannot starve heartbeats."),
     Setting("a2a_queue_limit", "A2A_QUEUE_LIMIT", _positive_int, 1000,
             "Most messages queued for one busy workspace; a call beyond it gets 429 with Retry-After."),
     Setting("activity_retention_days", "ACTIVITY_RETENTION_DAYS", _positive_float, 7.0, "Activity rows older than this are pruned."),
@@ -307,6 +310,7 @@ class Settings:
     a2a_idle_timeout_seconds: float = 300.0
     a2a_active_limit: int = 4
     a2a_queue_limit: int = 1000
+    connection_intake: int = 4
     activity_retention_days: float = 7.0
     shutdown_grace_seconds: float = 20.0
     log_level: str = "info"
