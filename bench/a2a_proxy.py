@@ -581,9 +581,9 @@ def role_json(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
 def heartbeats(procs: Procs, box_url: str, ws: list[tuple[str, str]], rate: float, results: dict[str, Any],
                label: str) -> Iterator[None]:
     """Runs the heartbeat driver for the duration of the ``with`` block; its figures land in results[label],
-    with how many of the box's SQLite COMMITs took over 50 ms meanwhile (a heartbeat is answered after its
-    commit, so a slow fsync shows in both: this tells a disk stall from a scheduling one)."""
-    commits_before = sqlite_commits(box_url)
+    with how many of the box's SQLite COMMITs and checkpoints took over 50 ms meanwhile (a heartbeat is
+    answered after its commit, so a slow fsync shows in both: this tells a disk stall from a scheduling one)."""
+    slow_before = sqlite_slow(box_url)
     proc = procs.role(f"heartbeats-{label}", "heartbeats", "--url", box_url, "--rate", str(rate),
                       "--max-seconds", "600", *(f"{w}:{t}" for w, t in ws), stdout=subprocess.PIPE)
     time.sleep(0.5)  # its connections are up before the measured work starts
@@ -596,20 +596,24 @@ def heartbeats(procs: Procs, box_url: str, ws: list[tuple[str, str]], rate: floa
             results[label] = role_json(proc, 20)
         except Exception as exc:  # reported, not fatal
             results[label] = {"error": str(exc)}
-        commits_after = sqlite_commits(box_url)
-        results[label]["slow_commits"] = {le: commits_after.get(le, 0) - commits_before.get(le, 0)
-                                          for le in commits_after if float(le) >= 0.05}
+        slow_after = sqlite_slow(box_url)
+        results[label]["slow_sqlite"] = {
+            what: {le: n - slow_before[what].get(le, 0) for le, n in slow_after[what].items() if float(le) >= 0.05}
+            for what in slow_after}
 
 
-def sqlite_commits(box_url: str) -> dict[str, float]:
-    """Cumulative COMMITs over each bound ``le`` (seconds) of the box's molecule_box_sqlite_commit_seconds."""
+def sqlite_slow(box_url: str) -> dict[str, dict[str, float]]:
+    """Cumulative COMMITs and checkpoints over each bound ``le`` (seconds), from the box's histograms."""
     import httpx
 
     text = httpx.get(f"{box_url}/metrics", timeout=10).text
-    buckets = {m[1]: float(m[2]) for m in re.finditer(
-        r'^molecule_box_sqlite_commit_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)}
-    total = buckets.get("+Inf", 0.0)
-    return {le: total - count for le, count in buckets.items() if le != "+Inf"}
+    out: dict[str, dict[str, float]] = {}
+    for what in ("commit", "checkpoint"):
+        buckets = {m[1]: float(m[2]) for m in re.finditer(
+            rf'^molecule_box_sqlite_{what}_seconds_bucket\{{le="([^"]+)"\}} (\S+)$', text, re.M)}
+        total = buckets.get("+Inf", 0.0)
+        out[what] = {le: total - count for le, count in buckets.items() if le != "+Inf"}
+    return out
 
 
 @contextlib.contextmanager
@@ -972,10 +976,11 @@ def drive(args: argparse.Namespace) -> int:
                 continue
             h = hb.get(label, {})
             if "p99" in h:
-                slow = {le: int(n) for le, n in h.get("slow_commits", {}).items() if n}
+                slow = {what: {le: int(n) for le, n in over.items() if n}
+                        for what, over in h.get("slow_sqlite", {}).items()}
                 print(f"{label:<12} n {h['n']:>5}  p50 {h['p50']:.2f} ms  p99 {h['p99']:.2f} ms  max "
                       f"{h['max']:.2f} ms  errors {h['errors'] or 0}  slowest [s after start, ms] {h['slowest']}  "
-                      f"SQLite COMMITs over [s]: {slow or 'none over 0.05'}")
+                      + "  ".join(f"SQLite {what}s over [s]: {over or 'none over 0.05'}" for what, over in slow.items()))
                 figures.append((f"heartbeat p99 during {label} (ms)", h["p99"],
                                 f"{sum(h['errors'].values())} errors" if h["errors"] else ""))
             else:
