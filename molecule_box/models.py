@@ -86,6 +86,9 @@ class Workspace:
     y: float | None = None
     collapsed: bool = False
     status_changed_at: float | None = None
+    #: Last authenticated request from the workspace's agent that moved its liveness deadline (see
+    #: actors/transitions.seen); recorded only when heartbeats lag.
+    last_seen_at: float | None = None
 
     JSON_FIELDS = ("agent_card", "runtime_metadata", "config", "backend_state")
 
@@ -139,6 +142,7 @@ class Workspace:
             "y": self.y or 0,
             "collapsed": self.collapsed,
             "last_heartbeat_at": rfc3339(self.last_heartbeat_at),
+            "last_seen_at": rfc3339(self.last_seen_at),
             "failure_reason": self.failure_reason,
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),

@@ -109,6 +109,14 @@ class Outbound(Command):
 
 
 @dataclasses.dataclass(eq=False)
+class Seen(Command):
+    """An authenticated request from the workspace's agent arrived at ``at`` (proof of life). Told by the
+    supervisor at most every few seconds per workspace; nobody waits for the reply."""
+
+    at: float
+
+
+@dataclasses.dataclass(eq=False)
 class Crash(Command):
     """Fault injection for tests: the actor raises while handling it (exercises the supervisor)."""
 

@@ -37,24 +37,30 @@ BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
 #: Longest an API handler waits for an actor's answer.
 ASK_TIMEOUT = 30.0
+#: Proof of life (``seen``) is told to an actor at most this often, and at most six times per deadline.
+SEEN_EVERY = 5.0
 
 
 class ActorSlot:
     """A workspace's mailbox and current actor; the mailbox survives actor restarts."""
 
-    __slots__ = ("workspace_id", "send", "receive", "actor", "restarts")
+    __slots__ = ("workspace_id", "send", "receive", "actor", "restarts", "seen_told")
 
     def __init__(self, workspace_id: str) -> None:
         self.workspace_id = workspace_id
         self.send, self.receive = trio.open_memory_channel[c.Message](math.inf)
         self.actor: WorkspaceActor | None = None
         self.restarts = 0
+        self.seen_told = -math.inf  # trio time the actor was last told of authenticated traffic
 
 
 class Supervisor:
     def __init__(self, box: Box) -> None:
         self.box = box
         self.slots: dict[str, ActorSlot] = {}
+        settings = box.settings
+        self._seen_every = min(SEEN_EVERY, min(settings.remote_liveness_stale_after,
+                                               settings.liveness_ttl_seconds) / 6)
         self._nursery: trio.Nursery | None = None
         self._context: contextvars.Context | None = None
 
@@ -98,6 +104,20 @@ class Supervisor:
             return False
         slot.send.send_nowait(message)
         return True
+
+    def seen(self, workspace_id: str) -> None:
+        """The workspace's agent made an authenticated request: tell its actor (proof of life), throttled.
+
+        Called on every such request (auth.identify), so it must be cheap: one dict lookup and a clock
+        read, and a message at most every SEEN_EVERY seconds (less when a deadline is shorter than 30 s)."""
+        slot = self.slots.get(workspace_id)
+        if slot is None:
+            return
+        now = trio.current_time()
+        if now - slot.seen_told < self._seen_every:
+            return
+        slot.seen_told = now
+        slot.send.send_nowait(c.Seen(at=self.box.now()))
 
     async def ask(self, workspace_id: str, command: c.Command, *, timeout: float = ASK_TIMEOUT) -> Any:
         """Send ``command`` to the workspace's actor and wait (bounded) for its answer."""

@@ -121,12 +121,31 @@ def outbound(ws: Workspace, at: float) -> Outcome | None:
     return Outcome(dataclasses.replace(ws, last_outbound_at=at))
 
 
+def last_proof_of_life(ws: Workspace) -> float:
+    """The latest heartbeat or recorded authenticated request, else when the status last changed."""
+    proofs = [at for at in (ws.last_heartbeat_at, ws.last_seen_at) if at is not None]
+    return max(proofs) if proofs else (ws.status_changed_at or ws.updated_at)
+
+
 def liveness_deadline(ws: Workspace, ttl: float) -> float | None:
-    """When a live workspace is declared offline without a heartbeat (unix seconds), or None."""
+    """When a live workspace is declared offline without a sign of life (unix seconds), or None."""
     if ws.status not in LIVE_STATES:
         return None
-    base = ws.last_heartbeat_at or ws.status_changed_at or ws.updated_at
-    return base + ttl
+    return last_proof_of_life(ws) + ttl
+
+
+def seen(ws: Workspace, at: float, ttl: float) -> Outcome | None:
+    """An authenticated request from the agent at ``at`` is proof of life, like a heartbeat (user asks #1).
+
+    Why: an agent busy with a long task can starve its own heartbeat loop while it still polls its inbox
+    or calls its peers; calling it offline then is wrong. Only the deadline moves: the status does not
+    (offline comes back with a heartbeat or register, which report the agent's state), and nothing is
+    written while the last proof is less than a third of the deadline old, so an agent that heartbeats on
+    time costs no extra write.
+    """
+    if ws.status not in LIVE_STATES or at - last_proof_of_life(ws) < ttl / 3:
+        return None
+    return Outcome(dataclasses.replace(ws, last_seen_at=at))
 
 
 def provision_deadline(ws: Workspace, timeout: float) -> float | None:

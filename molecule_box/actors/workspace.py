@@ -503,6 +503,12 @@ class WorkspaceActor:
         await self._commit(t.update_card(self.record, cmd.agent_card, self._now()))
         return {"status": "updated"}
 
+    async def _on_Seen(self, cmd: c.Seen) -> None:
+        ws = self.record
+        outcome = t.seen(ws, cmd.at, self.box.settings.liveness_deadline_for(remote=ws.is_external))
+        if outcome is not None:
+            await self._commit(outcome)
+
     async def _on_Outbound(self, cmd: c.Outbound) -> None:
         if self.record.status is S.REMOVED:
             return

@@ -43,8 +43,11 @@ def bearer_from(headers: Any) -> str | None:
     return parse_bearer(headers.get("Authorization"))
 
 
-async def identify(box: Any, token: str | None) -> Principal | None:
-    """Who a presented token belongs to (admin, a live workspace) or None; marks the token used."""
+async def identify(box: Any, token: str | None, *, proof_of_life: bool = True) -> Principal | None:
+    """Who a presented token belongs to (admin, a live workspace) or None; marks the token used.
+
+    A workspace's token is its agent speaking: unless the caller records liveness itself (the heartbeat),
+    the request is proof of life for the workspace's actor (user asks #1)."""
     if token is None:
         return None
     if box.admin.check(token):
@@ -59,6 +62,8 @@ async def identify(box: Any, token: str | None) -> Principal | None:
         await box.store.write(token_rows.touch(row["id"], now))
     elif now - last > TOUCH_EVERY:
         box.store.submit(token_rows.touch(row["id"], now))
+    if proof_of_life:
+        box.supervisor.seen(row["workspace_id"])
     return Principal("workspace", row["workspace_id"])
 
 
@@ -77,11 +82,11 @@ async def require_admin(box: Any, headers: Any = None) -> Principal:
 
 
 async def require_workspace(box: Any, workspace_id: str, *, allow_admin: bool = True,
-                            headers: Any = None) -> Principal:
+                            headers: Any = None, proof_of_life: bool = True) -> Principal:
     token = bearer_from(headers if headers is not None else request.headers)
     if token is None:
         raise _refuse(box, "missing workspace auth token")
-    principal = await identify(box, token)
+    principal = await identify(box, token, proof_of_life=proof_of_life)
     if principal is None or (principal.is_admin and not allow_admin) or (
         not principal.is_admin and principal.workspace_id != workspace_id
     ):

@@ -104,7 +104,8 @@ class Front:
             raw = await read_body(receive, HEARTBEAT_LIMIT)
             body = Heartbeat.model_validate_json(raw or b"{}")
             auth = header(scope, b"authorization")
-            await require_workspace(box, body.workspace_id, headers={"Authorization": auth} if auth else {})
+            await require_workspace(box, body.workspace_id, headers={"Authorization": auth} if auth else {},
+                                    proof_of_life=False)  # the heartbeat is the proof
             result = await box.supervisor.ask(body.workspace_id, c.Heartbeat(body))
             status, payload, headers = 200, result, None
         except Exception as exc:  # mapped like every other route; never a bare 500 page

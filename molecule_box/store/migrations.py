@@ -149,6 +149,10 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX delegations_key ON delegations(source_id, target_id, idempotency_key)
         WHERE idempotency_key IS NOT NULL;
     """,
+    # 3: authenticated traffic from a workspace's agent counts as proof of life (transitions.seen).
+    """
+    ALTER TABLE workspaces ADD COLUMN last_seen_at REAL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -78,3 +78,20 @@ def test_deadlines() -> None:
     assert t.provision_deadline(online, 600) is None
     offline = t.went_offline(online, 190.0)
     assert offline.workspace.status is S.OFFLINE and kinds(offline) == ["WORKSPACE_OFFLINE"]
+
+
+def test_authenticated_traffic_is_proof_of_life_without_extra_writes() -> None:
+    online = ws(S.ONLINE, last_heartbeat_at=100.0)
+    # Within a third of the deadline of the last heartbeat: nothing to record (an on-time agent costs no write).
+    assert t.seen(online, 129.0, 90) is None
+    later = t.seen(online, 150.0, 90)
+    assert later is not None and later.workspace.last_seen_at == 150.0 and later.events == []
+    assert later.workspace.status is S.ONLINE and later.workspace.last_heartbeat_at == 100.0
+    assert t.liveness_deadline(later.workspace, 90) == 240.0  # moved by the request, not by the heartbeat
+    assert t.seen(later.workspace, 170.0, 90) is None  # measured from the newest proof
+    # A heartbeat after the request is the newest proof again.
+    beaten = t.heartbeat(later.workspace, beat(), 200.0).workspace
+    assert t.liveness_deadline(beaten, 90) == 290.0
+    # Only a live workspace's deadline moves: requests bring nothing back online and touch no parked state.
+    for status in (S.OFFLINE, S.PAUSED, S.AWAITING_AGENT, S.FAILED, S.HIBERNATED):
+        assert t.seen(ws(status, last_heartbeat_at=100.0), 1000.0, 90) is None

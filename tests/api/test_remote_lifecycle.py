@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import trio
 
-from ..conftest import ADMIN, BoxRunner, bearer, create_external, register
+from ..conftest import ADMIN, ADMIN_TOKEN, BoxRunner, bearer, create_external, register
 
 
 async def state(client: httpx.AsyncClient, wid: str, token: str) -> str:
@@ -45,11 +45,12 @@ async def test_remote_agent_lifecycle(runner: BoxRunner) -> None:
         assert (await heartbeat(client, wid, token)).json() == {"status": "ok"}
         assert await state(client, wid, token) == "online"
 
-        # Heartbeats stop: offline within the deadline plus one second.
+        # Heartbeats stop, and so does everything else the agent sends: offline within the deadline plus one
+        # second. (Watched with the admin token: requests with the agent's own token are proof of life.)
         last_beat = trio.current_time()
         (await heartbeat(client, wid, token)).raise_for_status()
         with trio.fail_after(deadline + 1.0):
-            while await state(client, wid, token) != "offline":
+            while await state(client, wid, ADMIN_TOKEN) != "offline":
                 await trio.sleep(0.02)
         assert trio.current_time() - last_beat >= deadline * 0.9
 
@@ -144,3 +145,52 @@ async def test_model_endpoint(client: httpx.AsyncClient) -> None:
     assert (await client.get(f"/workspaces/{wid}/model", headers=ADMIN)).json()["source"] == "workspace_secrets"
     cleared = await client.put(f"/workspaces/{wid}/model", json={"model": ""}, headers=ADMIN)
     assert cleared.json() == {"status": "cleared"}
+
+
+async def test_a_busy_agent_that_still_makes_requests_stays_online(runner: BoxRunner) -> None:
+    """User asks #1: an agent whose heartbeat loop is starved by a long task but that still polls its
+    inbox is alive. Its requests move the deadline; once they stop too, it goes offline as usual."""
+    deadline = 1.0
+    box = await runner.start(REMOTE_LIVENESS_STALE_AFTER=str(deadline))
+    async with httpx.AsyncClient(base_url=box.urls[0], timeout=10) as client:
+        busy = (await create_external(client, "busy"))["id"]
+        busy_token = (await register(client, busy, url="remote://no-inbound"))["auth_token"]
+        silent = (await create_external(client, "silent"))["id"]
+        silent_token = (await register(client, silent, url="remote://no-inbound"))["auth_token"]
+
+        async def workspace(wid: str) -> dict[str, object]:
+            return dict((await client.get(f"/workspaces/{wid}", headers=ADMIN)).json())
+
+        # On time, heartbeats are the proof: requests in between are recorded nowhere (no extra writes).
+        for _ in range(4):
+            (await heartbeat(client, busy, busy_token)).raise_for_status()
+            poll = await client.get(f"/workspaces/{busy}/activity", params={"type": "a2a_receive"},
+                                    headers=bearer(busy_token))
+            assert poll.status_code == 200
+            await trio.sleep(0.15)
+        assert (await workspace(busy))["last_seen_at"] is None
+
+        # The heartbeats stop; the inbox polls go on for 2.5 deadlines.
+        (await heartbeat(client, busy, busy_token)).raise_for_status()
+        (await heartbeat(client, silent, silent_token)).raise_for_status()
+        until = trio.current_time() + 2.5 * deadline
+        while trio.current_time() < until:
+            poll = await client.get(f"/workspaces/{busy}/activity", params={"type": "a2a_receive"},
+                                    headers=bearer(busy_token))
+            assert poll.status_code == 200
+            await trio.sleep(0.1)
+        assert await state(client, silent, ADMIN_TOKEN) == "offline"  # the deadline really is this short
+        record = await workspace(busy)
+        assert record["status"] == "online" and record["last_seen_at"] is not None
+
+        # Nothing from the agent now: offline within the deadline plus one second of its last request.
+        with trio.fail_after(deadline + 1.0):
+            while await state(client, busy, ADMIN_TOKEN) != "offline":
+                await trio.sleep(0.02)
+
+        # A request from an offline agent does not bring it back: that takes a heartbeat or register.
+        assert (await client.get(f"/workspaces/{busy}/activity", headers=bearer(busy_token))).status_code == 200
+        await trio.sleep(0.3)
+        assert await state(client, busy, ADMIN_TOKEN) == "offline"
+        (await heartbeat(client, busy, busy_token)).raise_for_status()
+        assert await state(client, busy, ADMIN_TOKEN) == "online"

@@ -35,9 +35,10 @@ async def test_restart_keeps_state_and_rearms_deadlines(runner: BoxRunner) -> No
         assert values.json() == {"API_KEY": "k1"}
         status = (await client.get(f"/workspaces/{wid}/state", headers=bearer(token))).json()["status"]
         assert status == "online"
-        # The deadline was re-armed from the stored heartbeat, not from the restart.
+        # The deadline was re-armed from the stored heartbeat, not from the restart (watched with the admin
+        # token: the agent's own requests would be proof of life).
         with trio.fail_after(5):
-            while (await client.get(f"/workspaces/{wid}/state", headers=bearer(token))).json()["status"] != "offline":
+            while (await client.get(f"/workspaces/{wid}/state", headers=ADMIN)).json()["status"] != "offline":
                 await trio.sleep(0.05)
         assert time.time() - beat_at < 2 + 1.5
         assert (await client.get(f"/workspaces/{quiet}", headers=ADMIN)).json()["status"] == "awaiting_agent"

@@ -10,7 +10,8 @@ import trio
 
 from molecule_box.errors import ConfigError
 from molecule_box.store import Store
-from molecule_box.store.migrations import SCHEMA_VERSION, STATUSES
+from molecule_box.store import workspaces as workspace_rows
+from molecule_box.store.migrations import MIGRATIONS, SCHEMA_VERSION, STATUSES
 
 
 async def test_migrations_and_pragmas(tmp_path: Path, nursery: trio.Nursery) -> None:
@@ -29,6 +30,23 @@ def test_status_check_constraint_has_all_ten_states(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError):
         store._wconn.execute("INSERT INTO workspaces (id, name, status, runtime, backend, created_at, updated_at) "
                              "VALUES ('x', 'n', 'bogus', 'r', 'b', 0, 0)")
+    store.close()
+
+
+def test_a_store_of_an_older_box_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Schema 2 (the first release with the proxy) gains last_seen_at; its rows are kept as they were."""
+    path = tmp_path / "box.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for script in MIGRATIONS[:2]:
+        conn.executescript(script)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO workspaces (id, name, status, runtime, backend, last_heartbeat_at, created_at, "
+                 "updated_at) VALUES ('w1', 'old', 'online', 'external', 'external', 5.0, 1.0, 2.0)")
+    conn.close()
+    store = Store.open(path)
+    assert store.schema_version == SCHEMA_VERSION
+    old = workspace_rows.get(store.db, "w1")
+    assert old is not None and old.name == "old" and old.last_heartbeat_at == 5.0 and old.last_seen_at is None
     store.close()
 
 
