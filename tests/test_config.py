@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from molecule_box.config import SETTINGS, Settings
+from molecule_box.config import SETTINGS, Settings, markdown_table
 from molecule_box.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,3 +61,14 @@ def test_docs_mention_every_setting() -> None:
     text = (ROOT / "docs" / "configuration.md").read_text()
     missing = [s.env for s in SETTINGS if f"`{s.env}`" not in text]
     assert missing == []
+    # Defaults and meanings too: regenerate with `molecule-box config --markdown`.
+    assert markdown_table().strip() in text, "docs/configuration.md drifted from the settings"
+
+
+def test_config_command_prints_the_docs_table() -> None:
+    from click.testing import CliRunner
+
+    from molecule_box.cli import main
+
+    result = CliRunner().invoke(main, ["config", "--markdown"])
+    assert result.exit_code == 0 and result.output.strip() == markdown_table().strip()

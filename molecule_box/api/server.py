@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -51,9 +50,6 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr
 
 from ..config import Settings
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +103,6 @@ class Intake:
         place = _Place(self, now)
         self._held.append(place)
         return place
-
-    @property
-    def free(self) -> int:
-        return self._free
 
     def _released(self) -> None:
         self._free += 1
