@@ -87,6 +87,7 @@ async def test_second_signal_exits_at_once_non_zero(tmp_path: Path) -> None:
 
             nursery.start_soon(client)
             await first_chunk.wait()
+            await trio.sleep(0.2)  # the box has accepted the connection: a stop refuses what it has not accepted
             box.signal(signal.SIGTERM)
             await trio.sleep(0.5)
             assert box.proc is not None and box.proc.returncode is None  # draining, for up to 60 s
