@@ -31,7 +31,7 @@ BODY_DEADLINE = 60.0
 declare("/registry/heartbeat", "POST", summary="Agent liveness and load snapshot", auth="workspace",
         tag="registry", body=Heartbeat,
         responses={200: "{status: ok}", 400: "Bad body", 401: "Wrong or missing token", 404: "Deleted workspace",
-                   408: "Body not received within 60 s"})
+                   408: f"Body not received within {BODY_DEADLINE:g} s"})
 
 
 declare("/workspaces/<id>/a2a", "POST", tag="a2a", auth="caller",
@@ -39,8 +39,9 @@ declare("/workspaces/<id>/a2a", "POST", tag="a2a", auth="caller",
         responses={200: "The agent's reply, streamed as it arrives", 202: "Queued durably, or delivered to a "
                    "poll-mode agent's inbox", 400: "Bad body", 401: "Caller not authenticated",
                    402: "Budget exceeded", 403: "Hierarchy forbids it, or a system caller id", 404: "Unknown",
-                   408: "Body not received within 60 s",
-                   413: "Body over 1 MiB", 429: "The busy workspace's queue is full (A2A_QUEUE_LIMIT)", 502: "Agent unreachable", 503: "Paused, offline or waking",
+                   408: f"Body not received within {BODY_DEADLINE:g} s", 413: "Body over 1 MiB",
+                   429: "The busy workspace's queue is full (A2A_QUEUE_LIMIT)", 502: "Agent unreachable",
+                   503: "Paused, offline or waking",
                    504: "Deadline (X-Timeout, idle, ceiling) passed"})
 
 

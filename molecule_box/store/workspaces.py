@@ -9,6 +9,7 @@ import sqlite_utils
 
 from ..models import Workspace
 
+
 def get(db: sqlite_utils.Database, workspace_id: str) -> Workspace | None:
     row = db.execute("SELECT * FROM workspaces WHERE id = ?", [workspace_id]).fetchone()
     return Workspace.from_row(dict(row)) if row else None
