@@ -14,6 +14,7 @@ from molecule_box.box import Box
 from ..api.test_restart import _free_port, _spawn, _wait_healthy
 from ..conftest import ADMIN, BoxRunner, bearer, create_external, joined, register
 from .agents import TestAgent, serve_agent
+from .conftest import wait_logged
 
 
 def send_body(text: str = "hi", message_id: str | None = None, method: str = "message/send") -> dict[str, Any]:
@@ -44,7 +45,7 @@ async def test_human_and_agent_callers(client: httpx.AsyncClient, agent: TestAge
     headers, forwarded = agent.received[-1]
     assert headers["a2a-version"] == "1.0" and "authorization" not in headers
     assert forwarded == send_body("x", "m-1")  # byte for byte when nothing was missing
-    await trio.sleep(0.2)  # activity rows are written off the request path
+    await wait_logged(client, wid, 2)
     rows = (await client.get(f"/workspaces/{wid}/activity?source=canvas", headers=ADMIN)).json()
     assert [r["source_id"] for r in rows] == [None]
     rows = (await client.get(f"/workspaces/{wid}/activity?source=agent", headers=ADMIN)).json()
@@ -76,7 +77,7 @@ async def test_self_call_logged_with_own_id(client: httpx.AsyncClient, agent: Te
     response = await client.post(f"/workspaces/{wid}/a2a", json=send_body(),
                                  headers={"X-Workspace-ID": wid, **bearer(token)})
     assert response.status_code == 200
-    await trio.sleep(0.2)
+    await wait_logged(client, wid, 1)
     rows = (await client.get(f"/workspaces/{wid}/activity?type=a2a_receive", headers=ADMIN)).json()
     assert rows[-1]["source_id"] == wid
 
@@ -216,7 +217,10 @@ async def test_busy_target_queues_then_drains_once(client: httpx.AsyncClient, ag
             await trio.sleep(0.05)
     await trio.sleep(0.3)
     assert [p["params"]["message"]["messageId"] for _, p in agent.received] == ["busy-1"]
-    queue = (await client.get(f"/workspaces/{wid}/queue", headers=ADMIN)).json()
+    with trio.fail_after(5):  # the delivery's outcome is committed after the agent answered
+        while (queue := (await client.get(f"/workspaces/{wid}/queue", headers=ADMIN)).json())[0]["status"] \
+                == "dispatched":
+            await trio.sleep(0.02)
     assert [(q["message_id"], q["status"]) for q in queue] == [("busy-1", "completed")]
 
 
