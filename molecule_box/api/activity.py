@@ -10,6 +10,7 @@ from typing import Any
 
 from quart import Blueprint, request
 
+from .. import strictjson
 from ..access import can_communicate
 from ..errors import BadRequest, Forbidden, Gone
 from ..models import rfc3339
@@ -25,10 +26,11 @@ bp = Blueprint("activity", __name__)
 
 
 def _json(text: str | None) -> Any:
+    """A stored body as JSON, or as the text it is when that is not strict JSON (our answers are strict JSON)."""
     if text is None:
         return None
     try:
-        return json.loads(text)
+        return strictjson.loads(text.encode())
     except ValueError:
         return text
 

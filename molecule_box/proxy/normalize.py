@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from .. import strictjson
 from ..errors import BadRequest
 
 #: Request headers forwarded to the agent: the protocol's own, nothing identifying the caller's credentials.
@@ -37,9 +38,9 @@ def normalize(raw: bytes) -> Normalized:
     agent sees precisely what its caller sent.
     """
     try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("invalid JSON body") from None
+        payload = strictjson.loads(raw)  # stored for the inbox and the queue, and re-emitted: strict JSON only
+    except ValueError as exc:
+        raise BadRequest(f"invalid JSON body: {exc}") from None
     if not isinstance(payload, dict):
         raise BadRequest("A2A body must be a JSON object")
     changed = False
@@ -85,14 +86,14 @@ def agent_error(status: int, body: bytes) -> str:
     from http import HTTPStatus
 
     try:
-        parsed = json.loads(body)
+        parsed = strictjson.loads(body)
         if isinstance(parsed, dict):
             err = parsed.get("error")
             if isinstance(err, str) and err:
                 return err
             if isinstance(err, dict) and isinstance(err.get("message"), str):
                 return str(err["message"])
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:
         pass
     try:
         return HTTPStatus(status).phrase

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import trio
 
+from .. import strictjson
 from ..access import can_communicate
 from ..actors import commands as c
 from ..api.auth import SYSTEM_PREFIXES, identify
@@ -523,7 +524,8 @@ class A2AProxy:
 
 
 def _json_or_text(body: bytes) -> Any:
+    """An agent's reply as JSON for the events and delegation results, or as text when it is not strict JSON."""
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return strictjson.loads(body)
+    except ValueError:
         return body.decode("utf-8", "replace")
