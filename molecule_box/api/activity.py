@@ -191,7 +191,8 @@ async def delegate(raw_id: str) -> Any:
     encoded = json.dumps(message, separators=(",", ":")).encode()
     now = time.time()
     enqueue = queue_rows.enqueue(target, source, delegation_id, "message/send", encoded,
-                                 {"content-type": "application/json"}, b.settings.a2a_queue_limit)
+                                 {"content-type": "application/json"}, b.settings.a2a_queue_limit,
+                                 delegation_id=delegation_id)
 
     def op(db: Any) -> Any:
         db.execute("""INSERT INTO delegations (id, source_id, target_id, task, idempotency_key, status, created_at,

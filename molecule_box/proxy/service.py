@@ -462,11 +462,15 @@ class A2AProxy:
             self._draining.discard(workspace_id)
 
     async def _settle_delegation(self, item: dict[str, Any], final: str, body: bytes, error: str | None) -> None:
-        """A delivered (or finally failed) queue item that carried a delegation records its result."""
-        if final == "queued" or item["caller_id"] is None:
+        """A delivered (or finally failed) queue item that a delegation enqueued records the delegation's result.
+
+        Only that row: its flag, source and target must all be the delegation's. A message id alone proves
+        nothing (any caller may reuse a delegation id, and DELEGATION_SENT broadcasts them)."""
+        if final == "queued" or item["caller_id"] is None or item["delegation_id"] is None:
             return
-        row = self.box.store.db.execute("SELECT id, source_id FROM delegations WHERE id = ?",
-                                        [item["message_id"]]).fetchone()
+        row = self.box.store.db.execute(
+            "SELECT id, source_id FROM delegations WHERE id = ? AND source_id = ? AND target_id = ?",
+            [item["delegation_id"], item["caller_id"], item["workspace_id"]]).fetchone()
         if row is None:
             return
         status = "completed" if final == "completed" else "failed"

@@ -153,6 +153,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE workspaces ADD COLUMN last_seen_at REAL;
     """,
+    # 4: the queue row a delegation enqueued names it: only that row settles the delegation (a caller's own
+    # message reusing a broadcast delegation id must not).
+    """
+    ALTER TABLE a2a_queue ADD COLUMN delegation_id TEXT REFERENCES delegations(id) ON DELETE SET NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
