@@ -64,8 +64,9 @@ def normalize(raw: bytes) -> Normalized:
     return Normalized(body, method, message_id, payload)
 
 
-def message_text(payload: dict[str, Any], limit: int = 4000) -> str:
-    """The text parts of a JSON-RPC request's message, in either generation's shape."""
+def message_text(payload: dict[str, Any]) -> str:
+    """The text parts of a JSON-RPC request's message, in either generation's shape (whole: it is what a
+    poll-mode agent reads from its inbox)."""
     params = payload.get("params")
     message = params.get("message") if isinstance(params, dict) else None
     if not isinstance(message, dict):
@@ -78,7 +79,7 @@ def message_text(payload: dict[str, Any], limit: int = 4000) -> str:
             texts.append(part["text"])
         elif isinstance(part.get("root"), dict) and isinstance(part["root"].get("text"), str):
             texts.append(part["root"]["text"])
-    return "\n".join(texts)[:limit]
+    return "\n".join(texts)
 
 
 def agent_error(status: int, body: bytes) -> str:

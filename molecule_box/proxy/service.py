@@ -273,10 +273,12 @@ class A2AProxy:
                 "message": "workspace agent busy — message queued and delivered when it has capacity"}
 
     async def _to_inbox(self, ws: Workspace, caller: str | None, norm: Normalized) -> dict[str, Any]:
-        """Poll mode: the message waits in the agent's inbox (its activity), committed before we answer."""
+        """Poll mode: the message waits in the agent's inbox (its activity), committed before we answer.
+        Whole: the caller is told it was delivered (its size is bounded by BODY_LIMIT, 413 beyond)."""
         row_id = await self.box.store.write(activity_rows.insert(
             workspace_id=ws.id, activity_type="a2a_receive", source_id=caller, target_id=ws.id,
-            method=norm.method, summary=summarize(norm.method, ws.name), request_body=norm.body, status="queued"))
+            method=norm.method, summary=summarize(norm.method, ws.name), request_body=norm.body, status="queued",
+            body_limit=None))
         self._activity_event(ws, caller, norm.method, "queued", 0)
         return {"queued": True, "delivery": "poll", "queue_id": row_id, "activity_id": row_id,
                 "message": "delivered to the agent's inbox; it replies asynchronously"}
