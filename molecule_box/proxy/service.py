@@ -62,7 +62,6 @@ CAPTURE_LIMIT = 64 * 1024
 AGENT_CEILING = 30 * 60.0
 RESOLVE_TTL = 30.0
 DRAIN_DEADLINE = 300.0
-RETENTION_EVERY = 6 * 3600.0
 IDLE_BUMP_EVERY = 1.0
 ACTIVITY_FLUSH_EVERY = 0.05
 #: A reply up to this size is written to the caller inside the call's work slot (the socket buffer takes it
@@ -108,7 +107,6 @@ class A2AProxy:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._drainer, nursery)
-                nursery.start_soon(self._retention)
                 nursery.start_soon(self._activity_flusher)
                 task_status.started()
         finally:
@@ -513,20 +511,6 @@ class A2AProxy:
         self._log_call(ws, item["caller_id"], norm, status if error is None else max(status, 502),
                        body[:CAPTURE_LIMIT], started, error)
         return error is None, error, body
-
-    # -- retention -----------------------------------------------------------------------------
-
-    async def _retention(self) -> None:
-        while True:
-            cutoff = time.time() - self.box.settings.activity_retention_days * 86400
-            try:
-                pruned = await self.box.store.write(activity_rows.prune(cutoff), bulk=True)
-                if pruned:
-                    log.info("pruned %d activity rows older than %g days", pruned,
-                             self.box.settings.activity_retention_days)
-            except Exception:
-                log.exception("activity retention failed")
-            await trio.sleep(RETENTION_EVERY)
 
 
 def _json_or_text(body: bytes) -> Any:
