@@ -487,7 +487,10 @@ class A2AProxy:
         ws = self.box.supervisor.record(item["workspace_id"])
         if ws is None:
             return False, "workspace removed", b""
-        norm = normalize(bytes(item["body"]))
+        try:
+            norm = normalize(bytes(item["body"]))
+        except BadRequest as exc:  # queued before bodies had to be strict JSON: undeliverable, not wedged
+            return False, exc.message, b""
         if ws.url in (None, "", NO_INBOUND) and ws.is_external:
             await self._to_inbox(ws, item["caller_id"], norm)
             return True, None, b""

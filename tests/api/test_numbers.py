@@ -142,3 +142,22 @@ async def test_no_route_answers_5xx_to_deep_json_or_huge_numbers(client: httpx.A
     assert {"/registry/heartbeat", "/workspaces/{id}/a2a", "/workspaces", "/registry/register"} <= set(seen)
     for read in ("/workspaces", "/events"):
         strict(await client.get(read, headers=ADMIN))
+
+
+async def test_a_message_queued_before_strict_json_fails_instead_of_wedging_the_queue(
+        box: Any, client: httpx.AsyncClient) -> None:
+    """A queue row written by an older box may hold a NaN: its delivery fails like an undeliverable one (and
+    the messages behind it go out) instead of raising in the drainer and staying ``dispatched``."""
+    from molecule_box.store import queue as queue_rows
+
+    wid, token = await joined(client, "busy")
+    legacy = b'{"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": {"message": {"messageId": "old", ' \
+             b'"parts": [], "w": NaN}}}'
+    await box.store.write(queue_rows.enqueue(wid, None, "old", "message/send", legacy, {}, 10))
+    box.proxy.pending[wid] = 1
+    with trio.fail_after(10):
+        while (queue := strict(await client.get(f"/workspaces/{wid}/queue", headers=ADMIN)))[0]["status"] \
+                not in ("failed",):
+            await client.post("/registry/heartbeat", json={"workspace_id": wid}, headers=bearer(token))
+            await trio.sleep(0.02)
+    assert queue[0]["attempts"] == 5 and "invalid JSON body" in queue[0]["last_error"]
