@@ -60,7 +60,7 @@ SecretKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 SecretValue = Annotated[str, Field(min_length=1, max_length=65536)]
 Text = Annotated[str, Field(max_length=8192)]
 #: Free-form JSON the box stores and re-emits: a NaN or infinity in it would make later answers non-strict JSON.
-JSON = Annotated[Any, AfterValidator(_finite_json)]
+JSONValue = Annotated[Any, AfterValidator(_finite_json)]
 JSONObject = Annotated[dict[str, Any], AfterValidator(_finite_json)]
 #: What an SQLite INTEGER holds: the bound of every count and amount without a tighter one of its own.
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
@@ -201,8 +201,8 @@ class ReportActivity(Body):
     target_id: Annotated[str, Field(max_length=100)] | None = None
     method: Annotated[str, Field(max_length=200)] | None = None
     summary: Annotated[str, Field(max_length=2000)] | None = None
-    request_body: JSON = None
-    response_body: JSON = None
+    request_body: JSONValue = None
+    response_body: JSONValue = None
     status: Annotated[str, Field(max_length=50)] | None = None
     duration_ms: Int64 | None = Field(default=None, ge=0)
     error_detail: Annotated[str, Field(max_length=8192)] | None = None

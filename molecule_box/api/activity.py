@@ -24,6 +24,11 @@ from .workspaces import live, workspace_id
 
 bp = Blueprint("activity", __name__)
 
+#: Stored body bytes one page of activity carries at most (at least one row): inbox messages are kept whole, up
+#: to 1 MiB each, and 500 of them must not become one 1 GB answer. A page cut short ends at a row the cursor
+#: continues from.
+PAGE_BYTES = 4 * 1024 * 1024
+
 
 def _json(text: str | None) -> Any:
     """A stored body as JSON, or as the text it is when that is not strict JSON (our answers are strict JSON)."""
@@ -106,7 +111,13 @@ async def list_activity(raw_id: str) -> Any:
         # An agent polling its own inbox never gets back what it sent itself (no self-echo loop).
         exclude_source=None if principal.is_admin else wid,
         newest_first=source is not None)
-    return respond([shape(row) for row in rows])
+    page, size = [], 0
+    for row in rows:
+        size += len(row["request_body"] or "") + len(row["response_body"] or "")
+        if page and size > PAGE_BYTES:
+            break
+        page.append(shape(row))
+    return respond(page)
 
 
 @route(bp, "/workspaces/<raw_id>/activity", "POST", auth="workspace", body=ReportActivity,
