@@ -116,3 +116,23 @@ async def test_metrics_show_the_store_size(box: Any, client: httpx.AsyncClient) 
     sizes = [line for line in text.splitlines() if line.startswith("molecule_box_store_bytes ")]
     assert len(sizes) == 1, text
     assert float(sizes[0].split()[1]) >= file_size > 0
+
+
+async def test_a_long_backlog_is_deleted_in_batches(runner: BoxRunner) -> None:
+    """The first pass after an upgrade may find months of events: it deletes them BATCH rows per commit, so other
+    writes (heartbeats) get their commits in between instead of waiting behind one long transaction."""
+    from molecule_box.store import retention
+
+    box = await runner.start()
+    old = time.time() - 365 * 86400
+
+    def backlog(db: Any) -> None:
+        db.conn.executemany("INSERT INTO events (event_type, payload, created_at) VALUES ('X', '{}', ?)",
+                            [(old,)] * (2 * retention.BATCH + 10))
+
+    await box.store.write(backlog)
+    batches = box.store.batches
+    deleted = await retention.prune_all(box.store, box.settings)
+    assert deleted["events"] == 2 * retention.BATCH + 10
+    assert box.store.batches - batches >= 3
+    assert _count(runner, "SELECT count(*) FROM events WHERE created_at < ?", old + 1) == 0
