@@ -34,7 +34,7 @@ from .ops.lock import DataDirLock
 from .proxy.service import A2AProxy
 from .security import tokens as tk
 from .security.crypto import SecretBox, load_key
-from .store import Store
+from .store import Store, retention
 from .store import settings as box_settings
 from .vault import Vault
 
@@ -127,6 +127,7 @@ class Box:
                 "events_dropped": float(self.bus.dropped),
                 "store_batches": float(self.store.batches),
                 "store_commit_seconds": self.store.commit_seconds,
+                "store_bytes": float(self.store.size()),
                 "restore_seconds": self.restore_seconds,
             },
         }
@@ -238,6 +239,7 @@ async def _open_box(
                 log.info("restored %d workspace actors in %.3fs", box.restored, box.restore_seconds)
                 await core.start(box.proxy.run)
                 core.start_soon(box._orphan_sweep)
+                core.start_soon(retention.run, store, settings)
                 yield box
                 core.cancel_scope.cancel()
             writer_nursery.cancel_scope.cancel()

@@ -200,6 +200,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("a2a_queue_limit", "A2A_QUEUE_LIMIT", _positive_int, 1000,
             "Most messages queued for one busy workspace; a call beyond it gets 429 with Retry-After."),
     Setting("activity_retention_days", "ACTIVITY_RETENTION_DAYS", _positive_float, 7.0, "Activity rows older than this are pruned."),
+    Setting("event_retention_days", "EVENT_RETENTION_DAYS", _positive_float, 7.0,
+            "Recorded events (GET /events history) and actor failures are deleted after this many days."),
+    Setting("revoked_token_retention_days", "REVOKED_TOKEN_RETENTION_DAYS", _positive_float, 30.0,
+            "A revoked token's row is deleted this many days after its revocation (a workspace's newest token row "
+            "is always kept)."),
+    Setting("queue_retention_days", "QUEUE_RETENTION_DAYS", _positive_float, 7.0,
+            "A delivered or finally failed A2A queue row is deleted this many days after it finished."),
+    Setting("delegation_retention_days", "DELEGATION_RETENTION_DAYS", _positive_float, 30.0,
+            "A completed or failed delegation (and its result) is deleted this many days after it settled; its "
+            "idempotency_key may then be used again."),
     Setting("shutdown_grace_seconds", "MOLECULE_BOX_SHUTDOWN_GRACE", _positive_float, 20.0,
             "On SIGTERM, how long in-flight requests may take to finish."),
     Setting("log_level", "MOLECULE_BOX_LOG_LEVEL", _log_level, "info", "debug, info, warning or error."),
@@ -312,6 +322,10 @@ class Settings:
     a2a_queue_limit: int = 1000
     connection_intake: int = 4
     activity_retention_days: float = 7.0
+    event_retention_days: float = 7.0
+    revoked_token_retention_days: float = 30.0
+    queue_retention_days: float = 7.0
+    delegation_retention_days: float = 30.0
     shutdown_grace_seconds: float = 20.0
     log_level: str = "info"
     restart_limit: int = 5

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from .strictjson import finite
+
 _BANNED = re.compile(r"[\n\r{}\[\]|>*&!]")
 _NEWLINE = re.compile(r"[\n\r]")
 
@@ -33,6 +35,12 @@ def _uuid(value: str) -> str:
     return str(parsed)
 
 
+def _finite_json(value: Any) -> Any:
+    if not finite(value):
+        raise ValueError("numbers must be finite (no NaN, Infinity or overflowing values)")
+    return value
+
+
 def _abs_dir(value: str) -> str:
     if not value.startswith("/") or ".." in value.split("/"):
         raise ValueError("must be an absolute path without '..'")
@@ -51,15 +59,23 @@ Dir = Annotated[str, Field(max_length=4096), AfterValidator(_abs_dir)]
 SecretKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 SecretValue = Annotated[str, Field(min_length=1, max_length=65536)]
 Text = Annotated[str, Field(max_length=8192)]
+#: Free-form JSON the box stores and re-emits: a NaN or infinity in it would make later answers non-strict JSON.
+JSONValue = Annotated[Any, AfterValidator(_finite_json)]
+JSONObject = Annotated[dict[str, Any], AfterValidator(_finite_json)]
+#: What an SQLite INTEGER holds: the bound of every count and amount without a tighter one of its own.
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+#: A canvas coordinate (floats are finite in every body: see Body).
+Coordinate = Annotated[float, Field(ge=-1e9, le=1e9)]
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    #: allow_inf_nan=False: every float field refuses NaN, Infinity and numbers that overflow to infinity.
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
 
 class Canvas(Body):
-    x: float = 0
-    y: float = 0
+    x: Coordinate = 0
+    y: Coordinate = 0
 
 
 class CreateWorkspace(Body):
@@ -76,9 +92,9 @@ class CreateWorkspace(Body):
     workspace_dir: Dir | None = None
     workspace_access: Literal["none", "read_only", "read_write"] = "none"
     parent_id: UUIDStr | None = None
-    budget_limit: int | None = Field(default=None, ge=0)
+    budget_limit: Int64 | None = Field(default=None, ge=0)
     secrets: dict[SecretKey, SecretValue] | None = Field(default=None, max_length=200)
-    max_concurrent_tasks: int | None = Field(default=None, le=1000)
+    max_concurrent_tasks: Int64 | None = Field(default=None, le=1000)
     canvas: Canvas | None = None
     #: molecule-box addition: pick an installed backend for this workspace instead of the default.
     backend: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] | None = None
@@ -94,8 +110,8 @@ class PatchWorkspace(Body):
     runtime: RuntimeName | None = None
     collapsed: bool | None = None
     workspace_dir: Dir | None = None
-    x: float | None = None
-    y: float | None = None
+    x: Coordinate | None = None
+    y: Coordinate | None = None
     max_concurrent_tasks: int | None = Field(default=None, ge=1, le=1000)
 
 
@@ -104,7 +120,7 @@ class Register(Body):
 
     id: UUIDStr
     url: Annotated[str, Field(max_length=2048)] | None = None
-    agent_card: dict[str, Any] = Field(default_factory=dict)
+    agent_card: JSONObject = Field(default_factory=dict)
 
 
 class RuntimeMetadata(Body):
@@ -119,9 +135,9 @@ class Heartbeat(Body):
     error_rate: float = Field(default=0.0, ge=0, le=1)
     sample_error: Text | None = None
     active_tasks: int = Field(default=0, ge=0, le=1_000_000)
-    uptime_seconds: float = Field(default=0, ge=0)
+    uptime_seconds: float = Field(default=0, ge=0, le=2**53 - 1)
     current_task: Text | None = None
-    monthly_spend: int = 0
+    monthly_spend: Int64 = 0
     runtime_state: Literal["", "wedged"] | None = None
     runtime_metadata: RuntimeMetadata | None = None
 
@@ -130,7 +146,7 @@ class UpdateCard(Body):
     """``POST /registry/update-card``."""
 
     workspace_id: UUIDStr
-    agent_card: dict[str, Any]
+    agent_card: JSONObject
 
 
 class CheckAccess(Body):
@@ -166,7 +182,7 @@ class Attachment(Body):
     uri: Annotated[str, Field(min_length=1, max_length=4096)]
     name: Annotated[str, Field(max_length=1000)] = ""
     mimeType: Annotated[str, Field(max_length=200)] | None = None  # noqa: N815 - the platform's field name
-    size: int | None = Field(default=None, ge=0)
+    size: Int64 | None = Field(default=None, ge=0)
 
 
 class Notify(Body):
@@ -185,10 +201,10 @@ class ReportActivity(Body):
     target_id: Annotated[str, Field(max_length=100)] | None = None
     method: Annotated[str, Field(max_length=200)] | None = None
     summary: Annotated[str, Field(max_length=2000)] | None = None
-    request_body: Any = None
-    response_body: Any = None
+    request_body: JSONValue = None
+    response_body: JSONValue = None
     status: Annotated[str, Field(max_length=50)] | None = None
-    duration_ms: int | None = Field(default=None, ge=0)
+    duration_ms: Int64 | None = Field(default=None, ge=0)
     error_detail: Annotated[str, Field(max_length=8192)] | None = None
 
 

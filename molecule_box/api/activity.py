@@ -10,6 +10,7 @@ from typing import Any
 
 from quart import Blueprint, request
 
+from .. import strictjson
 from ..access import can_communicate
 from ..errors import BadRequest, Forbidden, Gone
 from ..models import rfc3339
@@ -23,12 +24,18 @@ from .workspaces import live, workspace_id
 
 bp = Blueprint("activity", __name__)
 
+#: Stored body bytes one page of activity carries at most (at least one row): inbox messages are kept whole, up
+#: to 1 MiB each, and 500 of them must not become one 1 GB answer. A page cut short ends at a row the cursor
+#: continues from.
+PAGE_BYTES = 4 * 1024 * 1024
+
 
 def _json(text: str | None) -> Any:
+    """A stored body as JSON, or as the text it is when that is not strict JSON (our answers are strict JSON)."""
     if text is None:
         return None
     try:
-        return json.loads(text)
+        return strictjson.loads(text.encode())
     except ValueError:
         return text
 
@@ -104,7 +111,13 @@ async def list_activity(raw_id: str) -> Any:
         # An agent polling its own inbox never gets back what it sent itself (no self-echo loop).
         exclude_source=None if principal.is_admin else wid,
         newest_first=source is not None)
-    return respond([shape(row) for row in rows])
+    page, size = [], 0
+    for row in rows:
+        size += len(row["request_body"] or "") + len(row["response_body"] or "")
+        if page and size > PAGE_BYTES:
+            break
+        page.append(shape(row))
+    return respond(page)
 
 
 @route(bp, "/workspaces/<raw_id>/activity", "POST", auth="workspace", body=ReportActivity,
@@ -189,7 +202,8 @@ async def delegate(raw_id: str) -> Any:
     encoded = json.dumps(message, separators=(",", ":")).encode()
     now = time.time()
     enqueue = queue_rows.enqueue(target, source, delegation_id, "message/send", encoded,
-                                 {"content-type": "application/json"}, b.settings.a2a_queue_limit)
+                                 {"content-type": "application/json"}, b.settings.a2a_queue_limit,
+                                 delegation_id=delegation_id)
 
     def op(db: Any) -> Any:
         db.execute("""INSERT INTO delegations (id, source_id, target_id, task, idempotency_key, status, created_at,

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from .. import strictjson
 from ..errors import BadRequest
 
 #: Request headers forwarded to the agent: the protocol's own, nothing identifying the caller's credentials.
@@ -37,9 +38,9 @@ def normalize(raw: bytes) -> Normalized:
     agent sees precisely what its caller sent.
     """
     try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("invalid JSON body") from None
+        payload = strictjson.loads(raw)  # stored for the inbox and the queue, and re-emitted: strict JSON only
+    except ValueError as exc:
+        raise BadRequest(f"invalid JSON body: {exc}") from None
     if not isinstance(payload, dict):
         raise BadRequest("A2A body must be a JSON object")
     changed = False
@@ -63,8 +64,9 @@ def normalize(raw: bytes) -> Normalized:
     return Normalized(body, method, message_id, payload)
 
 
-def message_text(payload: dict[str, Any], limit: int = 4000) -> str:
-    """The text parts of a JSON-RPC request's message, in either generation's shape."""
+def message_text(payload: dict[str, Any]) -> str:
+    """The text parts of a JSON-RPC request's message, in either generation's shape (whole: it is what a
+    poll-mode agent reads from its inbox)."""
     params = payload.get("params")
     message = params.get("message") if isinstance(params, dict) else None
     if not isinstance(message, dict):
@@ -77,7 +79,7 @@ def message_text(payload: dict[str, Any], limit: int = 4000) -> str:
             texts.append(part["text"])
         elif isinstance(part.get("root"), dict) and isinstance(part["root"].get("text"), str):
             texts.append(part["root"]["text"])
-    return "\n".join(texts)[:limit]
+    return "\n".join(texts)
 
 
 def agent_error(status: int, body: bytes) -> str:
@@ -85,14 +87,14 @@ def agent_error(status: int, body: bytes) -> str:
     from http import HTTPStatus
 
     try:
-        parsed = json.loads(body)
+        parsed = strictjson.loads(body)
         if isinstance(parsed, dict):
             err = parsed.get("error")
             if isinstance(err, str) and err:
                 return err
             if isinstance(err, dict) and isinstance(err.get("message"), str):
                 return str(err["message"])
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:
         pass
     try:
         return HTTPStatus(status).phrase

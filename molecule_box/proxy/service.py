@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import trio
 
+from .. import strictjson
 from ..access import can_communicate
 from ..actors import commands as c
 from ..api.auth import SYSTEM_PREFIXES, identify
@@ -61,7 +62,6 @@ CAPTURE_LIMIT = 64 * 1024
 AGENT_CEILING = 30 * 60.0
 RESOLVE_TTL = 30.0
 DRAIN_DEADLINE = 300.0
-RETENTION_EVERY = 6 * 3600.0
 IDLE_BUMP_EVERY = 1.0
 ACTIVITY_FLUSH_EVERY = 0.05
 #: A reply up to this size is written to the caller inside the call's work slot (the socket buffer takes it
@@ -107,7 +107,6 @@ class A2AProxy:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._drainer, nursery)
-                nursery.start_soon(self._retention)
                 nursery.start_soon(self._activity_flusher)
                 task_status.started()
         finally:
@@ -272,10 +271,12 @@ class A2AProxy:
                 "message": "workspace agent busy — message queued and delivered when it has capacity"}
 
     async def _to_inbox(self, ws: Workspace, caller: str | None, norm: Normalized) -> dict[str, Any]:
-        """Poll mode: the message waits in the agent's inbox (its activity), committed before we answer."""
+        """Poll mode: the message waits in the agent's inbox (its activity), committed before we answer.
+        Whole: the caller is told it was delivered (its size is bounded by BODY_LIMIT, 413 beyond)."""
         row_id = await self.box.store.write(activity_rows.insert(
             workspace_id=ws.id, activity_type="a2a_receive", source_id=caller, target_id=ws.id,
-            method=norm.method, summary=summarize(norm.method, ws.name), request_body=norm.body, status="queued"))
+            method=norm.method, summary=summarize(norm.method, ws.name), request_body=norm.body, status="queued",
+            body_limit=None))
         self._activity_event(ws, caller, norm.method, "queued", 0)
         return {"queued": True, "delivery": "poll", "queue_id": row_id, "activity_id": row_id,
                 "message": "delivered to the agent's inbox; it replies asynchronously"}
@@ -461,11 +462,15 @@ class A2AProxy:
             self._draining.discard(workspace_id)
 
     async def _settle_delegation(self, item: dict[str, Any], final: str, body: bytes, error: str | None) -> None:
-        """A delivered (or finally failed) queue item that carried a delegation records its result."""
-        if final == "queued" or item["caller_id"] is None:
+        """A delivered (or finally failed) queue item that a delegation enqueued records the delegation's result.
+
+        Only that row: its flag, source and target must all be the delegation's. A message id alone proves
+        nothing (any caller may reuse a delegation id, and DELEGATION_SENT broadcasts them)."""
+        if final == "queued" or item["caller_id"] is None or item["delegation_id"] is None:
             return
-        row = self.box.store.db.execute("SELECT id, source_id FROM delegations WHERE id = ?",
-                                        [item["message_id"]]).fetchone()
+        row = self.box.store.db.execute(
+            "SELECT id, source_id FROM delegations WHERE id = ? AND source_id = ? AND target_id = ?",
+            [item["delegation_id"], item["caller_id"], item["workspace_id"]]).fetchone()
         if row is None:
             return
         status = "completed" if final == "completed" else "failed"
@@ -482,7 +487,10 @@ class A2AProxy:
         ws = self.box.supervisor.record(item["workspace_id"])
         if ws is None:
             return False, "workspace removed", b""
-        norm = normalize(bytes(item["body"]))
+        try:
+            norm = normalize(bytes(item["body"]))
+        except BadRequest as exc:  # queued before bodies had to be strict JSON: undeliverable, not wedged
+            return False, exc.message, b""
         if ws.url in (None, "", NO_INBOUND) and ws.is_external:
             await self._to_inbox(ws, item["caller_id"], norm)
             return True, None, b""
@@ -507,23 +515,10 @@ class A2AProxy:
                        body[:CAPTURE_LIMIT], started, error)
         return error is None, error, body
 
-    # -- retention -----------------------------------------------------------------------------
-
-    async def _retention(self) -> None:
-        while True:
-            cutoff = time.time() - self.box.settings.activity_retention_days * 86400
-            try:
-                pruned = await self.box.store.write(activity_rows.prune(cutoff), bulk=True)
-                if pruned:
-                    log.info("pruned %d activity rows older than %g days", pruned,
-                             self.box.settings.activity_retention_days)
-            except Exception:
-                log.exception("activity retention failed")
-            await trio.sleep(RETENTION_EVERY)
-
 
 def _json_or_text(body: bytes) -> Any:
+    """An agent's reply as JSON for the events and delegation results, or as text when it is not strict JSON."""
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return strictjson.loads(body)
+    except ValueError:
         return body.decode("utf-8", "replace")

@@ -21,20 +21,25 @@ COLUMNS = ("workspace_id", "activity_type", "source_id", "target_id", "method", 
 WATERMARK = "activity_pruned_below"
 
 
-def _text(value: Any, limit: int = 65536) -> str | None:
+#: How much of a request or response body a log row keeps (an inbox row keeps its message whole).
+LOGGED_BODY_LIMIT = 65536
+
+
+def _text(value: Any, limit: int | None) -> str | None:
     if value is None:
         return None
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     elif not isinstance(value, str):
         value = json.dumps(value, separators=(",", ":"), default=str)
-    return value[:limit]
+    return value if limit is None else value[:limit]
 
 
-def insert(**fields: Any) -> Callable[[sqlite_utils.Database], int]:
+def insert(*, body_limit: int | None = LOGGED_BODY_LIMIT, **fields: Any) -> Callable[[sqlite_utils.Database], int]:
+    """``body_limit=None`` for a row whose body is the message itself (the poll inbox): it is never cut."""
     fields.setdefault("created_at", time.time())
     for name in ("request_body", "response_body"):
-        fields[name] = _text(fields.get(name))
+        fields[name] = _text(fields.get(name), body_limit)
     values = [fields.get(name) for name in COLUMNS]
 
     def op(db: sqlite_utils.Database) -> int:

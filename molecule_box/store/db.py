@@ -272,6 +272,16 @@ class Store:
         finally:
             conn.close()
 
+    def size(self) -> int:
+        """Bytes the store takes on disk: the database file and its WAL (what retention and checkpoints bound)."""
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
     def close(self) -> None:
         """Close both connections; call after the writer task has finished."""
         self._closed = True

@@ -12,8 +12,32 @@ import sqlite_utils
 from ..models import Event
 
 
+#: A recorded event keeps its payload whole up to this size. Beyond it, each top-level value over OMIT_OVER is
+#: recorded as ``{"omitted_bytes": n}``: the live event carried it whole, and the workspace row holds the current
+#: agent card (200 card updates of one agent otherwise added 127 MB of history).
+STORED_PAYLOAD_LIMIT = 16 * 1024
+OMIT_OVER = 1024
+
+
+def _encode(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def stored_payload(payload: dict[str, Any]) -> str:
+    """The payload as recorded in ``events`` (see STORED_PAYLOAD_LIMIT)."""
+    text = _encode(payload)
+    if len(text) <= STORED_PAYLOAD_LIMIT:
+        return text
+    slim = {}
+    for key, value in payload.items():
+        encoded = _encode(value)
+        slim[key] = value if len(encoded) <= OMIT_OVER else {"omitted_bytes": len(encoded)}
+    text = _encode(slim)
+    return text if len(text) <= STORED_PAYLOAD_LIMIT else _encode({"omitted_bytes": len(text)})
+
+
 def insert(event: Event) -> Callable[[sqlite_utils.Database], int]:
-    payload = json.dumps(event.payload, separators=(",", ":"), default=str)
+    payload = stored_payload(event.payload)
 
     def op(db: sqlite_utils.Database) -> int:
         cursor = db.execute(

@@ -153,6 +153,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE workspaces ADD COLUMN last_seen_at REAL;
     """,
+    # 4: the queue row a delegation enqueued names it: only that row settles the delegation (a caller's own
+    # message reusing a broadcast delegation id must not). No foreign key: deleting delegations (retention, an
+    # idempotent retry) would scan the queue for each one, and settlement looks the delegation up anyway.
+    """
+    ALTER TABLE a2a_queue ADD COLUMN delegation_id TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -22,11 +22,13 @@ FULL_RETRY_AFTER = 30
 
 
 def enqueue(workspace_id: str, caller_id: str | None, message_id: str, method: str, body: bytes,
-            headers: dict[str, str], limit: int) -> Callable[[sqlite_utils.Database], tuple[int, int, bool]]:
+            headers: dict[str, str], limit: int, *,
+            delegation_id: str | None = None) -> Callable[[sqlite_utils.Database], tuple[int, int, bool]]:
     """Returns (queue id, queue depth, whether it was already queued).
 
     A workspace holds at most ``limit`` queued messages: beyond that a new one is refused with 429 (a caller
-    looping on a stuck agent must not fill the disk); a retry of one already queued still finds it."""
+    looping on a stuck agent must not fill the disk); a retry of one already queued still finds it.
+    ``delegation_id`` marks the row a delegation enqueued: its delivery, and no other, settles the delegation."""
     encoded = json.dumps(headers)
 
     def op(db: sqlite_utils.Database) -> tuple[int, int, bool]:
@@ -46,8 +48,8 @@ def enqueue(workspace_id: str, caller_id: str | None, message_id: str, method: s
                     retry_after=FULL_RETRY_AFTER)
             cursor = db.execute(
                 """INSERT INTO a2a_queue (workspace_id, caller_id, message_id, method, body, headers, status,
-                   enqueued_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)""",
-                [workspace_id, caller_id, message_id, method, body, encoded, time.time()])
+                   enqueued_at, delegation_id) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)""",
+                [workspace_id, caller_id, message_id, method, body, encoded, time.time(), delegation_id])
             queue_id = int(cursor.lastrowid or 0)
         depth = db.execute("SELECT count(*) FROM a2a_queue WHERE workspace_id = ? AND status = 'queued'",
                            [workspace_id]).fetchone()[0]
