@@ -257,6 +257,7 @@ async def _open_box(
             await writer_nursery.start(store.run)
             box = Box(settings, store, now=now)
             await box._init_identity(announce)
+            await box.vault.seal_plaintext()
             async with trio.open_nursery() as core:
                 context = BackendContext(box_id=box.box_id, settings=settings, report=box.report)
                 box.backends = BackendRegistry(context, core, extra=extra_backends)
