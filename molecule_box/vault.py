@@ -35,6 +35,8 @@ class Vault:
     async def seal_plaintext(self) -> None:
         """Encrypt the plaintext (version-0) rows a store may carry from the platform, once, at start:
         after it no secret is ever read as plaintext (:meth:`SecretBox.decrypt` refuses version 0)."""
+        if not secret_rows.has_plaintext(self.store.db):
+            return  # the usual start: no write, no commit
         sealed = await self.store.write(secret_rows.seal_plaintext(self.box), bulk=True)
         if sealed:
             log.info("encrypted %d plaintext (version 0) secret rows", sealed)

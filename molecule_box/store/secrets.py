@@ -65,6 +65,10 @@ def delete_workspace(workspace_ids: list[str]) -> Callable[[sqlite_utils.Databas
     return op
 
 
+def has_plaintext(db: sqlite_utils.Database) -> bool:
+    return db.execute("SELECT 1 FROM secrets WHERE encryption_version = 0 LIMIT 1").fetchone() is not None
+
+
 def seal_plaintext(box: SecretBox) -> Callable[[sqlite_utils.Database], int]:
     """Encrypt every version-0 (plaintext) row in place, bound to its row; returns how many.
 
