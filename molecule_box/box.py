@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -27,9 +29,10 @@ from .actors.commands import Observed
 from .backends.base import BackendContext, BackendEvent, BackendFactory
 from .backends.loader import BackendRegistry
 from .config import Settings
-from .errors import BackendError, BackendNotInstalled
+from .errors import BackendError, BackendNotInstalled, ConfigError
 from .events import EventBus
 from .metrics import BoxMetrics
+from .ops.fsutil import atomic_write
 from .ops.lock import DataDirLock
 from .proxy.service import A2AProxy
 from .security import tokens as tk
@@ -93,8 +96,8 @@ class Box:
         stored = box_settings.get(db, "admin_token_sha256")
         if stored is None:
             token = tk.mint()
+            announce(token.plaintext)  # first: a token that could not be shown must not be the one kept
             await self.store.write(box_settings.put("admin_token_sha256", token.digest.hex()))
-            announce(token.plaintext)
             stored = token.digest.hex()
         self.admin = AdminAuth(bytes.fromhex(stored))
 
@@ -183,15 +186,28 @@ class Box:
         return removed
 
 
-def _announce_admin_token(token: str) -> None:
-    # Printed straight to the terminal, never through logging: log shippers must not see it.
-    print(
-        "\n  molecule-box generated an admin token (shown only this once; only its hash is stored):\n\n"
-        f"    ADMIN_TOKEN={token}\n\n"
-        "  Keep it in your env file or password manager.\n",
-        file=sys.stderr,
-        flush=True,
-    )
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def _announce_admin_token(data_dir: Path, token: str) -> None:
+    """Show a generated admin token to the operator once, and to no one else.
+
+    On a terminal it is printed, never logged. Anywhere else (systemd's journal, CI, ``docker logs``)
+    stderr is a log that shippers and other users read, so the token goes to a 0600 file in the data
+    directory and the log says only where it is."""
+    if sys.stderr.isatty():
+        print(
+            "\n  molecule-box generated an admin token (shown only this once; only its hash is stored):\n\n"
+            f"    ADMIN_TOKEN={token}\n\n"
+            "  Keep it in your env file or password manager.\n",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    path = data_dir / ADMIN_TOKEN_FILE
+    atomic_write(path, f"{token}\n".encode(), mode=0o600)
+    log.warning("generated an admin token (stderr is not a terminal, so it is not shown): it is in %s (mode 0600); "
+                "keep it in your env file or password manager, then delete that file", path)
 
 
 @asynccontextmanager
@@ -200,17 +216,32 @@ async def open_box(
     *,
     extra_backends: Mapping[str, BackendFactory] | None = None,
     now: Callable[[], float] = time.time,
-    announce: Callable[[str], None] = _announce_admin_token,
+    announce: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Box]:
     """Open the store, restore every workspace's actor and start the backends; yield the running box.
 
     Holds the data directory's lock (:mod:`molecule_box.ops.lock`) throughout: a second box or a
-    ``molecule-box restore`` on the same directory is refused with :class:`ConfigError`.
+    ``molecule-box restore`` on the same directory is refused with :class:`ConfigError`. ``announce``
+    receives a generated admin token (default: the terminal, else a 0600 file in the data directory).
     """
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private_data_dir(settings.data_dir)
+    if announce is None:
+        announce = partial(_announce_admin_token, settings.data_dir)
     with DataDirLock.acquire(settings.data_dir):
         async with _open_box(settings, extra_backends=extra_backends, now=now, announce=announce) as box:
             yield box
+
+
+def _private_data_dir(data_dir: Path) -> None:
+    """The data directory is the owner's alone (0700) whatever the umask, also when it existed already
+    (systemd's ``StateDirectory=`` makes it 0755 unless told otherwise)."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if stat.S_IMODE(data_dir.stat().st_mode) != 0o700:
+        try:
+            data_dir.chmod(0o700)
+        except OSError as exc:
+            raise ConfigError([f"{data_dir}: cannot make the data directory owner-only ({exc.strerror}); "
+                               "chmod 700 it"]) from None
 
 
 @asynccontextmanager
@@ -227,6 +258,7 @@ async def _open_box(
             await writer_nursery.start(store.run)
             box = Box(settings, store, now=now)
             await box._init_identity(announce)
+            await box.vault.seal_plaintext()
             async with trio.open_nursery() as core:
                 context = BackendContext(box_id=box.box_id, settings=settings, report=box.report)
                 box.backends = BackendRegistry(context, core, extra=extra_backends)
@@ -265,7 +297,7 @@ async def serve(
     task_status: trio.TaskStatus[Box] = trio.TASK_STATUS_IGNORED,
     extra_backends: Mapping[str, BackendFactory] | None = None,
     now: Callable[[], float] = time.time,
-    announce: Callable[[str], None] = _announce_admin_token,
+    announce: Callable[[str], None] | None = None,
     on_ready: Callable[[Box], Any] | None = None,
 ) -> None:
     """Run the box until ``box.shutdown_requested`` is set; ``task_status.started(box)`` once it serves."""

@@ -7,6 +7,7 @@ to hand out a partial bundle live in one spot.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .errors import HTTPError
@@ -14,6 +15,8 @@ from .models import Workspace, rfc3339
 from .security.crypto import DecryptError, SecretBox, secret_aad
 from .store import Store
 from .store import secrets as secret_rows
+
+log = logging.getLogger(__name__)
 
 
 class SecretsUndecryptable(HTTPError):
@@ -28,6 +31,15 @@ class Vault:
     def __init__(self, store: Store, box: SecretBox) -> None:
         self.store = store
         self.box = box
+
+    async def seal_plaintext(self) -> None:
+        """Encrypt the plaintext (version-0) rows a store may carry from the platform, once, at start:
+        after it no secret is ever read as plaintext (:meth:`SecretBox.decrypt` refuses version 0)."""
+        if not secret_rows.has_plaintext(self.store.db):
+            return  # the usual start: no write, no commit
+        sealed = await self.store.write(secret_rows.seal_plaintext(self.box), bulk=True)
+        if sealed:
+            log.info("encrypted %d plaintext (version 0) secret rows", sealed)
 
     def values(self, workspace_id: str) -> dict[str, str]:
         """Global secrets overridden by the workspace's own; all or nothing."""

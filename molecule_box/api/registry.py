@@ -98,8 +98,15 @@ async def list_peers(raw_id: str) -> Any:
     return respond(out)
 
 
-@route(bp, "/registry/check-access", "POST", summary="Whether caller may talk to target", auth="none",
-       body=CheckAccess, responses={200: "{allowed}"})
+@route(bp, "/registry/check-access", "POST", summary="Whether caller may talk to target (caller_id's token)",
+       auth="workspace", body=CheckAccess,
+       responses={200: "{allowed}: false alike for an unknown target and a forbidden one",
+                  401: "No token, or not caller_id's (whether or not caller_id exists)"})
 async def check_access() -> Any:
+    """Open on the platform, where it tells anyone which ids exist (``{X, X}`` is allowed exactly when X
+    exists, two roots exactly when both do). Here the caller proves it is ``caller_id``, so the answer is
+    about its own reach only, and an unknown target looks like a forbidden one."""
+    b = box()
     body: CheckAccess = await parse(CheckAccess)
+    await require_workspace(b, body.caller_id)
     return respond({"allowed": can_communicate(_lookup, body.caller_id, body.target_id)})

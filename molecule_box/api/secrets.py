@@ -126,15 +126,19 @@ for _prefix in ("/settings/secrets", "/admin/secrets"):
           responses={200: "Deleted", 404: "No such secret"}, endpoint=f"delete_{_tag}")(_delete_global)
 
 
-@route(bp, "/workspaces/<raw_id>/model", "GET", summary="The workspace's model (its MODEL_PROVIDER secret)",
-       auth="workspace")
+@route(bp, "/workspaces/<raw_id>/model", "GET", auth="workspace",
+       summary="Where the workspace's model comes from; never the MODEL_PROVIDER value (a secret)",
+       responses={200: '{model: "", source: "workspace_secrets" | "global_secrets" | "default"}'})
 async def get_model(raw_id: str) -> Any:
+    """The platform answers with the decrypted MODEL_PROVIDER secret, which would hand the admin (and any
+    holder of this route's tier) a secret value that ``/secrets/values`` refuses it. The agent reads the
+    value there; this says only whether it is set, and by which scope."""
     b = box()
     wid = workspace_id(raw_id)
     await require_workspace(b, wid)
     live(wid)
-    model = b.vault.values(wid).get("MODEL_PROVIDER", "")
-    return respond({"model": model, "source": "workspace_secrets" if model else "default"})
+    scope = next((row["scope"] for row in b.vault.listing(wid) if row["key"] == "MODEL_PROVIDER"), None)
+    return respond({"model": "", "source": f"{scope}_secrets" if scope else "default"})
 
 
 @route(bp, "/workspaces/<raw_id>/model", "PUT", summary="Set (or with an empty value clear) the model",

@@ -157,7 +157,9 @@ def _stored_secret(store: Path) -> dict[str, Any] | None:
     conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     try:
         conn.row_factory = sqlite3.Row
-        row = conn.execute("SELECT workspace_id, key, value, encryption_version FROM secrets LIMIT 1").fetchone()
+        # A plaintext (version 0) row needs no key (the box encrypts it at start): try the key on another.
+        row = conn.execute("SELECT workspace_id, key, value, encryption_version FROM secrets "
+                           "WHERE encryption_version != 0 LIMIT 1").fetchone()
         count = conn.execute("SELECT count(*) FROM secrets").fetchone()[0]
         return dict(row) | {"count": count} if row else None
     except sqlite3.Error:

@@ -34,6 +34,11 @@ DEFAULT_EXEC = "/usr/local/bin/molecule-box"
 #: Seconds systemd waits for a stop before SIGKILL: above the default shutdown grace (20 s) plus the store's close.
 TIMEOUT_STOP_SEC = 45
 WATCHDOG_SEC = 30
+#: The box's own cgroup caps (workspace containers are Docker's, outside them): far above what one box
+#: uses (a few hundred MiB, a few dozen threads), so only a leak or a flood reaches them, and then the box
+#: alone is stopped and restarted, not the host.
+MEMORY_MAX = "2G"
+TASKS_MAX = 512
 
 
 def render_unit(*, exec_start: str = DEFAULT_EXEC, env_file: Path = ENV_DIR / ENV_NAME,
@@ -75,6 +80,10 @@ TimeoutStartSec=120s
 KillMode=mixed
 TimeoutStopSec={TIMEOUT_STOP_SEC}s
 LimitNOFILE=65536
+# Caps of the box itself (not of workspace containers, which Docker runs outside this unit): a leak or a
+# flood ends the box (and Restart=on-failure brings it back) instead of the host. Raise them in a drop-in.
+MemoryMax={MEMORY_MAX}
+TasksMax={TASKS_MAX}
 
 # Hardening (score it with: systemd-analyze security molecule-box). The Docker socket, when the docker
 # backend uses it, is root-equivalent whatever the sandbox says: see docs/operations.md.
@@ -123,6 +132,10 @@ def render_env_example(*, admin_token: str | None = None) -> str:
         "# Every setting is listed at its default; uncomment a line to change it. KEY=VALUE, no spaces around =.",
         "# Generated from molecule_box.config.SETTINGS (`molecule-box systemd env-example`); `molecule-box doctor`",
         "# checks the result. Keep this file mode 0600: it may hold the admin token and the secrets key.",
+        "#",
+        f"# The unit caps the box's memory (MemoryMax={MEMORY_MAX}) and its threads and processes",
+        f"# (TasksMax={TASKS_MAX}); workspace containers are outside these caps. They are systemd settings, not",
+        "# the box's: change them in a drop-in (systemctl edit molecule-box), not in this file.",
     ]
     for setting in SETTINGS:
         out.append("")

@@ -40,7 +40,7 @@ class UpstreamError(Exception):
     """Forwarding failed; ``kind`` tells the proxy how to answer (queue, 502, 504)."""
 
     def __init__(self, kind: str, detail: str, *, response_started: bool = False) -> None:
-        self.kind = kind  # "refused", "reset", "timeout", "protocol"
+        self.kind = kind  # "refused", "tls", "reset", "timeout", "protocol"
         self.detail = detail
         self.response_started = response_started
         super().__init__(f"{kind}: {detail}")
@@ -184,20 +184,25 @@ class AgentPool:
     async def _open(self) -> _Conn:
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
-                stream: trio.abc.Stream = await trio.open_tcp_stream(self.connect_host, self.port)
+                tcp = await trio.open_tcp_stream(self.connect_host, self.port)
+                stream: trio.abc.Stream = tcp
                 if self.scheme == "https":
-                    tls = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=self.server_name,
+                    tls = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname=self.server_name,
                                          https_compatible=True)
-                    await tls.do_handshake()
+                    try:
+                        await tls.do_handshake()
+                    except (trio.BrokenResourceError, OSError) as exc:
+                        # Not "reset" (which queues the call as if the agent were busy): an agent whose TLS
+                        # fails (an untrusted or expired certificate, plain HTTP on an https URL) fails the
+                        # same way on every retry, so the caller is told now.
+                        tcp.socket.close()
+                        raise UpstreamError("tls", f"TLS handshake with the agent failed: {exc.__cause__ or exc}"
+                                            ) from None
                     stream = tls
         except trio.TooSlowError:
             raise UpstreamError("timeout", "connecting to the agent timed out") from None
-        except ConnectionRefusedError as exc:
-            raise UpstreamError("refused", str(exc)) from None
         except OSError as exc:
             raise UpstreamError("refused", str(exc) or type(exc).__name__) from None
-        except trio.BrokenResourceError as exc:
-            raise UpstreamError("reset", f"TLS handshake failed: {exc}") from None
         self.opened += 1
         return _Conn(stream)
 

@@ -336,7 +336,7 @@ class A2AProxy:
                 raise Queued(await self._busy(ws, caller, norm, headers, exc.detail)) from None
             status = 502
             log.warning("workspace %s: cannot reach the agent: %s", ws.id, exc.detail)
-            raise BadGateway(delivery_confirmed=False) from None
+            raise BadGateway(exc.detail if exc.kind == "tls" else None, delivery_confirmed=False) from None
         finally:
             calls.pop(idle_scope, None)
             if not calls:

@@ -42,7 +42,9 @@ class SecretBox:
 
     def decrypt(self, blob: bytes, version: int, aad: bytes) -> str:
         if version == 0:
-            return bytes(blob).decode()
+            # Plaintext rows (the platform's without a key) are encrypted at start (Vault.seal_plaintext):
+            # one that appears later was written behind the box's back and is not served.
+            raise DecryptError("plaintext secret row (version 0) after start; set the secret again")
         if version not in (1, 2) or len(blob) < 12 + 16:
             raise DecryptError(f"unsupported secret encoding version {version}")
         try:

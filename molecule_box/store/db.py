@@ -34,6 +34,7 @@ Why this shape:
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -90,16 +91,33 @@ def _connect(path: Path, *, thread_shared: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def make_private(path: Path) -> None:
+    """Create ``path`` if needed and make it owner-only (0600), whatever the umask.
+
+    The store holds every token hash and secret ciphertext. SQLite creates a new database file 0644 (less the
+    umask) and gives its ``-wal`` and ``-shm`` the database file's mode, so the mode is set here, before SQLite
+    opens it, and on every start (a store of an older box, or one copied in with ``cp``)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 class Store:
     """The box's one SQLite file. Read through :attr:`db`; write only through :meth:`write` / :meth:`submit`."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private(self.path)
         writer = _connect(self.path, thread_shared=True)
         mode = writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise StoreUnavailable(f"cannot put {self.path} in WAL mode (got {mode})")
+        for leftover in (Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):  # as an older box left them
+            if leftover.exists():
+                os.chmod(leftover, 0o600)
         writer.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer task does it, off the commit path
         self._wconn = writer
         self._wdb = sqlite_utils.Database(writer)

@@ -16,7 +16,8 @@ async def test_can_communicate_rules(client: httpx.AsyncClient) -> None:
     grandchild_of_c, _ = await joined(client, "e", parent_id=c)
 
     async def allowed(caller: str, target: str) -> bool:
-        r = await client.post("/registry/check-access", json={"caller_id": caller, "target_id": target})
+        r = await client.post("/registry/check-access", json={"caller_id": caller, "target_id": target},
+                              headers=ADMIN)  # the rules, asked by the operator (auth: tests/security)
         assert r.status_code == 200
         return bool(r.json()["allowed"])
 

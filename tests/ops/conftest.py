@@ -9,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -65,12 +65,14 @@ class BoxProcess:
         self.proc: trio.Process | None = None
         self._log: IO[bytes] | None = None
 
-    async def start(self, *, wait: bool = True) -> None:
-        """Start it (again, after a kill: the log file is appended to)."""
+    async def start(self, *, wait: bool = True, **options: Any) -> None:
+        """Start it (again, after a kill: the log file is appended to). ``options`` go to the process
+        (a ``umask``, a terminal as ``stderr``)."""
         if self._log is None or self._log.closed:
             self._log = open(self.log_path, "ab")
+        options = {"stdout": self._log, "stderr": self._log, **options}
         self.proc = await trio.lowlevel.open_process([sys.executable, "-m", "molecule_box", "run"], env=self.env,
-                                                     stdout=self._log, stderr=self._log)
+                                                     **options)
         if wait:
             await self.wait_healthy()
 

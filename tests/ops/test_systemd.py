@@ -59,6 +59,14 @@ def test_checked_in_unit_is_the_rendered_one() -> None:
     assert stop > grace + 10  # systemd must not SIGKILL the box while it drains
 
 
+def test_unit_caps_the_box_memory_and_tasks_and_the_env_example_says_so() -> None:
+    """A leak or a flood (threads, memory) stops the box, not the host (issue #10 item 11)."""
+    unit = (ROOT / "systemd" / "molecule-box.service").read_text().splitlines()
+    assert f"MemoryMax={systemd.MEMORY_MAX}" in unit and f"TasksMax={systemd.TASKS_MAX}" in unit
+    example = (ROOT / "systemd" / "molecule-box.env.example").read_text()
+    assert f"MemoryMax={systemd.MEMORY_MAX}" in example and f"TasksMax={systemd.TASKS_MAX}" in example
+
+
 def test_install_dry_run_changes_nothing(tmp_path: Path) -> None:
     units, envs = tmp_path / "units", tmp_path / "etc"
     result = cli("systemd", "install", "--dry-run", "--unit-dir", str(units), "--env-dir", str(envs),

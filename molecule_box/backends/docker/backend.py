@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -547,9 +548,15 @@ class DockerBackend(BaseBackend):
         return adopted
 
     async def list_managed(self) -> list[Handle]:
+        """This box's containers, plus one handle per workspace that has only volumes left.
+
+        Volumes outlive their container by design (a restart keeps them), and a failed start leaves them with
+        no container and no handle stored: if the workspace's cleanup is then cut short (the box stopped or
+        killed, its actor crashed), only its volumes are left, and the orphan sweep must see them too."""
         client = self._require_client()
-        with self._engine_errors("listing containers"):
+        with self._engine_errors("listing containers and volumes"):
             containers = await client.list_containers(sp.owned_filters(self.box_id))
+            volumes = await client.list_volumes(sp.owned_filters(self.box_id))
         handles: list[Handle] = []
         for summary in containers:
             found = summary.get("Labels") or {}
@@ -561,6 +568,13 @@ class DockerBackend(BaseBackend):
                 "state": summary.get("State"),
                 "created": summary.get("Created"),
             })
+        listed = {handle["workspace_id"] for handle in handles}
+        for volume in volumes:
+            workspace_id = (volume.get("Labels") or {}).get(sp.LABEL_WORKSPACE, "")
+            if workspace_id and workspace_id not in listed:
+                listed.add(workspace_id)
+                handles.append({"workspace_id": workspace_id, "name": volume.get("Name"),
+                                "created": _timestamp(volume.get("CreatedAt"))})
         return handles
 
     async def logs(self, handle: Handle, *, tail: int = 100) -> str:
@@ -576,16 +590,23 @@ class DockerBackend(BaseBackend):
             return ""
 
 
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?")
+
+
 def _timestamp(text: str | None) -> float | None:
-    """Docker's RFC 3339 nanosecond timestamps → unix seconds (None for the zero time)."""
+    """Docker's RFC 3339 timestamps → unix seconds (None for the zero time): a container's are UTC with
+    nanoseconds, a volume's whole seconds, possibly in the engine's local time zone."""
     if not text or text.startswith("0001-"):
         return None
     from datetime import datetime
 
-    main, _, rest = text.partition(".")
-    fraction = "".join(ch for ch in rest if ch.isdigit())[:6]
+    parsed = _RFC3339.fullmatch(text)
+    if parsed is None:
+        return None
+    main, digits, zone = parsed.groups()
+    fraction = (digits or "")[:6]
     try:
-        stamp = datetime.fromisoformat(main + "+00:00").timestamp()
+        stamp = datetime.fromisoformat(main + (zone if zone and zone != "Z" else "+00:00")).timestamp()
     except ValueError:
         return None
     return stamp + (int(fraction) / 10 ** len(fraction) if fraction else 0.0)

@@ -162,6 +162,13 @@ class DockerClient:
 
         await self._run(pull, deadline=None)
 
+    async def list_volumes(self, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+        async def listing() -> list[dict[str, Any]]:
+            found = await self.docker.volumes.list(filters=filters)  # type: ignore[no-untyped-call]
+            return [dict(v) for v in (found or {}).get("Volumes") or []]
+
+        return await self._run(listing)
+
     async def inspect_volume(self, name: str) -> dict[str, Any]:
         async def show() -> dict[str, Any]:
             volume = await self.docker.volumes.get(name)  # type: ignore[no-untyped-call]
