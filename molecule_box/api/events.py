@@ -24,6 +24,7 @@ from ..events import FELL_BEHIND, REMOVED, REVOKED, Stream, View, workspace_view
 from ..models import Event, WorkspaceStatus
 from ..security.tokens import parse_bearer
 from ..store import events as event_rows
+from ..store import tokens as token_rows
 from .auth import Principal, identify, require_admin, require_workspace
 from .errors import error_response
 from .routing import box, declare, respond, route
@@ -55,10 +56,17 @@ async def workspace_history(raw_id: str) -> Any:
 def _open(principal: Principal, view: View | None) -> Stream:
     """A stream counted against its holder, or 429: the admin, or a workspace, whose tokens share one
     allowance (any of them can mint more)."""
+    b = box()
     if principal.is_admin:
-        return box().bus.open_stream("admin", view=view)
-    return box().bus.open_stream(f"workspace:{principal.workspace_id}", token_id=principal.token_id,
-                                 workspace_id=principal.workspace_id, view=view)
+        return b.bus.open_stream("admin", view=view)
+    stream = b.bus.open_stream(f"workspace:{principal.workspace_id}", token_id=principal.token_id,
+                               workspace_id=principal.workspace_id, view=view)
+    # A revocation committed while the token was being checked found no stream to end; from here on,
+    # end_streams finds this one.
+    if principal.token_id is not None and not token_rows.is_live(b.store.db, principal.token_id):
+        stream.close()
+        raise Unauthorized("invalid workspace auth token")
+    return stream
 
 
 def _sse_data(fields: dict[str, Any]) -> bytes:
