@@ -275,7 +275,7 @@ async def test_streams_are_capped_per_token_and_in_total(runner: BoxRunner) -> N
 # -- item 7: a client that stops reading -------------------------------------------------------------------
 
 BIG = "x" * 60_000
-PUBLISHED = 40
+PUBLISHED = 100  # 6 MB: more than a stalled connection's socket buffers (a 4 MiB send buffer at most) and its queue
 
 
 async def flood_while_stalled(box: Box, client: httpx.AsyncClient, wid: str, token: str) -> None:
