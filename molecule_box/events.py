@@ -88,8 +88,8 @@ class Stream:
     """One client's open stream: holds its place under the caps until :meth:`close`, and is ended by the
     bus (``reason`` set, no more events) when it falls behind or the token that opened it stops being valid.
 
-    Consumers check ``reason`` between sends rather than being cancelled: a cancel can land only between
-    whole frames, and the client still gets a last frame saying why the stream ended."""
+    The bus ends a stream by setting ``reason`` and closing its channel, not by cancelling its consumer:
+    the consumer stops between two frames and can still send a last one saying why."""
 
     def __init__(self, bus: EventBus, key: int, holder: str, token_id: str | None, workspace_id: str | None,
                  receive: trio.MemoryReceiveChannel[Event]) -> None:
@@ -125,6 +125,8 @@ class Stream:
 
 
 class EventBus:
+    """Fan-out of committed events to listeners, in-process subscribers and client streams (capped)."""
+
     def __init__(self, *, streams_per_holder: int = 16, streams_total: int = 1000, stream_buffer: int = 256) -> None:
         self._subscribers: dict[int, _Subscriber] = {}
         self._streams: dict[int, Stream] = {}
