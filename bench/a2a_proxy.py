@@ -568,6 +568,14 @@ class Procs:
             with contextlib.suppress(Exception):
                 self.stop(proc)
 
+    def finish(self, *, keep: bool) -> None:
+        """Stops every process, then removes the temp dir unless it is to be kept for inspection."""
+        self.stop_all()
+        if keep:
+            print(f"kept {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
 
 def role_json(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
     out, _ = proc.communicate(timeout=timeout)
@@ -1002,11 +1010,7 @@ def drive(args: argparse.Namespace) -> int:
             print(f"{name:<46}{value:>10.2f}  {target:<8}{'PASS' if ok else 'FAIL':<7}{note}")
         return 0 if all_pass else 1
     finally:
-        procs.stop_all()
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        procs.finish(keep=args.keep)
 
 
 if __name__ == "__main__":

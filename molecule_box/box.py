@@ -66,7 +66,8 @@ class Box:
         self.settings = settings
         self.store = store
         self.now = now
-        self.bus = EventBus()
+        self.bus = EventBus(streams_per_holder=settings.streams_per_token, streams_total=settings.streams_total,
+                            stream_buffer=settings.stream_buffer)
         self.metrics = BoxMetrics()
         store.observe_commit = self.metrics.sqlite_commit.observe
         store.observe_checkpoint = self.metrics.sqlite_checkpoint.observe
@@ -128,6 +129,9 @@ class Box:
                 "actors": float(len(self.supervisor.slots) if self.supervisor else 0),
                 "event_subscribers": float(self.bus.subscriber_count),
                 "events_dropped": float(self.bus.dropped),
+                "event_streams": float(self.bus.stream_count),
+                "event_streams_refused": float(self.bus.refused),
+                "event_streams_fell_behind": float(self.bus.fell_behind),
                 "store_batches": float(self.store.batches),
                 "store_commit_seconds": self.store.commit_seconds,
                 "store_bytes": float(self.store.size()),

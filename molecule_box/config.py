@@ -197,6 +197,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("connection_intake", "MOLECULE_BOX_CONNECTION_INTAKE", _positive_int, 4,
             "New connections worked on at once until their first request reaches the API; more wait in the listen "
             "backlog, so a burst of clients connecting cannot starve heartbeats."),
+    Setting("streams_per_token", "MOLECULE_BOX_STREAMS_PER_TOKEN", _positive_int, 16,
+            "Event streams (/ws, SSE) open at once per token; the tokens of one workspace share this allowance "
+            "(any of them can mint more). Beyond it: 429 with Retry-After."),
+    Setting("streams_total", "MOLECULE_BOX_STREAMS_TOTAL", _positive_int, 1000,
+            "Event streams open at once on the box, the admin's included. Beyond it: 429 with Retry-After."),
+    Setting("stream_buffer", "MOLECULE_BOX_STREAM_BUFFER", _positive_int, 256,
+            "Events queued for one stream whose client reads slower than they come; a stream further behind "
+            "is ended with a reconnect hint (WebSocket close 1013, SSE 'event: reconnect')."),
     Setting("a2a_queue_limit", "A2A_QUEUE_LIMIT", _positive_int, 1000,
             "Most messages queued for one busy workspace; a call beyond it gets 429 with Retry-After."),
     Setting("activity_retention_days", "ACTIVITY_RETENTION_DAYS", _positive_float, 7.0, "Activity rows older than this are pruned."),
@@ -321,6 +329,9 @@ class Settings:
     a2a_active_limit: int = 4
     a2a_queue_limit: int = 1000
     connection_intake: int = 4
+    streams_per_token: int = 16
+    streams_total: int = 1000
+    stream_buffer: int = 256
     activity_retention_days: float = 7.0
     event_retention_days: float = 7.0
     revoked_token_retention_days: float = 30.0

@@ -22,6 +22,7 @@ import trio
 
 from ..backends.base import Backend, BackendEvent, Handle, Workload, WorkloadSpec, WorkloadState
 from ..errors import BackendError, Conflict, MoleculeBoxError, NotFound
+from ..events import REMOVED, REVOKED
 from ..models import BROADCAST_ONLY, LIVE_STATES, Workspace, WorkspaceStatus
 from ..store import events as event_rows
 from ..store import secrets as secret_rows
@@ -412,6 +413,7 @@ class WorkspaceActor:
             spec_token = token.plaintext
         if extra:
             await self.box.store.write(lambda db: [fn(db) for fn in extra])
+            self.box.bus.end_streams(REVOKED, workspace_id=ws.id)
         try:
             env = self.box.vault.workload_env(ws, self.box.settings.platform_url)
         except MoleculeBoxError as exc:
@@ -628,6 +630,7 @@ class WorkspaceActor:
             token_rows.revoke_all([ws.id]),
             secret_rows.delete_workspace([ws.id]),
         )
+        self.box.bus.end_streams(REMOVED, workspace_id=ws.id)
         self._start_op("destroy", self._destroy_after(0))
         return {"status": "removed"}
 

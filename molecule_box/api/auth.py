@@ -30,6 +30,7 @@ TOUCH_EVERY = 60.0
 class Principal:
     kind: str  # "admin" or "workspace"
     workspace_id: str | None = None
+    token_id: str | None = None  # the workspace token's row, so what it opened can be ended on revoke
 
     @property
     def is_admin(self) -> bool:
@@ -64,7 +65,7 @@ async def identify(box: Any, token: str | None, *, proof_of_life: bool = True) -
         box.store.submit(token_rows.touch(row["id"], now))
     if proof_of_life:
         box.supervisor.seen(row["workspace_id"])
-    return Principal("workspace", row["workspace_id"])
+    return Principal("workspace", row["workspace_id"], row["id"])
 
 
 def _refuse(box: Any, message: str) -> Unauthorized:

@@ -7,6 +7,7 @@ from typing import Any
 from quart import Blueprint
 
 from ..errors import NotFound
+from ..events import REVOKED
 from ..models import rfc3339
 from ..schemas import Empty
 from ..store import tokens as token_rows
@@ -45,7 +46,8 @@ async def list_tokens(raw_id: str) -> Any:
     return respond({"tokens": tokens, "count": token_rows.live_count(b.store.db, wid)})
 
 
-@route(bp, "/workspaces/<raw_id>/tokens/<token_id>", "DELETE", summary="Revoke a token", auth="workspace",
+@route(bp, "/workspaces/<raw_id>/tokens/<token_id>", "DELETE", auth="workspace",
+       summary="Revoke a token (and end the event streams it opened)",
        responses={200: "{status: revoked}", 404: "No such live token"})
 async def revoke_token(raw_id: str, token_id: str) -> Any:
     b = box()
@@ -53,4 +55,5 @@ async def revoke_token(raw_id: str, token_id: str) -> Any:
     await require_workspace(b, wid)
     if not await b.store.write(token_rows.revoke(wid, token_id[:64])):
         raise NotFound("token not found or already revoked")
+    b.bus.end_streams(REVOKED, token_id=token_id[:64])
     return respond({"status": "revoked"})

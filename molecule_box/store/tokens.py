@@ -27,6 +27,15 @@ def lookup(db: sqlite_utils.Database, token: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+def is_live(db: sqlite_utils.Database, token_id: str) -> bool:
+    """Whether a token row is unrevoked and its workspace not removed (the row ``lookup`` would find)."""
+    return db.execute(
+        """SELECT 1 FROM tokens t JOIN workspaces w ON w.id = t.workspace_id
+           WHERE t.id = ? AND t.revoked_at IS NULL AND w.status != 'removed'""",
+        [token_id],
+    ).fetchone() is not None
+
+
 def live_count(db: sqlite_utils.Database, workspace_id: str) -> int:
     return int(db.execute(
         "SELECT count(*) FROM tokens WHERE workspace_id = ? AND revoked_at IS NULL", [workspace_id]
