@@ -25,6 +25,9 @@ from .routing import box, parse, query_bool, respond, route
 bp = Blueprint("workspaces", __name__)
 S = WorkspaceStatus
 
+#: How long a bootstrap opened at create (``"bootstrap": "open"``) waits for its agent's first register, seconds.
+BOOTSTRAP_EXPIRES_IN = 3600
+
 
 def workspace_id(raw: str) -> str:
     """A path id as a canonical UUID string, or 400 (never a lookup with attacker-shaped text)."""
@@ -68,25 +71,49 @@ def platform_url_for_agents() -> str:
     return configured or request.host_url.rstrip("/")
 
 
-def connection_block(wid: str, token: str) -> dict[str, Any]:
+def connection_block(wid: str, token: str | None, bootstrap_expires_at: float | None = None) -> dict[str, Any]:
+    """What the operator hands to the agent. With a token (the default) both snippets send it from
+    ``$MOLECULE_TOKEN``: the SDK's register sends no bearer of its own, so the snippet gives it a session
+    that carries one. Without (bootstrap ``open``) they register bare and the box mints the first token."""
+    from ..models import rfc3339
+
     base = platform_url_for_agents()
     register = {"id": wid, "url": "https://your-agent.example.com", "agent_card": {"name": "my-agent"}}
-    return {
+    client = f"client = RemoteAgentClient(workspace_id={wid!r}, platform_url={base!r}"
+    curl = f"curl -fsS -X POST {base}/registry/register -H 'Content-Type: application/json' "
+    block: dict[str, Any] = {
         "workspace_id": wid,
         "platform_url": base,
-        "auth_token": token,
+        "auth_token": token or "",
         "registry_endpoint": f"{base}/registry/register",
         "heartbeat_endpoint": f"{base}/registry/heartbeat",
-        "curl_register_template": (
-            f"curl -fsS -X POST {base}/registry/register -H 'Content-Type: application/json' "
-            f"-H 'Authorization: Bearer $MOLECULE_TOKEN' -d '{json.dumps(register)}'"
-        ),
-        "python_snippet": (
-            "from molecule_agent import RemoteAgentClient\n"
-            f"client = RemoteAgentClient(workspace_id={wid!r}, platform_url={base!r})\n"
-            "client.register(url='remote://no-inbound')\n"
-        ),
     }
+    if token is None:
+        block.update(
+            bootstrap="open", bootstrap_expires_at=rfc3339(bootstrap_expires_at),
+            curl_register_template=f"{curl}-d '{json.dumps(register)}'",
+            python_snippet=(
+                "from molecule_agent import RemoteAgentClient\n"
+                f"{client})\n"
+                "client.register()  # the first register mints the token; the SDK keeps it in ~/.molecule/\n"
+            ),
+        )
+        return block
+    block.update(
+        curl_register_template=f'{curl}-H "Authorization: Bearer $MOLECULE_TOKEN" -d \'{json.dumps(register)}\'',
+        python_snippet=(
+            "import os\n"
+            "import requests\n"
+            "from molecule_agent import RemoteAgentClient\n"
+            "token = os.environ['MOLECULE_TOKEN']\n"
+            "session = requests.Session()\n"
+            "session.headers['Authorization'] = f'Bearer {token}'  # the SDK's register sends none of its own\n"
+            f"{client}, session=session)\n"
+            "client.save_token(token)  # cached in ~/.molecule/<workspace id>/ for the SDK's later calls\n"
+            "client.register()\n"
+        ),
+    )
+    return block
 
 
 @route(bp, "/workspaces", "POST", summary="Create a workspace", auth="admin", body=CreateWorkspace,
@@ -116,6 +143,11 @@ async def create_workspace() -> Any:
         parent = b.supervisor.record(body.parent_id)
         if parent is None:
             raise BadRequest("invalid parent_id: no such workspace")
+    if body.bootstrap == "open" and caps.lifecycle:
+        raise BadRequest(f"bootstrap 'open' is for remote agents: {backend_name} workspaces get their token "
+                         "from the box")
+    if body.bootstrap_expires_in is not None and body.bootstrap != "open":
+        raise BadRequest("bootstrap_expires_in needs bootstrap 'open'")
     url = None
     if external and body.url:
         url = await check_agent_url(body.url, b.settings.allow_agent_networks)
@@ -142,7 +174,13 @@ async def create_workspace() -> Any:
     for key, value in (body.secrets or {}).items():
         ops.append(secret_rows.put(b.vault.box, wid, key, value))
     token = None
-    if status is S.AWAITING_AGENT:
+    bootstrap_expires_at = None
+    if caps.lifecycle:  # the box mints the token at each start and hands it to the workload
+        pass
+    elif body.bootstrap == "open":
+        bootstrap_expires_at = now + (body.bootstrap_expires_in or BOOTSTRAP_EXPIRES_IN)
+        ops.append(token_rows.open_bootstrap(wid, bootstrap_expires_at))
+    else:  # with or without a URL: a remote workspace is never without a token nor open by default
         token, mint = token_rows.mint(wid)
         ops.append(mint)
     event_type = {S.ONLINE: "WORKSPACE_ONLINE", S.AWAITING_AGENT: "WORKSPACE_AWAITING_AGENT"}.get(
@@ -158,9 +196,9 @@ async def create_workspace() -> Any:
     if status is S.PROVISIONING:
         return respond({"id": wid, "status": status.value, "awareness_namespace": f"workspace:{wid}",
                         "workspace_access": ws.workspace_access, "backend": backend_name}, 201)
-    result: dict[str, Any] = {"id": wid, "external": True, "status": status.value, "backend": backend_name}
-    if token is not None:
-        result["connection"] = connection_block(wid, token.plaintext)
+    result: dict[str, Any] = {"id": wid, "external": True, "status": status.value, "backend": backend_name,
+                              "connection": connection_block(wid, token.plaintext if token else None,
+                                                             bootstrap_expires_at)}
     return respond(result, 201)
 
 
@@ -248,7 +286,7 @@ async def _purge(family: list[str]) -> None:
     def op(db: Any) -> None:
         marks = ",".join("?" for _ in family)
         db.execute(f"UPDATE workspaces SET parent_id = NULL WHERE parent_id IN ({marks})", family)
-        for table in ("tokens", "secrets", "activity", "events", "actor_failures"):
+        for table in ("tokens", "register_bootstrap", "secrets", "activity", "events", "actor_failures"):
             db.execute(f"DELETE FROM {table} WHERE workspace_id IN ({marks})", family)
         db.execute(f"DELETE FROM workspaces WHERE id IN ({marks})", family)
 

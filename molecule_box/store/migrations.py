@@ -153,6 +153,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE workspaces ADD COLUMN last_seen_at REAL;
     """,
+    # 4: a bearer-less register (the SDK's bootstrap) only where the operator opened one at create; the row
+    # goes with the workspace's first token, so rotation or revocation never reopens it (tokens.mint).
+    """
+    CREATE TABLE register_bootstrap (
+        workspace_id TEXT PRIMARY KEY REFERENCES workspaces(id),
+        expires_at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
