@@ -90,7 +90,8 @@ class CreateWorkspace(Body):
 
 
 class PatchWorkspace(Body):
-    """``PATCH /workspaces/:id``: only the keys present are changed."""
+    """``PATCH /workspaces/:id``: only the keys present are changed. ``parent_id``, ``tier``, ``runtime``,
+    ``max_concurrent_tasks``, ``budget_limit`` and ``workspace_dir`` need the admin token."""
 
     name: Name | None = None
     role: Role | None = None
@@ -102,6 +103,7 @@ class PatchWorkspace(Body):
     x: float | None = None
     y: float | None = None
     max_concurrent_tasks: int | None = Field(default=None, ge=1, le=1000)
+    budget_limit: int | None = Field(default=None, ge=0)
 
 
 class Register(Body):

@@ -11,7 +11,7 @@ import trio
 from quart import Blueprint, request
 
 from ..actors import commands as c
-from ..errors import BackendError, BadRequest, Conflict, NotFound, ServiceUnavailable
+from ..errors import BackendError, BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
 from ..models import Workspace, WorkspaceStatus
 from ..schemas import CreateWorkspace, Empty, PatchWorkspace, Restart
 from ..security.ssrf import check_agent_url
@@ -27,6 +27,10 @@ S = WorkspaceStatus
 
 #: How long a bootstrap opened at create (``"bootstrap": "open"``) waits for its agent's first register, seconds.
 BOOTSTRAP_EXPIRES_IN = 3600
+#: PATCH fields that change who may talk to whom, or what the workspace may consume: the admin's alone.
+ADMIN_FIELDS = frozenset({"parent_id", "tier", "runtime", "max_concurrent_tasks", "budget_limit", "workspace_dir"})
+#: Restart options that change what the container is built from: the admin's alone.
+ADMIN_RESTART_OPTIONS = ("template", "apply_template", "reset", "rebuild_config")
 
 
 def workspace_id(raw: str) -> str:
@@ -217,14 +221,21 @@ async def get_workspace(raw_id: str) -> Any:
     return respond(load(wid).public(detail=False))
 
 
-@route(bp, "/workspaces/<raw_id>", "PATCH", summary="Change name, role, tier, parent, canvas position",
-       auth="workspace", body=PatchWorkspace)
+@route(bp, "/workspaces/<raw_id>", "PATCH", summary="Change name, role, canvas position; the admin also tier, "
+       "parent, runtime, limits", auth="workspace", body=PatchWorkspace,
+       responses={200: "Updated", 400: "Invalid field", 403: "An admin-only field with the workspace's own token",
+                  404: "Unknown workspace"})
 async def patch_workspace(raw_id: str) -> Any:
     b = box()
     wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
+    principal = await require_workspace(b, wid)
     body: PatchWorkspace = await parse(PatchWorkspace)
     ws = live(wid)
+    refused = sorted(ADMIN_FIELDS & body.model_fields_set)
+    if refused and not principal.is_admin:
+        # With its own token a workspace could otherwise leave its place in the hierarchy (the only thing
+        # between workspaces) or raise its own tier and limits (#10).
+        raise Forbidden(f"only the admin may change {', '.join(refused)}", fields=refused)
     changes: dict[str, Any] = {}
     for name in body.model_fields_set - {"x", "y"}:
         changes[name] = getattr(body, name)
@@ -232,6 +243,9 @@ async def patch_workspace(raw_id: str) -> Any:
         changes.update(x=body.x, y=body.y)
     if "name" in changes and not changes["name"]:
         raise BadRequest("name may not be empty")
+    for name in ("tier", "runtime", "max_concurrent_tasks"):
+        if name in changes and changes[name] is None:
+            raise BadRequest(f"{name} may not be null")
     if changes.get("parent_id") is not None:
         parent = changes["parent_id"]
         if parent == wid or parent in workspace_rows.descendants(b.store.db, wid):
@@ -400,12 +414,17 @@ async def wake_workspace(raw_id: str) -> Any:
 
 @route(bp, "/workspaces/<raw_id>/restart", "POST", summary="Restart a box-run workspace's workload",
        auth="workspace", body=Restart,
-       responses={200: "Provisioning", 404: "Unknown", 409: "Ancestor paused, or a remote agent"})
+       responses={200: "Provisioning", 403: "Body options with the workspace's own token (admin-only)",
+                  404: "Unknown", 409: "Ancestor paused, or a remote agent"})
 async def restart_workspace(raw_id: str) -> Any:
     b = box()
     wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    await parse(Restart)
+    principal = await require_workspace(b, wid)
+    body: Restart = await parse(Restart)
+    refused = [name for name in ADMIN_RESTART_OPTIONS if getattr(body, name)]
+    if refused and not principal.is_admin:
+        # A restart by the agent rebuilds exactly the container the admin configured (#10).
+        raise Forbidden(f"only the admin may restart with {', '.join(refused)}", fields=refused)
     ws = live(wid)
     blocker = paused_ancestor(ws)
     if blocker is not None:

@@ -1,5 +1,5 @@
-"""#10 item 1, as an attacker drives it through the API: taking a workspace over with a bearer-less
-register."""
+"""#10 items 1, 2 and 4, as an attacker drives them through the API: taking a workspace over with a
+bearer-less register, leaving the hierarchy with PATCH, and raising its own tier before a restart."""
 
 from __future__ import annotations
 
@@ -183,3 +183,79 @@ async def test_an_agent_that_skips_register_comes_online_with_its_heartbeat(clie
     assert (await client.post("/registry/heartbeat", json={"workspace_id": other["id"]},
                               headers=bearer(token))).status_code == 401
     assert (await record(client, other["id"]))["status"] == "awaiting_agent"
+
+
+# -- 2. hierarchy escape, 4. tier self-escalation ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", [
+    {"parent_id": None}, {"parent_id": "{other}"}, {"tier": 4}, {"runtime": "claude-code"},
+    {"max_concurrent_tasks": 1000}, {"budget_limit": 10**9}, {"workspace_dir": "/srv/all-of-it"},
+    {"name": "fine", "tier": 4},
+], ids=lambda change: ",".join(change))
+async def test_own_token_cannot_change_admin_fields(client: httpx.AsyncClient, change: dict[str, Any]) -> None:
+    root, _ = await joined(client, "root")
+    other, _ = await joined(client, "other-root")
+    child, child_tok = await joined(client, "child", parent_id=root, tier=1, budget_limit=10)
+    body = {k: (other if v == "{other}" else v) for k, v in change.items()}
+    before = await record(client, child)
+
+    refused = await client.patch(f"/workspaces/{child}", json=body, headers=bearer(child_tok))
+    assert refused.status_code == 403, refused.text
+    assert set(refused.json()["fields"]) == set(body) - {"name"}
+    after = await record(client, child)
+    assert after == before
+    # Still where the admin put it: the other root's workspaces stay out of reach.
+    assert (await client.get(f"/registry/discover/{other}",
+                             headers={"X-Workspace-ID": child, **bearer(child_tok)})).status_code == 403
+
+    # The admin may.
+    done = await client.patch(f"/workspaces/{child}", json=body, headers=ADMIN)
+    assert done.status_code == 200, done.text
+    stored = await record(client, child)
+    assert {key: stored[key] for key in body} == body
+
+
+async def test_own_token_may_change_what_describes_it(client: httpx.AsyncClient) -> None:
+    wid, token = await joined(client, "agent")
+    changed = await client.patch(f"/workspaces/{wid}", json={"name": "renamed", "role": "researcher", "x": 1, "y": 2,
+                                                          "collapsed": True}, headers=bearer(token))
+    assert changed.status_code == 200
+    card = await client.post("/registry/update-card", json={"workspace_id": wid, "agent_card": {"name": "n"}},
+                             headers=bearer(token))
+    assert card.status_code == 200
+    got = await record(client, wid)
+    assert (got["name"], got["role"], got["agent_card"]) == ("renamed", "researcher", {"name": "n"})
+
+
+async def test_tier1_workspace_cannot_escalate_itself_through_a_restart(
+        lifecycle_client: httpx.AsyncClient) -> None:
+    client = lifecycle_client
+    """With the token every container holds, a tier-1 workspace patched itself to tier 4 and restarted."""
+    created = await client.post("/workspaces", json={"name": "sandboxed", "backend": "recording", "tier": 1},
+                                headers=ADMIN)
+    wid = created.json()["id"]
+    first = await started(wid, 1)
+    token = first.auth_token
+    assert token is not None and first.tier == 1
+    await register(client, wid, url="http://127.0.0.1:7005/", token=token)
+
+    patched = await client.patch(f"/workspaces/{wid}", json={"tier": 4}, headers=bearer(token))
+    assert patched.status_code == 403
+    for options in ({"template": "privileged"}, {"apply_template": True}, {"reset": True}, {"rebuild_config": True}):
+        refused = await client.post(f"/workspaces/{wid}/restart", json=options, headers=bearer(token))
+        assert refused.status_code == 403, options
+    assert len([s for s in Recording.specs if s.workspace_id == wid]) == 1  # nothing restarted
+
+    # A restart by its own token rebuilds exactly what the admin configured.
+    restarted = await client.post(f"/workspaces/{wid}/restart", json={"reset": False}, headers=bearer(token))
+    assert restarted.status_code == 200, restarted.text
+    second = await started(wid, 2)
+    assert (second.tier, second.runtime, second.config) == (first.tier, first.runtime, first.config)
+    assert second.auth_token not in (None, token)  # rotated
+
+    # The admin's change does reach the next container.
+    assert (await client.patch(f"/workspaces/{wid}", json={"tier": 2}, headers=ADMIN)).json() == {
+        "status": "updated", "needs_restart": True}
+    assert (await client.post(f"/workspaces/{wid}/restart", headers=ADMIN)).status_code == 200
+    assert (await started(wid, 3)).tier == 2
