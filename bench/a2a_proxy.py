@@ -753,11 +753,12 @@ def setup_box(url: str, targets: dict[str, str]) -> dict[str, Any]:
         def joined(name: str, agent_url: str = f"http://{HOST}:9/") -> tuple[str, str]:
             response = client.post("/workspaces", json={"name": name, "external": True}, headers=admin)
             response.raise_for_status()
-            wid = response.json()["id"]
+            wid, token = response.json()["id"], response.json()["connection"]["auth_token"]
             response = client.post("/registry/register", json={
-                "id": wid, "url": agent_url, "agent_card": {"name": name}})
+                "id": wid, "url": agent_url, "agent_card": {"name": name}},
+                headers={"Authorization": f"Bearer {token}"})
             response.raise_for_status()
-            return wid, response.json()["auth_token"]
+            return wid, token
 
         return {"caller": joined("bench-caller"), "beaters": [joined(f"bench-beat-{i}") for i in range(4)],
                 "targets": {name: joined(f"bench-{name}", agent_url) for name, agent_url in targets.items()}}

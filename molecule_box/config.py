@@ -211,8 +211,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("event_retention_days", "EVENT_RETENTION_DAYS", _positive_float, 7.0,
             "Recorded events (GET /events history) and actor failures are deleted after this many days."),
     Setting("revoked_token_retention_days", "REVOKED_TOKEN_RETENTION_DAYS", _positive_float, 30.0,
-            "A revoked token's row is deleted this many days after its revocation (a workspace's newest token row "
-            "is always kept)."),
+            "A revoked token's row is deleted this many days after its revocation (until then, a removed "
+            "workspace's agent presenting it learns that its workspace is gone)."),
     Setting("queue_retention_days", "QUEUE_RETENTION_DAYS", _positive_float, 7.0,
             "A delivered or finally failed A2A queue row is deleted this many days after it finished."),
     Setting("delegation_retention_days", "DELEGATION_RETENTION_DAYS", _positive_float, 30.0,

@@ -98,10 +98,16 @@ class CreateWorkspace(Body):
     canvas: Canvas | None = None
     #: molecule-box addition: pick an installed backend for this workspace instead of the default.
     backend: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] | None = None
+    #: molecule-box addition, remote agents only: "token" (default) mints the agent's token now, in the
+    #: connection block; "open" mints none and lets the first bearer-less register (the SDK's bootstrap)
+    #: claim the workspace, within ``bootstrap_expires_in`` seconds (default 3600, at most 7 days).
+    bootstrap: Literal["token", "open"] = "token"
+    bootstrap_expires_in: int | None = Field(default=None, ge=1, le=7 * 86400)
 
 
 class PatchWorkspace(Body):
-    """``PATCH /workspaces/:id``: only the keys present are changed."""
+    """``PATCH /workspaces/:id``: only the keys present are changed. ``parent_id``, ``tier``, ``runtime``,
+    ``max_concurrent_tasks``, ``budget_limit`` and ``workspace_dir`` need the admin token."""
 
     name: Name | None = None
     role: Role | None = None
@@ -113,6 +119,7 @@ class PatchWorkspace(Body):
     x: Coordinate | None = None
     y: Coordinate | None = None
     max_concurrent_tasks: int | None = Field(default=None, ge=1, le=1000)
+    budget_limit: Int64 | None = Field(default=None, ge=0)
 
 
 class Register(Body):

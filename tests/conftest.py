@@ -104,11 +104,14 @@ async def register(client: httpx.AsyncClient, wid: str, *, url: str = "http://12
     return dict(response.json())
 
 
-async def joined(client: httpx.AsyncClient, name: str = "agent", **fields: Any) -> tuple[str, str]:
-    """An external workspace whose agent registered the SDK way; returns (id, its token)."""
-    wid = (await create_external(client, name, **fields))["id"]
-    token = (await register(client, wid))["auth_token"]
-    return wid, token
+async def joined(client: httpx.AsyncClient, name: str = "agent", *, url: str = "http://127.0.0.1:9/",
+                 **fields: Any) -> tuple[str, str]:
+    """An external workspace whose agent registered with the token from its connection block; returns
+    (id, that token)."""
+    created = await create_external(client, name, **fields)
+    token = created["connection"]["auth_token"]
+    await register(client, created["id"], url=url, token=token)
+    return created["id"], token
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -48,6 +48,8 @@ class Register(Command):
     url: str | None
     agent_card: dict[str, Any]
     mint_token: bool
+    #: A bearer-less register claiming the open bootstrap: the caller's address (for its event), else None.
+    bootstrap_from: str | None = None
 
 
 @dataclasses.dataclass(eq=False)

@@ -34,8 +34,10 @@ def set_status(ws: Workspace, status: WorkspaceStatus, now: float, **changes: An
 def heartbeat(ws: Workspace, hb: Heartbeat, now: float) -> Outcome:
     """Record the snapshot; move between online/degraded/offline/provisioning as the platform does.
 
-    Heartbeats never move a workspace out of failed, paused, hibernated or awaiting_agent: only a register
-    does, so a stale agent cannot silently undo an operator's pause.
+    Heartbeats never move a workspace out of failed, paused or hibernated: only a register does, so a stale
+    agent cannot silently undo an operator's pause. An authenticated heartbeat does bring an
+    ``awaiting_agent`` workspace online: an agent given its token (the SDK's ``connect --token``) skips
+    register, and would otherwise wait there for ever.
     """
     changes: dict[str, Any] = dict(
         last_heartbeat_at=now,
@@ -58,9 +60,9 @@ def heartbeat(ws: Workspace, hb: Heartbeat, now: float) -> Outcome:
     if status is S.PROVISIONING:
         status = S.ONLINE
         events.append(("WORKSPACE_ONLINE", {"recovered_from": "provisioning"}))
-    elif status is S.OFFLINE:
+    elif status in (S.OFFLINE, S.AWAITING_AGENT):
+        events.append(("WORKSPACE_ONLINE", {"recovered_from": status.value}))
         status = S.ONLINE
-        events.append(("WORKSPACE_ONLINE", {"recovered_from": "offline"}))
     if status is S.ONLINE:
         if hb.runtime_state == "wedged":
             status = S.DEGRADED

@@ -404,16 +404,12 @@ class WorkspaceActor:
         if not automatic:
             self._restarts.reset()
         backend = await self._backend()
-        spec_token: str | None = None
-        extra = []
-        if backend.capabilities().prewrites_token:
-            # Rotate: the new workload gets a fresh token; the old ones die with the old workload.
-            token, mint = token_rows.mint(ws.id)
-            extra = [token_rows.revoke_all([ws.id]), mint]
-            spec_token = token.plaintext
-        if extra:
-            await self.box.store.write(lambda db: [fn(db) for fn in extra])
-            self.box.bus.end_streams(REVOKED, workspace_id=ws.id)
+        # Rotate: the new workload gets a fresh token; the old ones die with the old workload. Every box-run
+        # workload gets one from the box, so none waits for a bearer-less register anyone could win (#10).
+        token, mint = token_rows.mint(ws.id)
+        await self.box.store.write(lambda db: [token_rows.revoke_all([ws.id])(db), mint(db)])
+        self.box.bus.end_streams(REVOKED, workspace_id=ws.id)
+        spec_token = token.plaintext
         try:
             env = self.box.vault.workload_env(ws, self.box.settings.platform_url)
         except MoleculeBoxError as exc:
@@ -477,13 +473,21 @@ class WorkspaceActor:
 
     async def _on_Register(self, cmd: c.Register) -> dict[str, Any]:
         ws = self._require_not_removed()
-        outcome = t.register(ws, cmd.url, cmd.agent_card, self._now())
+        now = self._now()
+        outcome = t.register(ws, cmd.url, cmd.agent_card, now)
         extra = []
         token = None
-        if cmd.mint_token:
+        if cmd.bootstrap_from is not None:
+            # Claimed in the register's own transaction: a second bearer-less register finds it closed.
+            extra.append(token_rows.claim_bootstrap(ws.id, now))
+            outcome = t.Outcome(outcome.workspace, [("WORKSPACE_BOOTSTRAPPED", {"remote_addr": cmd.bootstrap_from}),
+                                                    *outcome.events])
+        if cmd.mint_token or cmd.bootstrap_from is not None:
             token, mint = token_rows.mint(ws.id)
             extra.append(mint)
         await self._commit(outcome, *extra)
+        if cmd.bootstrap_from is not None:
+            log.info("workspace %s: bootstrap register from %s minted its first token", ws.id, cmd.bootstrap_from)
         self.box.metrics.registrations.inc()
         self.box.proxy.request_drain(ws.id)
         body: dict[str, Any] = {"status": "registered"}

@@ -4,7 +4,8 @@
 * workspace: the workspace's own token, or the admin token.
 * own: the workspace's own token only (secret values, which leave the box only to their owner).
 * caller: ``X-Workspace-ID`` plus that caller's own token.
-* register: own token or admin; no token only while the workspace has no token in use (SDK bootstrap).
+* register: own token or admin; no token only where the admin opened the SDK's bootstrap at create, and
+  only until the workspace's first token (``store.tokens.bootstrap_open``).
 
 Tokens are never logged; failures are counted in ``/metrics``.
 """
@@ -58,10 +59,7 @@ async def identify(box: Any, token: str | None, *, proof_of_life: bool = True) -
         return None
     now = time.time()
     last = row["last_used_at"]
-    if last is None:
-        # First use must be committed before we answer: it ends the bearer-less register bootstrap.
-        await box.store.write(token_rows.touch(row["id"], now))
-    elif now - last > TOUCH_EVERY:
+    if last is None or now - last > TOUCH_EVERY:
         box.store.submit(token_rows.touch(row["id"], now))
     if proof_of_life:
         box.supervisor.seen(row["workspace_id"])

@@ -30,14 +30,21 @@ async def register() -> Any:
     body: Register = await parse(Register)
     wid = body.id
     ws = b.supervisor.record(wid) or workspace_rows.get(b.store.db, wid)
-    if ws is None or ws.status is WorkspaceStatus.REMOVED:
-        raise NotFound("workspace not found", deleted=ws is not None)
     token = bearer_from(request.headers)
+    if ws is None or ws.status is WorkspaceStatus.REMOVED:
+        # Only the admin and the workspace's own (revoked) token learn that it is unknown or gone; anyone else
+        # gets the refusal a known workspace gives, so register is no existence check (#10 item 11).
+        if token is not None and (b.admin.check(token) or token_rows.belonged_to(b.store.db, token, wid)):
+            raise NotFound("workspace not found", deleted=ws is not None)
+        b.metrics.auth_failures.inc()
+        raise Unauthorized("missing workspace auth token" if token is None else "invalid workspace auth token")
+    bootstrap_from = None
     if token is None:
-        if token_rows.in_use(b.store.db, wid):
+        # The SDK's bootstrap, only where the operator opened it at create (and before its first token).
+        if not token_rows.bootstrap_open(b.store.db, wid, b.now()):
             b.metrics.auth_failures.inc()
             raise Unauthorized("missing workspace auth token")
-        mint = True  # the SDK's bootstrap: the first register mints the first token
+        mint, bootstrap_from = False, request.remote_addr or "unknown"
     else:
         principal = await identify(b, token, proof_of_life=False)  # a register is one itself
         if principal is None or (not principal.is_admin and principal.workspace_id != wid):
@@ -45,7 +52,7 @@ async def register() -> Any:
             raise Unauthorized("invalid workspace auth token")
         mint = principal.is_admin
     url = await check_agent_url(body.url or NO_INBOUND, b.settings.allow_agent_networks)
-    return respond(await b.supervisor.ask(wid, c.Register(url, body.agent_card, mint)))
+    return respond(await b.supervisor.ask(wid, c.Register(url, body.agent_card, mint, bootstrap_from)))
 
 
 @route(bp, "/registry/update-card", "POST", summary="Replace the agent card", auth="workspace", body=UpdateCard)

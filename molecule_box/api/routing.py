@@ -27,7 +27,8 @@ AUTH_TIERS = {
     "workspace": "The workspace's own bearer token, or the admin token.",
     "own": "The workspace's own bearer token only.",
     "caller": "X-Workspace-ID header plus that caller's own bearer token (or the admin token).",
-    "register": "The workspace's token or the admin token; none while the workspace has no token in use.",
+    "register": "The workspace's token or the admin token; none only for a workspace created with "
+                "bootstrap 'open', until its first token or the bootstrap's expiry.",
 }
 
 

@@ -11,7 +11,7 @@ import trio
 from quart import Blueprint, request
 
 from ..actors import commands as c
-from ..errors import BackendError, BadRequest, Conflict, NotFound, ServiceUnavailable
+from ..errors import BackendError, BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
 from ..models import Workspace, WorkspaceStatus
 from ..schemas import CreateWorkspace, Empty, PatchWorkspace, Restart
 from ..security.ssrf import check_agent_url
@@ -24,6 +24,13 @@ from .routing import box, parse, query_bool, respond, route
 
 bp = Blueprint("workspaces", __name__)
 S = WorkspaceStatus
+
+#: How long a bootstrap opened at create (``"bootstrap": "open"``) waits for its agent's first register, seconds.
+BOOTSTRAP_EXPIRES_IN = 3600
+#: PATCH fields that change who may talk to whom, or what the workspace may consume: the admin's alone.
+ADMIN_FIELDS = frozenset({"parent_id", "tier", "runtime", "max_concurrent_tasks", "budget_limit", "workspace_dir"})
+#: Restart options that change what the container is built from: the admin's alone.
+ADMIN_RESTART_OPTIONS = ("template", "apply_template", "reset", "rebuild_config")
 
 
 def workspace_id(raw: str) -> str:
@@ -68,25 +75,49 @@ def platform_url_for_agents() -> str:
     return configured or request.host_url.rstrip("/")
 
 
-def connection_block(wid: str, token: str) -> dict[str, Any]:
+def connection_block(wid: str, token: str | None, bootstrap_expires_at: float | None = None) -> dict[str, Any]:
+    """What the operator hands to the agent. With a token (the default) both snippets send it from
+    ``$MOLECULE_TOKEN``: the SDK's register sends no bearer of its own, so the snippet gives it a session
+    that carries one. Without (bootstrap ``open``) they register bare and the box mints the first token."""
+    from ..models import rfc3339
+
     base = platform_url_for_agents()
     register = {"id": wid, "url": "https://your-agent.example.com", "agent_card": {"name": "my-agent"}}
-    return {
+    client = f"client = RemoteAgentClient(workspace_id={wid!r}, platform_url={base!r}"
+    curl = f"curl -fsS -X POST {base}/registry/register -H 'Content-Type: application/json' "
+    block: dict[str, Any] = {
         "workspace_id": wid,
         "platform_url": base,
-        "auth_token": token,
+        "auth_token": token or "",
         "registry_endpoint": f"{base}/registry/register",
         "heartbeat_endpoint": f"{base}/registry/heartbeat",
-        "curl_register_template": (
-            f"curl -fsS -X POST {base}/registry/register -H 'Content-Type: application/json' "
-            f"-H 'Authorization: Bearer $MOLECULE_TOKEN' -d '{json.dumps(register)}'"
-        ),
-        "python_snippet": (
-            "from molecule_agent import RemoteAgentClient\n"
-            f"client = RemoteAgentClient(workspace_id={wid!r}, platform_url={base!r})\n"
-            "client.register(url='remote://no-inbound')\n"
-        ),
     }
+    if token is None:
+        block.update(
+            bootstrap="open", bootstrap_expires_at=rfc3339(bootstrap_expires_at),
+            curl_register_template=f"{curl}-d '{json.dumps(register)}'",
+            python_snippet=(
+                "from molecule_agent import RemoteAgentClient\n"
+                f"{client})\n"
+                "client.register()  # the first register mints the token; the SDK keeps it in ~/.molecule/\n"
+            ),
+        )
+        return block
+    block.update(
+        curl_register_template=f'{curl}-H "Authorization: Bearer $MOLECULE_TOKEN" -d \'{json.dumps(register)}\'',
+        python_snippet=(
+            "import os\n"
+            "import requests\n"
+            "from molecule_agent import RemoteAgentClient\n"
+            "token = os.environ['MOLECULE_TOKEN']\n"
+            "session = requests.Session()\n"
+            "session.headers['Authorization'] = f'Bearer {token}'  # the SDK's register sends none of its own\n"
+            f"{client}, session=session)\n"
+            "client.save_token(token)  # cached in ~/.molecule/<workspace id>/ for the SDK's later calls\n"
+            "client.register()\n"
+        ),
+    )
+    return block
 
 
 @route(bp, "/workspaces", "POST", summary="Create a workspace", auth="admin", body=CreateWorkspace,
@@ -116,6 +147,11 @@ async def create_workspace() -> Any:
         parent = b.supervisor.record(body.parent_id)
         if parent is None:
             raise BadRequest("invalid parent_id: no such workspace")
+    if body.bootstrap == "open" and caps.lifecycle:
+        raise BadRequest(f"bootstrap 'open' is for remote agents: {backend_name} workspaces get their token "
+                         "from the box")
+    if body.bootstrap_expires_in is not None and body.bootstrap != "open":
+        raise BadRequest("bootstrap_expires_in needs bootstrap 'open'")
     url = None
     if external and body.url:
         url = await check_agent_url(body.url, b.settings.allow_agent_networks)
@@ -142,7 +178,13 @@ async def create_workspace() -> Any:
     for key, value in (body.secrets or {}).items():
         ops.append(secret_rows.put(b.vault.box, wid, key, value))
     token = None
-    if status is S.AWAITING_AGENT:
+    bootstrap_expires_at = None
+    if caps.lifecycle:  # the box mints the token at each start and hands it to the workload
+        pass
+    elif body.bootstrap == "open":
+        bootstrap_expires_at = now + (body.bootstrap_expires_in or BOOTSTRAP_EXPIRES_IN)
+        ops.append(token_rows.open_bootstrap(wid, bootstrap_expires_at))
+    else:  # with or without a URL: a remote workspace is never without a token nor open by default
         token, mint = token_rows.mint(wid)
         ops.append(mint)
     event_type = {S.ONLINE: "WORKSPACE_ONLINE", S.AWAITING_AGENT: "WORKSPACE_AWAITING_AGENT"}.get(
@@ -158,9 +200,9 @@ async def create_workspace() -> Any:
     if status is S.PROVISIONING:
         return respond({"id": wid, "status": status.value, "awareness_namespace": f"workspace:{wid}",
                         "workspace_access": ws.workspace_access, "backend": backend_name}, 201)
-    result: dict[str, Any] = {"id": wid, "external": True, "status": status.value, "backend": backend_name}
-    if token is not None:
-        result["connection"] = connection_block(wid, token.plaintext)
+    result: dict[str, Any] = {"id": wid, "external": True, "status": status.value, "backend": backend_name,
+                              "connection": connection_block(wid, token.plaintext if token else None,
+                                                             bootstrap_expires_at)}
     return respond(result, 201)
 
 
@@ -179,14 +221,21 @@ async def get_workspace(raw_id: str) -> Any:
     return respond(load(wid).public(detail=False))
 
 
-@route(bp, "/workspaces/<raw_id>", "PATCH", summary="Change name, role, tier, parent, canvas position",
-       auth="workspace", body=PatchWorkspace)
+@route(bp, "/workspaces/<raw_id>", "PATCH", summary="Change name, role, canvas position; the admin also tier, "
+       "parent, runtime, limits", auth="workspace", body=PatchWorkspace,
+       responses={200: "Updated", 400: "Invalid field", 403: "An admin-only field with the workspace's own token",
+                  404: "Unknown workspace"})
 async def patch_workspace(raw_id: str) -> Any:
     b = box()
     wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
+    principal = await require_workspace(b, wid)
     body: PatchWorkspace = await parse(PatchWorkspace)
     ws = live(wid)
+    refused = sorted(ADMIN_FIELDS & body.model_fields_set)
+    if refused and not principal.is_admin:
+        # With its own token a workspace could otherwise leave its place in the hierarchy (the only thing
+        # between workspaces) or raise its own tier and limits (#10).
+        raise Forbidden(f"only the admin may change {', '.join(refused)}", fields=refused)
     changes: dict[str, Any] = {}
     for name in body.model_fields_set - {"x", "y"}:
         changes[name] = getattr(body, name)
@@ -194,6 +243,9 @@ async def patch_workspace(raw_id: str) -> Any:
         changes.update(x=body.x, y=body.y)
     if "name" in changes and not changes["name"]:
         raise BadRequest("name may not be empty")
+    for name in ("tier", "runtime", "max_concurrent_tasks"):
+        if name in changes and changes[name] is None:
+            raise BadRequest(f"{name} may not be null")
     if changes.get("parent_id") is not None:
         parent = changes["parent_id"]
         if parent == wid or parent in workspace_rows.descendants(b.store.db, wid):
@@ -248,7 +300,7 @@ async def _purge(family: list[str]) -> None:
     def op(db: Any) -> None:
         marks = ",".join("?" for _ in family)
         db.execute(f"UPDATE workspaces SET parent_id = NULL WHERE parent_id IN ({marks})", family)
-        for table in ("tokens", "secrets", "activity", "events", "actor_failures"):
+        for table in ("tokens", "register_bootstrap", "secrets", "activity", "events", "actor_failures"):
             db.execute(f"DELETE FROM {table} WHERE workspace_id IN ({marks})", family)
         db.execute(f"DELETE FROM workspaces WHERE id IN ({marks})", family)
 
@@ -276,15 +328,11 @@ async def workspace_state(raw_id: str) -> Any:
 
 async def require_admin_or_any_token(wid: str) -> None:
     """For a deleted workspace: the admin, or any token (even revoked) that belonged to it."""
-    from ..security.tokens import hash_token, parse_bearer
+    from ..security.tokens import parse_bearer
 
     b = box()
     token = parse_bearer(request.headers.get("Authorization"))
-    if token is not None and b.admin.check(token):
-        return
-    if token is not None and b.store.db.execute(
-        "SELECT 1 FROM tokens WHERE digest = ? AND workspace_id = ?", [hash_token(token), wid]
-    ).fetchone():
+    if token is not None and (b.admin.check(token) or token_rows.belonged_to(b.store.db, token, wid)):
         return
     await require_workspace(b, wid)
 
@@ -362,12 +410,17 @@ async def wake_workspace(raw_id: str) -> Any:
 
 @route(bp, "/workspaces/<raw_id>/restart", "POST", summary="Restart a box-run workspace's workload",
        auth="workspace", body=Restart,
-       responses={200: "Provisioning", 404: "Unknown", 409: "Ancestor paused, or a remote agent"})
+       responses={200: "Provisioning", 403: "Body options with the workspace's own token (admin-only)",
+                  404: "Unknown", 409: "Ancestor paused, or a remote agent"})
 async def restart_workspace(raw_id: str) -> Any:
     b = box()
     wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    await parse(Restart)
+    principal = await require_workspace(b, wid)
+    body: Restart = await parse(Restart)
+    refused = [name for name in ADMIN_RESTART_OPTIONS if getattr(body, name)]
+    if refused and not principal.is_admin:
+        # A restart by the agent rebuilds exactly the container the admin configured (#10).
+        raise Forbidden(f"only the admin may restart with {', '.join(refused)}", fields=refused)
     ws = live(wid)
     blocker = paused_ancestor(ws)
     if blocker is not None:

@@ -60,7 +60,9 @@ class Capabilities:
     remote: bool = False
     #: Tiers this backend can honour; create with another tier is refused with 400, never downgraded.
     tiers: frozenset[int] = frozenset({1, 2, 3, 4})
-    #: The box writes the workspace token into the workload before it starts (else: first register mints it).
+    #: The backend writes ``WorkloadSpec.auth_token`` into the workload as ``/configs/.auth_token`` (else it
+    #: must deliver that token another way, e.g. as ``MOLECULE_WORKSPACE_TOKEN``: box-run workloads never
+    #: register without one).
     prewrites_token: bool = False
     #: :meth:`Backend.logs` returns output.
     logs: bool = False
@@ -85,7 +87,8 @@ class WorkloadSpec:
     env: dict[str, str]
     #: URL of the box as the workload reaches it (``PLATFORM_URL``).
     platform_url: str
-    #: The workspace's bearer token, when ``Capabilities.prewrites_token``; deliver it as ``/configs/.auth_token``.
+    #: The workspace's bearer token, fresh at every start (the older ones are revoked); with
+    #: ``Capabilities.prewrites_token``, deliver it as ``/configs/.auth_token``.
     auth_token: str | None = None
     #: The workspace's free-form config (model, template ...).
     config: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -1,7 +1,8 @@
 """The ``external`` backend: remote agents (laptops, CI runners, bare metal) that run themselves.
 
 No lifecycle: the box never starts, stops or restarts them; liveness comes
-only from their heartbeats, and the first register mints their token.
+only from their heartbeats; their token comes in the connection block at create
+(or, with ``"bootstrap": "open"``, from their first register).
 """
 
 from __future__ import annotations

@@ -159,6 +159,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE a2a_queue ADD COLUMN delegation_id TEXT;
     """,
+    # 5: a bearer-less register (the SDK's bootstrap) only where the operator opened one at create; the row
+    # goes with the workspace's first token, so rotation or revocation never reopens it (tokens.mint).
+    """
+    CREATE TABLE register_bootstrap (
+        workspace_id TEXT PRIMARY KEY REFERENCES workspaces(id),
+        expires_at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

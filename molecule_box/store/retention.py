@@ -32,11 +32,8 @@ DAY = 86400.0
 RULES = (
     ("events", "events", "created_at < ?", "event_retention_days"),
     ("actor failures", "actor_failures", "created_at < ?", "event_retention_days"),
-    # A workspace's newest token row stays, revoked or not: it is the record that the workspace has had a
-    # token at all (a bearer-less register must never be let in again after one).
-    ("revoked tokens", "tokens", "revoked_at IS NOT NULL AND revoked_at < ? AND EXISTS (SELECT 1 FROM tokens newer "
-     "WHERE newer.workspace_id = tokens.workspace_id AND newer.created_at > tokens.created_at)",
-     "revoked_token_retention_days"),
+    # Nothing depends on an old revoked row: the bootstrap's door is closed by its own row (tokens.mint).
+    ("revoked tokens", "tokens", "revoked_at IS NOT NULL AND revoked_at < ?", "revoked_token_retention_days"),
     ("queue rows", "a2a_queue", "status IN ('completed', 'failed', 'dropped') AND coalesce(completed_at, enqueued_at)"
      " < ?", "queue_retention_days"),
     ("delegations", "delegations", "status IN ('completed', 'failed') AND updated_at < ?",

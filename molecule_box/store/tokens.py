@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlite_utils
 
-from ..errors import TooManyRequests
+from ..errors import TooManyRequests, Unauthorized
 from ..security import tokens as tk
 
 MAX_LIVE_PER_WORKSPACE = 50
@@ -36,18 +36,45 @@ def is_live(db: sqlite_utils.Database, token_id: str) -> bool:
     ).fetchone() is not None
 
 
+def belonged_to(db: sqlite_utils.Database, token: str, workspace_id: str) -> bool:
+    """Whether a presented plaintext is, or was before its revocation, a token of ``workspace_id``."""
+    return db.execute(
+        "SELECT 1 FROM tokens WHERE digest = ? AND workspace_id = ?", [tk.hash_token(token), workspace_id]
+    ).fetchone() is not None
+
+
 def live_count(db: sqlite_utils.Database, workspace_id: str) -> int:
     return int(db.execute(
         "SELECT count(*) FROM tokens WHERE workspace_id = ? AND revoked_at IS NULL", [workspace_id]
     ).fetchone()[0])
 
 
-def in_use(db: sqlite_utils.Database, workspace_id: str) -> bool:
-    """Whether any live token of the workspace has been used: after that, bearer-less register is refused."""
+def bootstrap_open(db: sqlite_utils.Database, workspace_id: str, now: float) -> bool:
+    """Whether a bearer-less register may claim the workspace: only where the operator opened the SDK's
+    bootstrap at create, before it expires and before any token was minted. Knowing an id is not enough."""
     return db.execute(
-        "SELECT 1 FROM tokens WHERE workspace_id = ? AND revoked_at IS NULL AND last_used_at IS NOT NULL LIMIT 1",
-        [workspace_id],
+        "SELECT 1 FROM register_bootstrap WHERE workspace_id = ? AND expires_at > ?", [workspace_id, now]
     ).fetchone() is not None
+
+
+def open_bootstrap(workspace_id: str, expires_at: float) -> Callable[[sqlite_utils.Database], None]:
+    def op(db: sqlite_utils.Database) -> None:
+        db.execute("INSERT INTO register_bootstrap (workspace_id, expires_at) VALUES (?, ?)",
+                   [workspace_id, expires_at])
+
+    return op
+
+
+def claim_bootstrap(workspace_id: str, now: float) -> Callable[[sqlite_utils.Database], None]:
+    """The op that closes the bootstrap for good, in the transaction of the register it lets in; raising
+    401 when it is closed already, so of two racing bearer-less registers only the first gets a token."""
+    def op(db: sqlite_utils.Database) -> None:
+        cursor = db.execute("DELETE FROM register_bootstrap WHERE workspace_id = ? AND expires_at > ?",
+                            [workspace_id, now])
+        if cursor.rowcount == 0:
+            raise Unauthorized("missing workspace auth token")
+
+    return op
 
 
 def list_live(db: sqlite_utils.Database, workspace_id: str, limit: int, offset: int) -> list[dict[str, Any]]:
@@ -71,6 +98,8 @@ def mint(workspace_id: str, *, cap: int = MAX_LIVE_PER_WORKSPACE) -> tuple[tk.Mi
             "INSERT INTO tokens (id, workspace_id, digest, prefix, created_at) VALUES (?, ?, ?, ?, ?)",
             [token_id, workspace_id, token.digest, token.prefix, time.time()],
         )
+        # A workspace that has had a token is never claimed without one again (rotation, revocation).
+        db.execute("DELETE FROM register_bootstrap WHERE workspace_id = ?", [workspace_id])
         return token_id
 
     return token, op

@@ -47,7 +47,9 @@ CASES = [
     ("GET", f"/workspaces/{UNKNOWN}", "admin", None, 404),
     ("DELETE", f"/workspaces/{UNKNOWN}", "admin", None, 404),
     ("PATCH", "/workspaces/{wid}", "agent", {"tier": "x"}, 400),
-    ("PATCH", "/workspaces/{wid}", "agent", {"name": None, "parent_id": "{wid}"}, 400),
+    ("PATCH", "/workspaces/{wid}", "admin", {"name": None, "parent_id": "{wid}"}, 400),  # the agent: 403
+    ("PATCH", "/workspaces/{wid}", "admin", {"max_concurrent_tasks": None}, 400),
+    ("PATCH", "/workspaces/{wid}", "admin", {"budget_limit": -1}, 400),
     ("POST", "/registry/register", None, {"id": "nope", "url": "http://127.0.0.1:1/"}, 400),
     ("POST", "/registry/register", None, {"url": "http://127.0.0.1:1/"}, 400),
     ("POST", "/registry/register", "agent", {"id": "{wid}", "url": "http://169.254.169.254/latest"}, 400),

@@ -12,7 +12,7 @@ import trio
 
 from molecule_box.api.routing import ROUTES
 
-from ..conftest import ADMIN, bearer, create_external, joined, register
+from ..conftest import ADMIN, bearer, joined
 
 HUGE = "1" + "0" * 400  # 10**400: a valid JSON number no float or SQLite INTEGER holds
 DEEP = b"[" * 1000 + b"]" * 1000
@@ -98,8 +98,7 @@ async def test_non_finite_numbers_in_free_form_json_are_refused(client: httpx.As
                                                                 body: str) -> None:
     """Free-form JSON (agent cards, activity bodies, A2A params) is stored and re-emitted: a NaN in it would make
     every later answer that carries it unparseable for strict clients."""
-    poller = (await create_external(client, "poller"))["id"]
-    token = (await register(client, poller, url="remote://no-inbound"))["auth_token"]
+    poller, token = await joined(client, "poller", url="remote://no-inbound")
     headers = {"admin": ADMIN, "agent": bearer(token)}[who]
     sent = await client.post(path.replace("{wid}", poller), content=body.replace("{wid}", poller).encode(),
                              headers={**headers, "content-type": "application/json"})
@@ -123,8 +122,7 @@ async def test_no_route_answers_5xx_to_deep_json_or_huge_numbers(client: httpx.A
         if doc.method not in ("post", "put", "patch"):
             continue
         # A fresh poll-mode workspace per route: a verb before (pause, delete) cannot hide what this one does.
-        wid = (await create_external(client, "target"))["id"]
-        token = (await register(client, wid, url="remote://no-inbound"))["auth_token"]
+        wid, token = await joined(client, "target", url="remote://no-inbound")
         path = doc.path.replace("{id}", wid).replace("{raw_id}", wid).replace("{key}", "K").replace(
             "{token_id}", "nope")
         headers = {**ADMIN, "X-Workspace-ID": wid, "content-type": "application/json"} if doc.auth == "caller" \

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import trio
 
-from ..conftest import ADMIN, ADMIN_TOKEN, BoxRunner, bearer, create_external, register
+from ..conftest import ADMIN, ADMIN_TOKEN, BoxRunner, bearer, create_external, joined, register
 
 
 async def state(client: httpx.AsyncClient, wid: str, token: str) -> str:
@@ -34,9 +34,9 @@ async def test_remote_agent_lifecycle(runner: BoxRunner) -> None:
         glob = await client.put("/settings/secrets", json={"key": "SHARED", "value": "g"}, headers=ADMIN)
         assert glob.status_code == 200
 
-        # The SDK registers with no Authorization header and keeps the token it gets back.
-        token = (await register(client, wid, url="remote://no-inbound"))["auth_token"]
-        assert len(token) == 43
+        # The agent registers with the token of its connection block (the snippet's session carries it).
+        token = created["connection"]["auth_token"]
+        assert await register(client, wid, url="remote://no-inbound", token=token) == {"status": "registered"}
 
         values = await client.get(f"/workspaces/{wid}/secrets/values", headers=bearer(token))
         assert values.status_code == 200
@@ -67,17 +67,18 @@ async def test_remote_agent_lifecycle(runner: BoxRunner) -> None:
 
 
 async def test_register_bootstrap_rules(client: httpx.AsyncClient) -> None:
-    wid = (await create_external(client))["id"]
-    first = await register(client, wid)
-    assert "auth_token" in first
-    # Until a token is used, a bearer-less register still works (the agent may have crashed before using it).
-    second = await register(client, wid)
-    token = second["auth_token"]
-    (await heartbeat(client, wid, token)).raise_for_status()
-    # Once a token is in use, register without it is refused (URL hijack guard) ...
+    # The default: the token is in the connection block, and a register needs it from the start.
+    created = await create_external(client)
+    wid, token = created["id"], created["connection"]["auth_token"]
     refused = await client.post("/registry/register", json={"id": wid, "url": "http://127.0.0.1:1/"})
     assert refused.status_code == 401
-    # ... with it, it succeeds and mints nothing; with the admin token it mints a fresh one.
+    # With "bootstrap": "open", the first bearer-less register gets the token (the SDK's bootstrap) ...
+    opened = (await create_external(client, "sdk", bootstrap="open"))["id"]
+    assert len((await register(client, opened))["auth_token"]) == 43
+    # ... and no second one does.
+    again = await client.post("/registry/register", json={"id": opened, "url": "http://127.0.0.1:1/"})
+    assert again.status_code == 401
+    # With the token, register succeeds and mints nothing; with the admin token it mints a fresh one.
     again = await register(client, wid, token=token)
     assert "auth_token" not in again
     admin = await client.post("/registry/register", json={"id": wid, "url": "http://127.0.0.1:1/"}, headers=ADMIN)
@@ -85,7 +86,7 @@ async def test_register_bootstrap_rules(client: httpx.AsyncClient) -> None:
 
 
 async def test_register_unknown_id_is_404_not_create(client: httpx.AsyncClient) -> None:
-    response = await client.post("/registry/register",
+    response = await client.post("/registry/register", headers=ADMIN,
                                  json={"id": "6b7d8e8c-1d2a-4c55-9f0e-3b1e2a4c5d6e", "url": "http://127.0.0.1:1/"})
     assert response.status_code == 404
     assert (await client.get("/workspaces", headers=ADMIN)).json() == []
@@ -94,9 +95,10 @@ async def test_register_unknown_id_is_404_not_create(client: httpx.AsyncClient) 
 async def test_token_of_one_workspace_never_touches_another(client: httpx.AsyncClient) -> None:
     a = await create_external(client, "a")
     b = await create_external(client, "b")
-    token_a = (await register(client, a["id"]))["auth_token"]
+    token_a = a["connection"]["auth_token"]
+    await register(client, a["id"], token=token_a)
     (await heartbeat(client, a["id"], token_a)).raise_for_status()
-    await register(client, b["id"])
+    await register(client, b["id"], token=b["connection"]["auth_token"])
     denied = [
         await client.get(f"/workspaces/{b['id']}/secrets/values", headers=bearer(token_a)),
         await client.get(f"/workspaces/{b['id']}/state", headers=bearer(token_a)),
@@ -113,8 +115,7 @@ async def test_token_of_one_workspace_never_touches_another(client: httpx.AsyncC
 
 
 async def test_secret_values_only_for_own_token(client: httpx.AsyncClient) -> None:
-    wid = (await create_external(client, secrets={"K": "v"}))["id"]
-    token = (await register(client, wid))["auth_token"]
+    wid, token = await joined(client, secrets={"K": "v"})
     assert (await client.get(f"/workspaces/{wid}/secrets/values", headers=ADMIN)).status_code == 401
     assert (await client.get(f"/workspaces/{wid}/secrets/values", headers=bearer(token))).json() == {"K": "v"}
     listed = (await client.get(f"/workspaces/{wid}/secrets", headers=ADMIN)).json()
@@ -122,13 +123,12 @@ async def test_secret_values_only_for_own_token(client: httpx.AsyncClient) -> No
 
 
 async def test_tokens_mint_list_revoke(client: httpx.AsyncClient) -> None:
-    wid, token = (await create_external(client))["id"], None
-    token = (await register(client, wid))["auth_token"]
+    wid, token = await joined(client)
     minted = await client.post(f"/workspaces/{wid}/tokens", headers=bearer(token))
     assert minted.status_code == 201
     second = minted.json()["auth_token"]
     listing = (await client.get(f"/workspaces/{wid}/tokens", headers=ADMIN)).json()
-    assert listing["count"] == 3  # connection token, register token, this one
+    assert listing["count"] == 2  # the connection block's token and this one
     assert all(len(t["prefix"]) == 8 and "auth_token" not in t for t in listing["tokens"])
     revoked = await client.delete(f"/workspaces/{wid}/tokens/{minted.json()['id']}", headers=bearer(token))
     assert revoked.json() == {"status": "revoked"}
@@ -153,10 +153,8 @@ async def test_a_busy_agent_that_still_makes_requests_stays_online(runner: BoxRu
     deadline = 2.0  # the agent's requests keep it at least 1.3 s ahead: room for a slow CI machine
     box = await runner.start(REMOTE_LIVENESS_STALE_AFTER=str(deadline))
     async with httpx.AsyncClient(base_url=box.urls[0], timeout=10) as client:
-        busy = (await create_external(client, "busy"))["id"]
-        busy_token = (await register(client, busy, url="remote://no-inbound"))["auth_token"]
-        silent = (await create_external(client, "silent"))["id"]
-        silent_token = (await register(client, silent, url="remote://no-inbound"))["auth_token"]
+        busy, busy_token = await joined(client, "busy", url="remote://no-inbound")
+        silent, silent_token = await joined(client, "silent", url="remote://no-inbound")
 
         async def workspace(wid: str) -> dict[str, object]:
             return dict((await client.get(f"/workspaces/{wid}", headers=ADMIN)).json())

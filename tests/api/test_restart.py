@@ -12,14 +12,13 @@ from pathlib import Path
 import httpx
 import trio
 
-from ..conftest import ADMIN, ADMIN_TOKEN, BoxRunner, bearer, create_external, register
+from ..conftest import ADMIN, ADMIN_TOKEN, BoxRunner, bearer, create_external, joined
 
 
 async def test_restart_keeps_state_and_rearms_deadlines(runner: BoxRunner) -> None:
     box = await runner.start(REMOTE_LIVENESS_STALE_AFTER="2")
     async with httpx.AsyncClient(base_url=box.urls[0], timeout=10) as client:
-        wid = (await create_external(client, "keeper", secrets={"API_KEY": "k1"}))["id"]
-        token = (await register(client, wid))["auth_token"]
+        wid, token = await joined(client, "keeper", secrets={"API_KEY": "k1"})
         beat = await client.post("/registry/heartbeat", json={"workspace_id": wid}, headers=bearer(token))
         assert beat.status_code == 200
         quiet = (await create_external(client, "quiet"))["id"]
@@ -77,8 +76,9 @@ async def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             await _wait_healthy(client)
-            created = [(await create_external(client, f"w{i}"))["id"] for i in range(5)]
-            token = (await register(client, created[0]))["auth_token"]
+            first = await create_external(client, "w0")
+            created = [first["id"], *[(await create_external(client, f"w{i}"))["id"] for i in range(1, 5)]]
+            token = first["connection"]["auth_token"]
             saved = await client.put(f"/workspaces/{created[0]}/secrets", json={"key": "S", "value": "1"},
                                      headers=ADMIN)
             assert saved.status_code == 200

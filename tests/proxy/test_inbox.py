@@ -10,13 +10,12 @@ import trio
 
 from molecule_box.proxy.service import BODY_LIMIT
 
-from ..conftest import ADMIN, bearer, create_external, joined, register
+from ..conftest import ADMIN, bearer, joined
 from .test_proxy import send_body
 
 
 async def _poller(client: httpx.AsyncClient) -> tuple[str, str]:
-    poller = (await create_external(client, "poller"))["id"]
-    return poller, (await register(client, poller, url="remote://no-inbound"))["auth_token"]
+    return await joined(client, "poller", url="remote://no-inbound")
 
 
 async def test_a_long_message_reaches_the_inbox_whole(client: httpx.AsyncClient) -> None:

@@ -25,9 +25,7 @@ def send_body(text: str = "hi", message_id: str | None = None, method: str = "me
 
 
 async def target(client: httpx.AsyncClient, agent: TestAgent, name: str = "target", **fields: Any) -> tuple[str, str]:
-    wid = (await create_external(client, name, **fields))["id"]
-    token = (await register(client, wid, url=agent.url))["auth_token"]
-    return wid, token
+    return await joined(client, name, url=agent.url, **fields)
 
 
 async def test_human_and_agent_callers(client: httpx.AsyncClient, agent: TestAgent) -> None:
@@ -248,8 +246,7 @@ async def test_full_queue_is_429_and_retries_still_find_their_row(runner: BoxRun
 
 
 async def test_poll_mode_inbox_without_self_echo(client: httpx.AsyncClient) -> None:
-    poller = (await create_external(client, "poller"))["id"]
-    token = (await register(client, poller, url="remote://no-inbound"))["auth_token"]
+    poller, token = await joined(client, "poller", url="remote://no-inbound")
     peer, peer_tok = await joined(client, "peer")
     sent = await client.post(f"/workspaces/{poller}/a2a", json=send_body("ping from peer"),
                              headers={"X-Workspace-ID": peer, **bearer(peer_tok)})
@@ -278,8 +275,7 @@ async def test_poll_mode_inbox_without_self_echo(client: httpx.AsyncClient) -> N
 async def test_pruned_cursor_is_410(box: Box, client: httpx.AsyncClient) -> None:
     from molecule_box.store import activity as activity_rows
 
-    poller = (await create_external(client, "poller"))["id"]
-    token = (await register(client, poller, url="remote://no-inbound"))["auth_token"]
+    poller, token = await joined(client, "poller", url="remote://no-inbound")
     for text in ("a", "b"):
         await client.post(f"/workspaces/{poller}/a2a", json=send_body(text), headers=ADMIN)
     rows = (await client.get(f"/workspaces/{poller}/activity?type=a2a_receive&since_id=0",

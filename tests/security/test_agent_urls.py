@@ -58,9 +58,10 @@ async def test_bad_agent_url_is_400_at_register_and_create_and_never_stored(clie
 
 async def test_ipv4_carried_in_ipv6_is_judged_as_that_ipv4(client: httpx.AsyncClient) -> None:
     """The test box lists 127.0.0.0/8, so NAT64 and 6to4 forms of 127.0.0.1 pass as 127.0.0.1 does."""
-    wid = (await create_external(client, "nat64"))["id"]
+    created = await create_external(client, "nat64")
+    wid, token = created["id"], created["connection"]["auth_token"]
     for url in ("http://[64:ff9b::7f00:1]:9/", "http://[2002:7f00:1::1]:9/"):
-        await register(client, wid, url=url)
+        await register(client, wid, url=url, token=token)
         assert (await client.get(f"/workspaces/{wid}", headers=ADMIN)).json()["url"] == url
 
 
@@ -102,8 +103,9 @@ async def test_tls_failure_to_an_agent_is_502_not_busy(client: httpx.AsyncClient
         url = await _untrusted_tls_agent(nursery, tmp_path)
     else:
         url = (await serve_agent(nursery, agent)).replace("http://", "https://")
-    wid = (await create_external(client, "tls-agent"))["id"]
-    await register(client, wid, url=url)
+    created = await create_external(client, "tls-agent")
+    wid, token = created["id"], created["connection"]["auth_token"]
+    await register(client, wid, url=url, token=token)
     sent = await client.post(f"/workspaces/{wid}/a2a", json=send_body("hello", "tls-1"), headers=ADMIN)
     assert sent.status_code == 502, sent.text  # before: 202 "workspace agent busy — message queued"
     assert "TLS handshake with the agent failed" in sent.json()["error"]

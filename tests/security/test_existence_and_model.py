@@ -1,4 +1,5 @@
-"""Issue #10 item 11 through the API: ``/registry/check-access`` tells no one which workspace ids exist, and
+"""Issue #10 item 11 through the API: ``/registry/check-access`` and a bearer-less register tell no one which
+workspace ids exist, and
 ``GET /workspaces/:id/model`` returns no secret value (the admin token reads secret values nowhere)."""
 
 from __future__ import annotations
@@ -41,6 +42,28 @@ async def test_check_access_answers_alike_for_unknown_and_forbidden(client: http
     assert await allowed(child) == await allowed(unknown) == {"allowed": False}
     admin = await check(child, other_root, ADMIN)
     assert admin.status_code == 200 and admin.json() == {"allowed": True}
+
+
+async def test_bearer_less_register_answers_alike_for_unknown_removed_and_closed(client: httpx.AsyncClient) -> None:
+    closed, closed_tok = await joined(client, "closed")
+    removed, removed_tok = await joined(client, "removed")
+    assert (await client.delete(f"/workspaces/{removed}", headers=ADMIN)).status_code == 200
+    unknown = str(uuid.uuid4())
+
+    async def register(wid: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        return await client.post("/registry/register", json={"id": wid, "url": "remote://no-inbound"},
+                                 headers=headers or {})
+
+    # Before: an unknown id got 404 {deleted: false}, a removed one 404 {deleted: true}, a known one 401.
+    for wid in (closed, removed, unknown):
+        refused = await register(wid)
+        assert (refused.status_code, refused.json()) == (401, {"error": "missing workspace auth token"})
+        foreign = await register(wid, bearer(closed_tok) if wid != closed else {"Authorization": "Bearer x"})
+        assert (foreign.status_code, foreign.json()) == (401, {"error": "invalid workspace auth token"})
+    # The admin, and the removed workspace's own (revoked) token, still learn that it is gone.
+    gone = await register(removed, bearer(removed_tok))
+    assert (gone.status_code, gone.json()["deleted"]) == (404, True)
+    assert (await register(unknown, ADMIN)).json() == {"error": "workspace not found", "deleted": False}
 
 
 async def test_get_model_returns_no_secret_value(client: httpx.AsyncClient) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import trio
 
-from ..conftest import ADMIN, BoxRunner, bearer, create_external, joined, register
+from ..conftest import ADMIN, BoxRunner, bearer, joined
 from ..proxy.agents import TestAgent, serve_agent
 from ..proxy.test_proxy import send_body
 
@@ -53,8 +53,7 @@ async def test_finished_rows_are_deleted_after_their_retention(runner: BoxRunner
     agent.url = await serve_agent(nursery, agent)
     box = await runner.start()
     async with httpx.AsyncClient(base_url=box.urls[0], timeout=10) as client:
-        worker = (await create_external(client, "worker"))["id"]
-        first = (await register(client, worker, url=agent.url))["auth_token"]
+        worker, first = await joined(client, "worker", url=agent.url)
         boss, boss_tok = await joined(client, "boss")
         caller = {"X-Workspace-ID": boss, **bearer(boss_tok)}
         done = (await client.post(f"/workspaces/{worker}/delegate", json={"task": "t1"}, headers=caller)).json()
@@ -90,22 +89,6 @@ async def test_finished_rows_are_deleted_after_their_retention(runner: BoxRunner
             [(pending["delegation_id"], "queued"), ("m-later", "queued")])
         beat = await client.post("/registry/heartbeat", json={"workspace_id": worker}, headers=bearer(token))
         assert beat.status_code == 200, beat.text  # the live token works
-
-
-async def test_a_workspaces_newest_token_row_is_kept(runner: BoxRunner) -> None:
-    """A workspace whose tokens were all revoked keeps its newest row: "it has had a token" stays true."""
-    box = await runner.start()
-    async with httpx.AsyncClient(base_url=box.urls[0], timeout=10) as client:
-        wid, _ = await joined(client, "revoked")
-        for row in (await client.get(f"/workspaces/{wid}/tokens", headers=ADMIN)).json()["tokens"]:
-            assert (await client.delete(f"/workspaces/{wid}/tokens/{row['id']}", headers=ADMIN)).status_code == 200
-        assert _count(runner, "SELECT count(*) FROM tokens WHERE workspace_id = ?", wid) >= 2
-    await runner.stop()
-    box = await runner.start(**TINY)
-    with trio.fail_after(5):
-        while _count(runner, "SELECT count(*) FROM events"):
-            await trio.sleep(0.02)
-    assert _count(runner, "SELECT count(*) FROM tokens WHERE workspace_id = ?", wid) == 1
 
 
 async def test_metrics_show_the_store_size(box: Any, client: httpx.AsyncClient) -> None:
