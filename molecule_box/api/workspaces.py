@@ -75,6 +75,20 @@ def platform_url_for_agents() -> str:
     return configured or request.host_url.rstrip("/")
 
 
+#: Where the platform SDK keeps a workspace's token (RemoteAgentClient's default token_dir).
+TOKEN_FILE = "~/.molecule/<workspace id>/.auth_token"
+#: What an agent author needs next: the SDK's loop (heartbeat, inbox poll, state poll) with a handler.
+AGENT_LOOP = (
+    "\n"
+    "def handle(message, client):\n"
+    "    # Each message sent to this agent; a returned string is sent back as the reply.\n"
+    "    return f'echo: {message.text}'\n"
+    "\n"
+    "# Heartbeats every 30 s and polls for messages every 5 s; returns once the workspace is paused or deleted.\n"
+    "client.run_agent_loop(handle)\n"
+)
+
+
 def connection_block(wid: str, token: str | None, bootstrap_expires_at: float | None = None) -> dict[str, Any]:
     """What the operator hands to the agent. With a token (the default) both snippets send it from
     ``$MOLECULE_TOKEN``: the SDK's register sends no bearer of its own, so the snippet gives it a session
@@ -91,6 +105,11 @@ def connection_block(wid: str, token: str | None, bootstrap_expires_at: float | 
         "auth_token": token or "",
         "registry_endpoint": f"{base}/registry/register",
         "heartbeat_endpoint": f"{base}/registry/heartbeat",
+        # molecule-box addition: an agent without the SDK heartbeats with this every 30 s.
+        "curl_heartbeat_template": (
+            f"curl -fsS -X POST {base}/registry/heartbeat -H 'Content-Type: application/json' "
+            f'-H "Authorization: Bearer $MOLECULE_TOKEN" -d \'{json.dumps({"workspace_id": wid})}\''
+        ),
     }
     if token is None:
         block.update(
@@ -99,7 +118,8 @@ def connection_block(wid: str, token: str | None, bootstrap_expires_at: float | 
             python_snippet=(
                 "from molecule_agent import RemoteAgentClient\n"
                 f"{client})\n"
-                "client.register()  # the first register mints the token; the SDK keeps it in ~/.molecule/\n"
+                f"client.register()  # the first register mints the token; the SDK keeps it in {TOKEN_FILE}\n"
+                f"{AGENT_LOOP}"
             ),
         )
         return block
@@ -113,8 +133,9 @@ def connection_block(wid: str, token: str | None, bootstrap_expires_at: float | 
             "session = requests.Session()\n"
             "session.headers['Authorization'] = f'Bearer {token}'  # the SDK's register sends none of its own\n"
             f"{client}, session=session)\n"
-            "client.save_token(token)  # cached in ~/.molecule/<workspace id>/ for the SDK's later calls\n"
+            f"client.save_token(token)  # kept in {TOKEN_FILE} (0600) for the SDK's later calls\n"
             "client.register()\n"
+            f"{AGENT_LOOP}"
         ),
     )
     return block
