@@ -7,7 +7,7 @@ What one run measures, and why:
    body and returns a constant ``{"status":"ok"}``, driven by ``wrk`` with the same heartbeat-sized POST
    and bearer header. This is what the stack itself can do on this machine today; absolute figures
    drift with the machine's load, so the heartbeat rate is also given as a ratio to it
-   (``/work/shared/reference/perf-notes.md``). Ceiling runs are interleaved with the box's runs.
+   (``bench/README.md``, "What this stack reaches"). Ceiling runs are interleaved with the box's runs.
 2. **Workspaces.** The box (``python -m molecule_box run``, fresh data dir) gets N external workspaces
    through ``POST /workspaces``; each agent then registers (``remote://no-inbound``) so it is ``online``
    and has a heartbeat deadline armed, as a real agent would. Both rates are reported.

@@ -5,7 +5,8 @@ default, parser and help text. The same table validates the environment,
 documents it (``docs/configuration.md`` and ``systemd/molecule-box.env.example``
 are checked against it by a test) and reports *every* bad value at once, so an
 operator fixes a broken env file in one pass instead of one restart per typo.
-Names follow the platform's (``../shared/reference/platform-api.md`` §10).
+Names follow the platform's where it has the setting, so an env file written for the platform keeps its meaning
+here.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Why not httpx here: on the A2A hot path httpx caps the proxy at about 0.3 of
 the server's ceiling whatever its pool size (its pool does bookkeeping over
 every connection on each request), while a LIFO pool of trio streams with h11
-reaches 0.7-0.8, and parsing only what is needed 0.83 (reference perf-notes).
+reaches 0.7-0.8, and parsing only what is needed 0.83 (bench/README.md, "What this stack reaches").
 So the request is written by hand (head and body in one send) and a reply
 with a Content-Length is framed here; anything else (chunked, close-delimited,
 1xx, 204/304, an unusual head) is handed to h11 from its first byte. httpx
