@@ -1,12 +1,14 @@
 """Docker workspaces reach the box with the defaults (issue #11 item 4), against a real engine and the test image.
 
 With ``WORKSPACE_NETWORK=host`` and no ``PLATFORM_URL`` a workspace comes online; a bridge network that cannot
-reach a loopback-only box is refused at start, in one line naming the settings.
+reach a loopback-only box is refused at start, in one line naming the settings; ``molecule-box doctor`` fetches
+``PLATFORM_URL`` from a real container on the configured network and fails when nothing answers there.
 Everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -79,3 +81,41 @@ async def test_docker_backend_loaded_at_first_use_answers_503(runner: BoxRunner)
                                      headers=ADMIN)
     assert response.status_code == 503, response.text
     assert response.json()["code"] == "backend_misconfigured" and "WORKSPACE_NETWORK=host" in response.json()["error"]
+
+
+def _platform_check(data: Path, port: int, **extra: str) -> tuple[int, dict[str, str]]:
+    done = cli("doctor", "--json", env=_doctor_env(data, port, **extra), timeout=120)
+    found = [c for c in json.loads(done.stdout)["checks"] if c["check"] == "platform url"]
+    assert len(found) == 1, done.stdout + done.stderr
+    return done.returncode, found[0]
+
+
+async def test_doctor_reaches_the_running_box_from_a_container(runner: BoxRunner, tmp_path: Path) -> None:
+    port = free_port()
+    env = docker_env(port, WORKSPACE_NETWORK="host")
+    del env["PLATFORM_URL"]
+    box = await runner.start(**env)
+    try:
+        code, found = await trio.to_thread.run_sync(_platform_check, tmp_path / "doctor", port)
+    finally:
+        await runner.stop()
+        await trio.to_thread.run_sync(remove_box, box.box_id)
+    assert found["status"] == "ok", found
+    assert f"reached PLATFORM_URL=http://127.0.0.1:{port}" in found["message"] and "not running" not in found["message"]
+    assert docker("ps", "-aq", "--filter", "label=molecule-box.doctor=true").split() == []  # removed again
+
+
+async def test_doctor_answers_for_a_box_that_is_not_running(tmp_path: Path) -> None:
+    code, found = await trio.to_thread.run_sync(_platform_check, tmp_path / "data", free_port())
+    assert code == 0 and found["status"] == "ok", found
+    assert "it is not running" in found["message"]
+
+
+async def test_doctor_fails_when_platform_url_does_not_answer(tmp_path: Path) -> None:
+    closed = free_port()
+    code, found = await trio.to_thread.run_sync(
+        lambda: _platform_check(tmp_path / "data", free_port(), PLATFORM_URL=f"http://127.0.0.1:{closed}"))
+    assert code == 1 and found["status"] == "fail", found
+    assert f"cannot reach PLATFORM_URL=http://127.0.0.1:{closed}" in found["message"]
+    assert "refused" in found["message"].lower() and "PLATFORM_URL" in found["fix"]
+    assert docker("ps", "-aq", "--filter", "label=molecule-box.doctor=true").split() == []
