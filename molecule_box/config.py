@@ -179,7 +179,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Backend for non-external workspaces (an installed molecule_box.backends entry point)."),
     Setting("org_id", "MOLECULE_ORG_ID", _str, None, "When set, non-external workspaces default to the controlplane backend, as on the platform."),
     Setting("platform_url", "PLATFORM_URL", _url, None,
-            "URL of this box as workloads reach it. Default: http://host.docker.internal:<PORT>."),
+            "URL of this box as workloads reach it. Default: http://<BIND_ADDR>:<PORT> (127.0.0.1 for 0.0.0.0); "
+            "on a bridge network with BIND_ADDR 0.0.0.0, http://host.docker.internal:<PORT>. A loopback BIND_ADDR "
+            "cannot be reached from a bridge network: the docker backend then refuses to start (docs/docker.md)."),
     Setting("external_platform_url", "EXTERNAL_PLATFORM_URL", _url, None,
             "URL of this box shown to remote agents in connection snippets. Default: the request's own scheme and host."),
     Setting("remote_liveness_stale_after", "REMOTE_LIVENESS_STALE_AFTER", _positive_float, 90.0,
@@ -270,6 +272,36 @@ def markdown_table() -> str:
         default = "" if s.default in (None, ()) else f"`{s.default}`"
         rows.append(f"| `{s.env}` | {default} | {s.help} |")
     return "\n".join(rows)
+
+
+def bind_scope(bind_addr: str) -> tuple[str, str]:
+    """Where ``BIND_ADDR`` listens: ("loopback" | "any" | "address", the address as a URL's host)."""
+    host = bind_addr.strip().strip("[]")
+    if host == "localhost":
+        return "loopback", "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return "address", host  # a host name: taken as it is
+    url_host = f"[{ip}]" if ip.version == 6 else str(ip)
+    if ip.is_loopback:
+        return "loopback", url_host
+    if ip.is_unspecified:
+        return "any", "127.0.0.1"
+    return "address", url_host
+
+
+def default_platform_url(network: str, bind_addr: str, port: int) -> str:
+    """``PLATFORM_URL`` when unset: where a container on ``network`` reaches a box listening on ``bind_addr``.
+
+    A host-network container shares the host's addresses, loopback included. A bridge one reaches the host
+    only at one of its other addresses, and ``host.docker.internal`` (the engine's host gateway) is the one
+    that needs no configuration when the box listens on every address; with a loopback-only box no URL works
+    there, and the docker backend refuses to start (``backends.docker.spec.reach_problem``)."""
+    scope, host = bind_scope(bind_addr)
+    if network != "host" and scope != "address":
+        host = "host.docker.internal"
+    return f"http://{host}:{port}"
 
 
 def _default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -393,7 +425,8 @@ class Settings:
         if parsed["data_dir"] is None:
             parsed["data_dir"] = _default_data_dir(environ)
         if parsed["platform_url"] is None:
-            parsed["platform_url"] = f"http://host.docker.internal:{parsed['port'] or 8080}"
+            parsed["platform_url"] = default_platform_url(parsed["workspace_network"], parsed["bind_addr"],
+                                                          parsed["port"] or 8080)
         return cls(**parsed)
 
     @classmethod

@@ -29,6 +29,8 @@ def make_settings(data_dir: Path, **env: str) -> Settings:
         "ADMIN_TOKEN": ADMIN_TOKEN,
         "MOLECULE_BOX_ALLOW_AGENT_NETWORKS": "127.0.0.0/8",
         "MOLECULE_BOX_SHUTDOWN_GRACE": "2",
+        # A loopback-only box's docker backend refuses a bridge network its containers could not reach from.
+        "WORKSPACE_NETWORK": "host",
     }
     values.update(env)
     return Settings.from_mapping(values, environ={})

@@ -22,6 +22,22 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.default_backend == "docker"
 
 
+@pytest.mark.parametrize(("network", "bind", "url"), [
+    ("host", "127.0.0.1", "http://127.0.0.1:8080"),
+    ("host", "0.0.0.0", "http://127.0.0.1:8080"),
+    ("host", "::1", "http://[::1]:8080"),
+    ("host", "10.0.0.5", "http://10.0.0.5:8080"),
+    ("molecule-box", "0.0.0.0", "http://host.docker.internal:8080"),
+    ("molecule-box", "127.0.0.1", "http://host.docker.internal:8080"),  # refused by the docker backend
+    ("molecule-box", "10.0.0.5", "http://10.0.0.5:8080"),
+])
+def test_default_platform_url_is_where_containers_reach_the_box(network: str, bind: str, url: str) -> None:
+    settings = Settings.from_mapping({"WORKSPACE_NETWORK": network, "BIND_ADDR": bind}, environ={})
+    assert settings.platform_url == url
+    given = Settings.from_mapping({"WORKSPACE_NETWORK": network, "PLATFORM_URL": "https://box.example/"}, environ={})
+    assert given.platform_url == "https://box.example"
+
+
 def test_systemd_state_directory_wins_over_xdg() -> None:
     settings = Settings.from_mapping({}, environ={"STATE_DIRECTORY": "/var/lib/molecule-box:/x", "XDG_DATA_HOME": "/y"})
     assert settings.data_dir == Path("/var/lib/molecule-box")

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException as WerkzeugHTTPException
 
-from ..errors import BadRequest, HTTPError, PayloadTooLarge
+from ..errors import BadRequest, ConfigError, HTTPError, PayloadTooLarge
 from ..schemas import describe_error
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, s
             return status, too_large.body(), too_large.headers
         return status, {"error": (exc.description or exc.name).rstrip(".").lower()
                         if status != 404 else "not found"}, {}
+    if isinstance(exc, ConfigError):  # a backend loaded at its first use refused the box's settings
+        return 503, {"error": "; ".join(exc.problems), "code": "backend_misconfigured"}, {}
     if isinstance(exc, (UnicodeDecodeError, json.JSONDecodeError)):
         return 400, BadRequest("invalid JSON body").body(), {}
     log.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))

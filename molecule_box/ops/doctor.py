@@ -3,26 +3,32 @@
 Why one command: a box that will not start (or starts and cannot reach
 Docker) fails for one of a handful of reasons, and the error the box itself
 prints names only the first. The doctor runs every check, never stops at the
-first failure, changes nothing (the one exception: SQLite's ``-wal``/``-shm``
-beside a store it reads, given back to the data dir's owner), and never prints
-a secret value.
+first failure, changes nothing (the exceptions: SQLite's ``-wal``/``-shm``
+beside a store it reads, given back to the data dir's owner, and the
+short-lived container that tries ``PLATFORM_URL``, removed again), and never
+prints a secret value.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
 import socket
 import sqlite3
 import stat
 import tempfile
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 
+from ..backends.docker import spec as sp
 from ..config import Settings, parse_encryption_key, read_env_file
 from ..errors import ConfigError
 from ..security.crypto import KEY_FILE, DecryptError, SecretBox, secret_aad
@@ -251,32 +257,41 @@ def _box_health(addr: str, port: int) -> dict[str, Any] | None:
     return body if isinstance(body, dict) and "box_id" in body and "schema_version" in body else None
 
 
+def _engine(ctx: Context) -> tuple[str, httpx.Client | None]:
+    """``DOCKER_HOST`` (or the local socket) and a client for its API; None for a scheme doctor does not speak."""
+    host = ctx.values.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if host.startswith(("unix://", "/")):
+        transport = httpx.HTTPTransport(uds=host.removeprefix("unix://"))
+        return host, httpx.Client(base_url="http://docker", transport=transport, timeout=3)
+    if host.startswith("tcp://"):
+        return host, httpx.Client(base_url="http://" + host.removeprefix("tcp://"), timeout=3)
+    return host, None
+
+
+def _connect(host: str) -> None:
+    """Connect to a socket engine once by hand (OSError if it is not there): clearer errors, and httpcore leaks a
+    failed uds socket."""
+    if host.startswith(("unix://", "/")):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(3)
+            probe.connect(host.removeprefix("unix://"))
+
+
 def check_docker(ctx: Context) -> list[Finding]:
     needed = ctx.settings.default_backend == "docker"
     bad: Status = "fail" if needed else "warn"
     why = ("CONTAINER_BACKEND=docker: container workspaces cannot start" if needed
            else f"only needed for CONTAINER_BACKEND=docker (now {ctx.settings.default_backend})")
-    host = ctx.values.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    if host.startswith(("unix://", "/")):
-        path = host.removeprefix("unix://")
-        transport: httpx.HTTPTransport | None = httpx.HTTPTransport(uds=path)
-        base = "http://docker"
-    elif host.startswith("tcp://"):
-        transport, base = None, "http://" + host.removeprefix("tcp://")
-    else:
+    host, client = _engine(ctx)
+    if client is None:
         return [Finding("docker", "warn", f"DOCKER_HOST={host}: this scheme is not checked by doctor")]
     try:
-        if transport is not None:  # connect once by hand: clearer errors, and httpcore leaks a failed uds socket
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                probe.settimeout(3)
-                probe.connect(path)
-        with httpx.Client(base_url=base, transport=transport, timeout=3) as client:
+        with client:
+            _connect(host)
             ping = client.get("/_ping")
             ping.raise_for_status()
             version = client.get("/version").json()
     except (OSError, httpx.HTTPError, ValueError) as exc:
-        if transport is not None:
-            transport.close()
         cause = exc.__cause__ or exc.__context__ or exc
         fix: str | None
         if isinstance(exc, PermissionError) or isinstance(cause, PermissionError):
@@ -288,6 +303,165 @@ def check_docker(ctx: Context) -> list[Finding]:
         return [Finding("docker", bad, f"no Docker engine at {host} ({detail}); {why}", fix)]
     return [Finding("docker", "ok", f"Docker {version.get('Version', '?')} (API {version.get('ApiVersion', '?')}) "
                     f"at {host}")]
+
+
+#: What the probe container runs: fetch ``$PLATFORM_URL/health`` as an agent's first request would, with the
+#: image's python3, else curl or wget; print the answer (or the error) for doctor to read.
+_FETCH = (
+    'import os,sys,urllib.request as r\n'
+    'try:\n'
+    '    print(r.urlopen(os.environ["PLATFORM_URL"]+"/health",timeout=5).read(4000).decode(errors="replace"))\n'
+    'except Exception as e:\n'
+    '    print("error: %s" % e)\n'
+    '    sys.exit(1)\n'
+)
+PROBE_SHELL = (
+    f"if command -v python3 >/dev/null 2>&1; then exec python3 -c '{_FETCH}'; "
+    'elif command -v curl >/dev/null 2>&1; then exec curl -fsS --max-time 5 "$PLATFORM_URL/health"; '
+    'elif command -v wget >/dev/null 2>&1; then exec wget -qO- -T 5 "$PLATFORM_URL/health"; '
+    'else echo "error: the image has none of python3, curl and wget"; exit 3; fi'
+)
+#: Longest the probe container may take, from create to exit.
+PROBE_TIMEOUT = 60.0
+REACH_FIX = ("set PLATFORM_URL to an address of this host that containers on WORKSPACE_NETWORK reach and the box "
+             "listens on (BIND_ADDR), or unset it for the default; with WORKSPACE_NETWORK=host the default "
+             "(http://127.0.0.1:<PORT>) needs no change (docs/docker.md)")
+
+
+class _NotChecked(Exception):
+    """The probe could not run (no engine, no image, no network yet): a warning with its fix, not a failure."""
+
+    def __init__(self, message: str, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+def check_platform_url(ctx: Context) -> list[Finding]:
+    """Fetch ``PLATFORM_URL``/health from a short-lived container of the workspace image on ``WORKSPACE_NETWORK``:
+    the request every workspace's agent makes first, over the same network path. When it fails, workspaces stay
+    ``provisioning`` until their deadline, and nothing else tells why."""
+    settings = ctx.settings
+    if settings.default_backend != "docker":
+        return []
+    url, network = settings.platform_url, settings.workspace_network
+    problem = sp.reach_problem(settings)
+    if problem is not None:
+        return [Finding("platform url", "fail", problem, "docs/docker.md (Networks) compares the choices")]
+    runtime = next((name for name in settings.allowed_runtimes.split(",") if name != "external"), None)
+    if runtime is None:
+        return []
+    image = sp.image_ref(settings, runtime)
+    host, client = _engine(ctx)
+    try:
+        if client is None:
+            raise _NotChecked(f"DOCKER_HOST={host}: this scheme is not checked by doctor")
+        with client, _stand_in(settings) as stand_in:
+            code, output = _probe(client, host, image, settings)
+    except _NotChecked as exc:
+        return [Finding("platform url", "warn", f"not checked from a container: {exc}", exc.fix)]
+    where = f"a container of {image} on WORKSPACE_NETWORK={network}"
+    try:
+        answer = json.loads(output)
+    except ValueError:
+        answer = None
+    if code == 0 and isinstance(answer, dict) and "box_id" in answer:
+        note = (f" (doctor answered for the box on BIND_ADDR={settings.bind_addr}, PORT={settings.port}: it is not "
+                "running)" if stand_in else "")
+        return [Finding("platform url", "ok", f"{where} reached PLATFORM_URL={url}{note}")]
+    said = (output.strip().splitlines() or [f"exit code {code}"])[-1][:300]
+    if code == 0:
+        said = f"it answered, but not as a molecule-box: {said}"
+    return [Finding("platform url", "fail", f"{where} cannot reach PLATFORM_URL={url} ({said}): workspaces would "
+                    "stay provisioning until their deadline", REACH_FIX)]
+
+
+def _probe(client: httpx.Client, host: str, image: str, settings: Settings) -> tuple[int, str]:
+    """Run the probe container to its end and remove it; (exit code, output)."""
+    try:
+        _connect(host)
+        client.get("/_ping").raise_for_status()
+    except (OSError, httpx.HTTPError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise _NotChecked(f"no Docker engine at {host} ({detail})") from None
+    if client.get(f"/images/{image}/json").status_code == 404:
+        raise _NotChecked(f"the image {image} is not on the engine (the box pulls it at the first workspace start)",
+                          f"docker pull {image}, then run doctor again")
+    host_network = settings.workspace_network == sp.HOST_NETWORK
+    if not host_network and client.get(f"/networks/{settings.workspace_network}").status_code == 404:
+        raise _NotChecked(f"the network {settings.workspace_network} does not exist yet (the box creates it at the "
+                          "first workspace start)", "start one docker workspace, then run doctor again")
+    body: dict[str, Any] = {
+        "Image": image, "Entrypoint": ["/bin/sh", "-c"], "Cmd": [PROBE_SHELL], "Tty": True,
+        "Env": [f"PLATFORM_URL={settings.platform_url}"], "Labels": {"molecule-box.doctor": "true"},
+        "HostConfig": {"NetworkMode": settings.workspace_network,
+                       **({} if host_network else {"ExtraHosts": list(sp.EXTRA_HOSTS)})},
+    }
+    created = client.post("/containers/create", json=body, timeout=PROBE_TIMEOUT)
+    if created.status_code >= 400:
+        raise _NotChecked(f"the engine refused the probe container ({_engine_message(created)})")
+    container = created.json()["Id"]
+    try:
+        started = client.post(f"/containers/{container}/start", timeout=PROBE_TIMEOUT)
+        if started.status_code >= 400:
+            raise _NotChecked(f"the engine could not start the probe container ({_engine_message(started)})")
+        code = int(client.post(f"/containers/{container}/wait", timeout=PROBE_TIMEOUT).json()["StatusCode"])
+        output = client.get(f"/containers/{container}/logs", params={"stdout": 1, "stderr": 1}).text
+    except httpx.TimeoutException:
+        raise _NotChecked(f"the probe container did not finish within {PROBE_TIMEOUT:g}s") from None
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        raise _NotChecked(f"the engine stopped answering as expected ({type(exc).__name__}: {exc})") from None
+    finally:
+        try:
+            client.delete(f"/containers/{container}", params={"force": "true"}, timeout=PROBE_TIMEOUT)
+        except httpx.HTTPError:
+            pass  # labelled molecule-box.doctor=true: `docker rm` it by hand
+    return code, output
+
+
+def _engine_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("message") or response.status_code)
+    except ValueError:
+        return str(response.status_code)
+
+
+class _StandInHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        found = self.path.split("?")[0] == "/health"
+        body = json.dumps({"status": "ok", "box_id": "doctor"} if found else {"error": "not found"}).encode()
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def _stand_in(settings: Settings) -> Iterator[bool]:
+    """Answer ``/health`` on BIND_ADDR:PORT while the box is not running there, so the probe tells before the
+    first start whether containers will reach the box (True while it answers). A port that is taken is left to
+    whoever holds it (``check_port`` says who)."""
+    if settings.port == 0:
+        yield False
+        return
+    server_class = type("StandIn", (ThreadingHTTPServer,), {
+        "address_family": socket.AF_INET6 if ":" in settings.bind_addr else socket.AF_INET})
+    try:
+        server = server_class((settings.bind_addr, settings.port), _StandInHandler)
+    except OSError:
+        yield False
+        return
+    thread = threading.Thread(target=server.serve_forever, name="doctor-stand-in", daemon=True)
+    thread.start()
+    try:
+        yield True
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def check_backends(ctx: Context) -> list[Finding]:
@@ -336,7 +510,8 @@ def check_unit(ctx: Context) -> list[Finding]:
 
 
 CHECKS: tuple[Callable[[Context], list[Finding]], ...] = (
-    check_data_dir, check_store, check_secrets_key, check_port, check_docker, check_backends, check_unit,
+    check_data_dir, check_store, check_secrets_key, check_port, check_docker, check_platform_url, check_backends,
+    check_unit,
 )
 
 

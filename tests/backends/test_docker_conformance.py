@@ -26,6 +26,7 @@ def _docker_backend() -> Any:
 class TestDockerBackendHostNetwork(BackendConformance):
     spec_overrides: ClassVar[dict[str, Any]] = {"runtime": RUNTIME}
     network = "host"
+    settings_extra: ClassVar[dict[str, str]] = {}
 
     @pytest.fixture
     def backend_factory(self) -> Any:
@@ -36,7 +37,7 @@ class TestDockerBackendHostNetwork(BackendConformance):
         return Settings.from_mapping({
             "MOLECULE_BOX_DATA": str(tmp_path), "ADMIN_TOKEN": "conformance-admin-token",
             "WORKSPACE_IMAGE_PREFIX": IMAGE_PREFIX, "WORKSPACE_NETWORK": self.network,
-            "WORKSPACE_PORT_RANGE": port_range(),
+            "WORKSPACE_PORT_RANGE": port_range(), **self.settings_extra,
         }, environ={})
 
     @pytest.fixture(autouse=True)
@@ -47,3 +48,6 @@ class TestDockerBackendHostNetwork(BackendConformance):
 
 class TestDockerBackendBridgeNetwork(TestDockerBackendHostNetwork):
     network = "molecule-box-test"
+    # No box listens here and the kit's workloads never call one, but a bridge network needs a PLATFORM_URL its
+    # containers could reach (a loopback-only box's default is refused): an address of TEST-NET-1.
+    settings_extra: ClassVar[dict[str, str]] = {"PLATFORM_URL": "http://192.0.2.1:8080"}

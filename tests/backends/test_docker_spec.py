@@ -103,6 +103,24 @@ def test_labels_env_and_networks() -> None:
     assert "Hostname" not in on_host and "NetworkingConfig" not in on_host
 
 
+@pytest.mark.parametrize(("env", "named"), [
+    ({}, "BIND_ADDR=127.0.0.1"),  # the defaults: a bridge network and a loopback-only box
+    ({"PLATFORM_URL": "http://127.0.0.1:8080", "BIND_ADDR": "0.0.0.0"}, "own loopback"),
+    ({"WORKSPACE_NETWORK": "host", "PLATFORM_URL": "http://host.docker.internal:8080"}, "does not resolve"),
+    ({"WORKSPACE_NETWORK": "host", "BIND_ADDR": "10.0.0.5", "PLATFORM_URL": "http://localhost:8080"}, "BIND_ADDR"),
+    ({"WORKSPACE_NETWORK": "host"}, None),
+    ({"BIND_ADDR": "0.0.0.0"}, None),
+    ({"BIND_ADDR": "10.0.0.5"}, None),
+    ({"PLATFORM_URL": "https://box.example.com"}, None),
+])
+def test_reach_problem_names_the_settings(env: dict[str, str], named: str | None) -> None:
+    problem = sp.reach_problem(settings(**env))
+    if named is None:
+        assert problem is None
+    else:
+        assert problem is not None and named in problem and "PLATFORM_URL=" in problem and "\n" not in problem
+
+
 def test_health_check_unless_the_image_has_its_own() -> None:
     check = config(2, WORKSPACE_HEALTHCHECK_INTERVAL="2")["Healthcheck"]
     assert check["Test"][0] == "CMD-SHELL" and check["Interval"] == 2_000_000_000 and check["Retries"] == 3

@@ -29,3 +29,17 @@ async def test_box_serves_and_workspaces_wait_for_the_engine(runner: BoxRunner) 
         assert not backend.connected  # type: ignore[attr-defined]
         # Delete still answers at once; the cleanup is retried by the actor until the engine is back.
         assert (await client.delete(f"/workspaces/{wid}?confirm=true", headers=ADMIN)).status_code == 200
+
+
+async def test_without_an_engine_a_bridge_network_that_cannot_reach_the_box_refuses_workspaces(
+        runner: BoxRunner) -> None:
+    """No engine to run containers: the box starts (external agents need none), docker workspaces are refused."""
+    await runner.start(CONTAINER_BACKEND="docker", DOCKER_HOST="unix:///nonexistent/docker.sock",
+                       WORKSPACE_IMAGE_PREFIX=IMAGE_PREFIX, WORKSPACE_NETWORK="molecule-box")
+    async with httpx.AsyncClient(base_url=runner.url, timeout=10) as client:
+        response = await client.post("/workspaces", json={"name": "w", "runtime": RUNTIME}, headers=ADMIN)
+        assert response.status_code == 400, response.text
+        assert response.json()["code"] == "workload_refused"
+        assert "BIND_ADDR=127.0.0.1" in response.json()["error"] and "WORKSPACE_NETWORK=host" in response.json()["error"]
+        external = await client.post("/workspaces", json={"name": "x", "external": True}, headers=ADMIN)
+        assert external.status_code == 201, external.text

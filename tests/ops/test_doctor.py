@@ -132,3 +132,19 @@ def test_newer_schema_fails_with_its_fix(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version = 999")
     store = [f for f in doctor.diagnose(None, box_env(data, 0)) if f.check == "store"][0]
     assert store.status == "fail" and "newer" in store.message and "upgrade" in (store.fix or "")
+
+
+def test_platform_url_unreachable_from_a_bridge_network_fails_without_an_engine(tmp_path: Path) -> None:
+    """The default bridge network cannot reach a loopback-only box: said from the settings alone, with its fix."""
+    env = box_env(tmp_path / "data", 8080, CONTAINER_BACKEND="docker")
+    env.pop("WORKSPACE_NETWORK", None)
+    env.pop("PLATFORM_URL", None)
+    found = [f for f in doctor.diagnose(None, env) if f.check == "platform url"]
+    assert [f.status for f in found] == ["fail"]
+    for setting in ("WORKSPACE_NETWORK=molecule-box", "BIND_ADDR=127.0.0.1",
+                    "PLATFORM_URL=http://host.docker.internal:8080", "WORKSPACE_NETWORK=host"):
+        assert setting in found[0].message
+    # On the host network the default works; with no engine at DOCKER_HOST it is not tried (a warning).
+    env["WORKSPACE_NETWORK"] = "host"
+    found = [f for f in doctor.diagnose(None, env) if f.check == "platform url"]
+    assert [f.status for f in found] == ["warn"] and "no Docker engine" in found[0].message

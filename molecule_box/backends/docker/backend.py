@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from ... import __version__
-from ...errors import BackendError
+from ...errors import BackendError, ConfigError
 from ..base import (
     BackendContext,
     BackendEvent,
@@ -63,6 +63,8 @@ DESTROY_GRACE = 10.0
 START_RETRY_EVERY = 5.0
 #: Server errors (5xx) a start retries while the engine keeps answering, before it fails the workspace.
 START_SERVER_ERRORS = 2
+#: How long the start-up refusal waits for the engine to say it is there.
+REACH_CHECK_DEADLINE = 5.0
 #: How long an image lookup is trusted (a removed image is noticed at create and looked up again).
 IMAGE_CACHE_SECONDS = 60.0
 
@@ -101,16 +103,29 @@ class DockerBackend(BaseBackend):
                             logs=True, events=True)
 
     def admit(self, *, runtime: str, tier: int) -> None:
-        """Refuse a runtime outside ``ALLOWED_RUNTIMES`` at create time (the API answers 400)."""
+        """Refuse a runtime outside ``ALLOWED_RUNTIMES``, or any workspace when its container could not reach the
+        box, at create time (the API answers 400) and at every start (the workspace fails with the reason)."""
         allowed = self.settings.allowed_runtime_names
         if runtime not in allowed:
             raise BackendError(f"runtime {runtime!r} is not allowed here (ALLOWED_RUNTIMES: "
                                f"{', '.join(sorted(allowed - {'external'}))})")
+        problem = sp.reach_problem(self.settings)
+        if problem is not None:
+            raise BackendError(problem)
 
     # -- the engine connection ----------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the engine connection; refuse to start (ConfigError) when a reachable engine would run containers
+        that cannot reach the box. Without an engine the box still starts (external workspaces need none) and
+        ``admit`` refuses docker workspaces with the same reason."""
         async with open_client(self.settings.docker_host) as client:
+            problem = sp.reach_problem(self.settings)
+            if problem is not None:
+                with trio.move_on_after(REACH_CHECK_DEADLINE):
+                    if await self._engine_answers(client):
+                        raise ConfigError([problem])
+                log.warning("docker: %s; docker workspaces are refused until it is fixed", problem)
             self._client = client
             send, receive = trio.open_memory_channel[dict[str, Any]](math.inf)
             try:

@@ -15,7 +15,9 @@ import tarfile
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
+from ...config import bind_scope
 from ..base import WorkloadSpec
 
 #: Every container and volume the box creates carries these, so adoption and the orphan sweep are exact and
@@ -29,6 +31,9 @@ LABEL_PORT = "molecule-box.port"
 #: Port the agent listens on inside its own network namespace (bridge networks), as on the platform.
 AGENT_PORT = 8000
 HOST_NETWORK = "host"
+#: Resolves to the engine's host gateway in bridge-network containers (``ExtraHosts``), nowhere else.
+HOST_GATEWAY = "host.docker.internal"
+EXTRA_HOSTS = [f"{HOST_GATEWAY}:host-gateway"]
 MIB = 1024 * 1024
 TIER1_TMPFS = "rw,noexec,nosuid,size=64m"
 #: json-file rotation: a chatty agent cannot fill the disk (user asks #15).
@@ -56,6 +61,37 @@ HEALTHCHECK_SHELL = (
     'curl -fsS -o /dev/null --max-time 4 "http://127.0.0.1:${PORT:-8000}/.well-known/agent.json"; '
     "else exit 0; fi"
 )
+
+
+def reach_problem(settings: Any) -> str | None:
+    """Why a container on ``WORKSPACE_NETWORK`` cannot reach the box at ``PLATFORM_URL``, when the settings alone
+    tell (None: it may; ``molecule-box doctor`` tries it from a real container).
+
+    A workspace that cannot reach the box never registers: it stays ``provisioning`` until its deadline. So
+    the backend refuses to start with this (one line, naming the settings to change) instead."""
+    url = settings.platform_url
+    target = (urlsplit(url).hostname or "").lower()
+    scope, _ = bind_scope(settings.bind_addr)
+    loopback_url = bind_scope(target)[0] == "loopback"
+    network = settings.workspace_network
+    if network == HOST_NETWORK:
+        if target == HOST_GATEWAY:
+            return (f"PLATFORM_URL={url}: {HOST_GATEWAY} does not resolve on WORKSPACE_NETWORK=host; unset "
+                    "PLATFORM_URL (the default there is http://127.0.0.1:<PORT>) or point it at this host")
+        if loopback_url and scope == "address":
+            return (f"PLATFORM_URL={url} is a loopback address but the box listens only on BIND_ADDR="
+                    f"{settings.bind_addr}: unset PLATFORM_URL or point it at BIND_ADDR")
+        return None
+    if loopback_url:
+        return (f"PLATFORM_URL={url} is the container's own loopback on the bridge network WORKSPACE_NETWORK="
+                f"{network}: set WORKSPACE_NETWORK=host, or PLATFORM_URL to an address of this host the box "
+                "listens on (BIND_ADDR)")
+    if target == HOST_GATEWAY and scope != "any":
+        return (f"WORKSPACE_NETWORK={network} is a bridge network, and its containers cannot reach the box at "
+                f"PLATFORM_URL={url} while it listens only on BIND_ADDR={settings.bind_addr}: set "
+                "WORKSPACE_NETWORK=host, or BIND_ADDR=0.0.0.0 (behind a firewall), or PLATFORM_URL to an address "
+                "of this host the containers reach and BIND_ADDR to listen there")
+    return None
 
 
 def image_ref(settings: Any, runtime: str) -> str:
@@ -195,8 +231,8 @@ def container_config(
         body["Hostname"] = name
         body["ExposedPorts"] = {f"{AGENT_PORT}/tcp": {}}
         host["PortBindings"] = {f"{AGENT_PORT}/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
-        # The box's default PLATFORM_URL (http://host.docker.internal:PORT) must resolve on Linux too.
-        host["ExtraHosts"] = ["host.docker.internal:host-gateway"]
+        # The box's default PLATFORM_URL on a bridge (http://host.docker.internal:PORT) must resolve on Linux too.
+        host["ExtraHosts"] = list(EXTRA_HOSTS)
         body["NetworkingConfig"] = {"EndpointsConfig": {settings.workspace_network: {"Aliases": [name]}}}
     return body
 
