@@ -118,8 +118,10 @@ class A2AProxy:
     def request_drain(self, workspace_id: str) -> None:
         """A sign of spare capacity (a heartbeat, a register, a delegation): deliver the queue of ``workspace_id``
         at its agent's pace (see _drain). A drain that a failed delivery stopped goes on again."""
+        if not self.pending.get(workspace_id):  # every heartbeat asks: the common answer costs a dict lookup
+            return
         ws = self.box.supervisor.record(workspace_id)
-        if ws is None or not self.pending.get(workspace_id) or spare_capacity(ws) <= 0:
+        if ws is None or spare_capacity(ws) <= 0:
             return
         drain = self._drains.get(workspace_id)
         if drain is None:
@@ -476,7 +478,7 @@ class A2AProxy:
                 del self._drains[workspace_id]
 
     def _room(self, workspace_id: str, drain: _Drain) -> int:
-        """How many more messages may go out now. None once stopped, nor while a message that failed is not
+        """How many more messages may go out now: none once stopped, nor while a message that failed is not
         back in the queue yet (it goes out again before the ones behind it)."""
         ws = self.box.supervisor.record(workspace_id)
         if ws is None or drain.stopped or drain.settling or not self.pending.get(workspace_id):
@@ -501,11 +503,13 @@ class A2AProxy:
                 drain.running += 1
                 deliveries.start_soon(self._delivery, item, drain, sending)
                 await sending.wait()
-        except Exception:  # the store failed: stop until the next sign of capacity (a claimed row waits for start)
+        except Exception:  # the store failed: stop until the next sign of capacity (rows it claimed stay
+            # dispatched until the next start)
             log.exception("dispatching queued messages of %s failed", workspace_id)
             drain.stopped = True
 
     async def _unclaim(self, workspace_id: str, items: list[dict[str, Any]]) -> None:
+        """Claimed messages that were never sent go back to the queue as they were (no attempt used)."""
         finishes = [queue_rows.finish(item["id"], ok=False, busy=True, error=item["last_error"]) for item in items]
         await self.box.store.write(lambda db: [finish(db) for finish in finishes])
         self.pending[workspace_id] = self.pending.get(workspace_id, 0) + len(items)
