@@ -577,6 +577,34 @@ class Procs:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def start_box(procs: Procs, port: int, box_src: Path | None, **env: str) -> subprocess.Popen[bytes]:
+    """``python -m molecule_box run`` on a fresh data dir under the temp dir, listening on ``port`` (waited
+    for), from ``box_src`` when given (first on PYTHONPATH); ``env`` adds or overrides settings."""
+    full = dict(os.environ, PORT=str(port), BIND_ADDR=HOST, ADMIN_TOKEN=ADMIN_TOKEN,
+                MOLECULE_BOX_DATA=str(procs.tmp / "box-data"), MOLECULE_BOX_ALLOW_AGENT_NETWORKS="127.0.0.0/8",
+                CONTAINER_BACKEND="external", MOLECULE_BOX_SHUTDOWN_GRACE="2", **env)
+    if box_src:
+        full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(box_src.resolve()), full.get("PYTHONPATH")]))
+    # cwd outside the repo: `python -m` puts the cwd first on sys.path, which would shadow --box-src
+    box = procs.start("box", [sys.executable, "-m", "molecule_box", "run"], env=full, cwd=procs.tmp)
+    wait_port(port, box, "box")
+    return box
+
+
+def print_checks(checks: list[tuple[str, float, str, bool]], width: int = 44) -> int:
+    """The summary table (figure, value, target, PASS/FAIL); the exit status: 0 only when every check passed."""
+    print(f"\n== summary\n{'figure':<{width}}{'value':>10}  {'target':<9}result")
+    for name, value, target, ok in checks:
+        print(f"{name:<{width}}{value:>10.2f}  {target:<9}{'PASS' if ok else 'FAIL'}")
+    return 0 if all(ok for *_, ok in checks) else 1
+
+
+def box_options(parser: argparse.ArgumentParser) -> None:
+    """The options every bench that starts a box has."""
+    parser.add_argument("--box-src", type=Path, help="run the box from this source tree (first on PYTHONPATH)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (the box's log)")
+
+
 def role_json(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
     out, _ = proc.communicate(timeout=timeout)
     lines = [line for line in out.decode().splitlines() if line.startswith("{")]

@@ -113,14 +113,7 @@ def drive(args: argparse.Namespace) -> int:
           flush=True)
     try:
         port = ap.free_port()
-        env = dict(os.environ, PORT=str(port), BIND_ADDR=ap.HOST, ADMIN_TOKEN=ap.ADMIN_TOKEN,
-                   MOLECULE_BOX_DATA=str(tmp / "box-data"), MOLECULE_BOX_ALLOW_AGENT_NETWORKS="127.0.0.0/8",
-                   CONTAINER_BACKEND="external",
-                   MOLECULE_BOX_SHUTDOWN_GRACE="2")
-        if args.box_src:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.box_src.resolve()), env.get("PYTHONPATH")]))
-        box = procs.start("box", [sys.executable, "-m", "molecule_box", "run"], env=env, cwd=tmp)
-        ap.wait_port(port, box, "box")
+        ap.start_box(procs, port, args.box_src)
         box_url = f"http://{ap.HOST}:{port}"
         ws = ap.setup_box(box_url, {})
         (greedy, greedy_token), beaters = ws["caller"], ws["beaters"]
@@ -146,10 +139,7 @@ def drive(args: argparse.Namespace) -> int:
                    opened.get("accepted", math.inf) <= PER_TOKEN),
                   ("heartbeat p50 with the streams open (ms)", loaded.get("p50", math.nan), f"<= {TARGET_P50_MS:g}",
                    loaded.get("p50", math.inf) <= TARGET_P50_MS and not loaded.get("errors"))]
-        print(f"\n== summary\n{'figure':<44}{'value':>10}  {'target':<8}result")
-        for name, value, target, ok in checks:
-            print(f"{name:<44}{value:>10.2f}  {target:<8}{'PASS' if ok else 'FAIL'}")
-        return 0 if all(ok for *_, ok in checks) else 1
+        return ap.print_checks(checks)
     finally:
         procs.finish(keep=args.keep)
 
@@ -159,8 +149,7 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=2000, help="/ws connections the one token tries to open")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of heartbeats per phase")
     parser.add_argument("--hb-rate", type=float, default=50.0, help="heartbeats per second")
-    parser.add_argument("--box-src", type=Path, help="run the box from this source tree (first on PYTHONPATH)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (the box's log)")
+    ap.box_options(parser)
     # role arguments
     parser.add_argument("--role", choices=["streams"])
     parser.add_argument("--url")

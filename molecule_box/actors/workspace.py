@@ -499,9 +499,7 @@ class WorkspaceActor:
         self._require_not_removed()
         await self._commit(t.heartbeat(self.record, cmd.body, self._now()))
         self.box.metrics.heartbeats.inc()
-        ws = self.record
-        if ws.active_tasks < ws.max_concurrent_tasks and ws.status in LIVE_STATES:
-            self.box.proxy.request_drain(ws.id)
+        self.box.proxy.request_drain(self.record.id)  # the proxy tells whether it shows spare capacity
         return {"status": "ok"}
 
     async def _on_UpdateCard(self, cmd: c.UpdateCard) -> dict[str, str]:

@@ -183,7 +183,7 @@ async def delegate(raw_id: str) -> Any:
     if source == target:
         raise BadRequest("a workspace cannot delegate to itself")
     live(source)
-    target_ws = live(target)
+    live(target)
     if not can_communicate(b.supervisor.record, source, target):
         raise Forbidden("access denied: workspaces cannot communicate per hierarchy rules")
     if body.idempotency_key:
@@ -213,8 +213,7 @@ async def delegate(raw_id: str) -> Any:
 
     await b.store.write(op)
     b.proxy.pending[target] = b.proxy.pending.get(target, 0) + 1
-    if target_ws.active_tasks < target_ws.max_concurrent_tasks:
-        b.proxy.request_drain(target)
+    b.proxy.request_drain(target)
     b.bus.publish(b.bus.make("DELEGATION_SENT", source, {"delegation_id": delegation_id, "target_id": target,
                                                          "task": body.task[:500]}))
     del principal

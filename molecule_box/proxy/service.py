@@ -18,7 +18,8 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 import trio
@@ -39,7 +40,7 @@ from ..errors import (
     ServiceUnavailable,
     Unauthorized,
 )
-from ..models import Event, Workspace, WorkspaceStatus
+from ..models import LIVE_STATES, Event, Workspace, WorkspaceStatus
 from ..security.ssrf import NO_INBOUND, UnsafeAgentURL, resolve_checked, split_agent_url
 from ..security.tokens import parse_bearer
 from ..store import activity as activity_rows
@@ -95,8 +96,9 @@ class A2AProxy:
         self._activity_wake = trio.Event()
         #: Queued (not yet dispatched) messages per workspace, so the heartbeat path checks a dict, not SQLite.
         self.pending: dict[str, int] = {}
-        self._drain_send, self._drain_receive = trio.open_memory_channel[str](math.inf)
-        self._draining: set[str] = set()
+        #: The running drain of each workspace whose queue is being delivered (see _drain).
+        self._drains: dict[str, _Drain] = {}
+        self._drain_send, self._drain_receive = trio.open_memory_channel[tuple[str, _Drain]](math.inf)
         box.bus.add_listener(self._on_event)
 
     # -- lifetime -----------------------------------------------------------------------------
@@ -114,9 +116,20 @@ class A2AProxy:
             self.pools.close()
 
     def request_drain(self, workspace_id: str) -> None:
-        """Ask for one queued message of ``workspace_id`` to be delivered (a heartbeat showed spare capacity)."""
-        if self.pending.get(workspace_id):
-            self._drain_send.send_nowait(workspace_id)
+        """A sign of spare capacity (a heartbeat, a register, a delegation): deliver the queue of ``workspace_id``
+        at its agent's pace (see _drain). A drain that a failed delivery stopped goes on again."""
+        if not self.pending.get(workspace_id):  # every heartbeat asks: the common answer costs a dict lookup
+            return
+        ws = self.box.supervisor.record(workspace_id)
+        if ws is None or spare_capacity(ws) <= 0:
+            return
+        drain = self._drains.get(workspace_id)
+        if drain is None:
+            drain = self._drains[workspace_id] = _Drain()
+            self._drain_send.send_nowait((workspace_id, drain))
+        else:
+            drain.stopped = False
+            drain.changed.set()
 
     def _on_event(self, event: Event) -> None:
         """A sign of life from a target pushes back the idle deadline of every call in flight to it.
@@ -437,29 +450,102 @@ class A2AProxy:
     # -- the queue drainer ----------------------------------------------------------------------
 
     async def _drainer(self, nursery: trio.Nursery) -> None:
-        async for workspace_id in self._drain_receive:
-            if workspace_id not in self._draining:
-                self._draining.add(workspace_id)
-                nursery.start_soon(self._drain_one, workspace_id)
+        async for workspace_id, drain in self._drain_receive:
+            nursery.start_soon(self._drain, workspace_id, drain)
 
-    async def _drain_one(self, workspace_id: str) -> None:
+    async def _drain(self, workspace_id: str, drain: _Drain) -> None:
+        """Delivers the workspace's queue, oldest first, keeping up to its agent's spare capacity in flight.
+
+        Why not one message per sign of capacity: heartbeats come every 30 s, so a queue of 1,000 took
+        8 hours. Each answer frees room for the next message at once; an answer that is not a success
+        (busy or failed) stops the drain until the next sign of capacity (request_drain), and the messages
+        not sent stay queued. Ends when the queue is empty or there is no room, with nothing in flight."""
         try:
-            item = await self.box.store.write(queue_rows.claim_next(workspace_id))
-            if item is None:
+            async with trio.open_nursery() as deliveries:
+                while True:
+                    room = self._room(workspace_id, drain)
+                    if room > 0:
+                        await self._dispatch(workspace_id, drain, room, deliveries)
+                    elif drain.running:
+                        drain.changed = trio.Event()
+                        await drain.changed.wait()
+                    else:
+                        # Now, not after the nursery: a sign of capacity from here on starts a new drain.
+                        self._drains.pop(workspace_id, None)
+                        return
+        finally:
+            if self._drains.get(workspace_id) is drain:
+                del self._drains[workspace_id]
+
+    def _room(self, workspace_id: str, drain: _Drain) -> int:
+        """How many more messages may go out now: none once stopped, nor while a message that failed is not
+        back in the queue yet (it goes out again before the ones behind it)."""
+        ws = self.box.supervisor.record(workspace_id)
+        if ws is None or drain.stopped or drain.settling or not self.pending.get(workspace_id):
+            return 0
+        return spare_capacity(ws, drain.in_flight)
+
+    async def _dispatch(self, workspace_id: str, drain: _Drain, room: int, deliveries: trio.Nursery) -> None:
+        """Claims up to ``room`` messages in one commit and sends them in queue order: each delivery starts
+        once the one before it went to the agent's connection pool."""
+        try:
+            items = await self.box.store.write(queue_rows.claim(workspace_id, room))
+            if not items:
                 self.pending[workspace_id] = 0
                 return
-            self.pending[workspace_id] = max(0, self.pending.get(workspace_id, 1) - 1)
-            ok, error, body = await self._deliver(item)
-            final = await self.box.store.write(queue_rows.finish(item["id"], ok=ok, error=error,
-                                                                 attempts=item["attempts"]))
-            await self._settle_delegation(item, final, body, error)
+            self.pending[workspace_id] = max(0, self.pending.get(workspace_id, 0) - len(items))
+            for index, item in enumerate(items):
+                if drain.stopped:  # an answer of the ones sent stopped the drain: the rest was never sent
+                    await self._unclaim(workspace_id, items[index:])
+                    return
+                sending = trio.Event()
+                drain.in_flight += 1
+                drain.running += 1
+                deliveries.start_soon(self._delivery, item, drain, sending)
+                await sending.wait()
+        except Exception:  # the store failed: stop until the next sign of capacity (rows it claimed stay
+            # dispatched until the next start)
+            log.exception("dispatching queued messages of %s failed", workspace_id)
+            drain.stopped = True
+
+    async def _unclaim(self, workspace_id: str, items: list[dict[str, Any]]) -> None:
+        """Claimed messages that were never sent go back to the queue as they were (no attempt used)."""
+        finishes = [queue_rows.finish(item["id"], ok=False, busy=True, error=item["last_error"]) for item in items]
+        await self.box.store.write(lambda db: [finish(db) for finish in finishes])
+        self.pending[workspace_id] = self.pending.get(workspace_id, 0) + len(items)
+
+    async def _delivery(self, item: dict[str, Any], drain: _Drain, sending: trio.Event) -> None:
+        """One claimed message: delivered, its agent's room given back at the answer, then its outcome
+        committed and its delegation settled."""
+        workspace_id = item["workspace_id"]
+        result = Delivered(False, False, "delivery did not finish", b"")
+        try:
+            try:
+                result = await self._deliver(item, sending)
+            except Exception as exc:  # a bug, not the agent: the message goes back to the queue, the drain stops
+                log.exception("delivering queue item %d of %s failed", item["id"], workspace_id)
+                result = Delivered(False, False, f"delivery failed: {type(exc).__name__}", b"")
+            finally:
+                sending.set()
+                drain.in_flight -= 1
+                if not result.ok:
+                    drain.stopped = True
+                    drain.settling += 1
+                drain.changed.set()
+            final = await self.box.store.write(queue_rows.finish(
+                item["id"], ok=result.ok, error=result.error, attempts=item["attempts"], busy=result.busy))
             if final == "queued":
                 self.pending[workspace_id] = self.pending.get(workspace_id, 0) + 1
-            log.info("queue item %d for %s: %s%s", item["id"], workspace_id, final, f" ({error})" if error else "")
+            await self._settle_delegation(item, final, result.body, result.error)
+            if not result.ok:
+                log.info("queue item %d for %s: %s (%s)", item["id"], workspace_id, final, result.error)
         except Exception:
-            log.exception("draining the queue of %s failed", workspace_id)
+            log.exception("recording the delivery of queue item %d of %s failed", item["id"], workspace_id)
         finally:
-            self._draining.discard(workspace_id)
+            drain.running -= 1
+            if not result.ok:
+                drain.settling -= 1
+            drain.changed.set()
 
     async def _settle_delegation(self, item: dict[str, Any], final: str, body: bytes, error: str | None) -> None:
         """A delivered (or finally failed) queue item that a delegation enqueued records the delegation's result.
@@ -483,37 +569,96 @@ class A2AProxy:
             "delegation_id": row["id"], "target_id": item["workspace_id"], "via": "queue_drain",
             "result": _json_or_text(body) if body else None, "error": error}))
 
-    async def _deliver(self, item: dict[str, Any]) -> tuple[bool, str | None, bytes]:
+    async def _deliver(self, item: dict[str, Any], sending: trio.Event) -> Delivered:
+        """Sends one queued message; ``sending`` is set as its request goes to the agent's connection pool."""
         ws = self.box.supervisor.record(item["workspace_id"])
         if ws is None:
-            return False, "workspace removed", b""
+            return Delivered(False, False, "workspace removed", b"")
         try:
             norm = normalize(bytes(item["body"]))
         except BadRequest as exc:  # queued before bodies had to be strict JSON: undeliverable, not wedged
-            return False, exc.message, b""
+            return Delivered(False, False, exc.message, b"")
         if ws.url in (None, "", NO_INBOUND) and ws.is_external:
             await self._to_inbox(ws, item["caller_id"], norm)
-            return True, None, b""
+            return Delivered(True, False, None, b"")
         if ws.status not in (S.ONLINE, S.DEGRADED) or not ws.url:
-            return False, f"workspace is {ws.status.value}", b""
+            return Delivered(False, False, f"workspace is {ws.status.value}", b"")
         headers = [(k.encode(), v.encode("latin-1")) for k, v in json.loads(item["headers"]).items()]
         started = time.perf_counter()
-        status, body, error = 502, b"", None
+        status, body, error, busy = 502, b"", None, False
         try:
             scheme, address, port, host, path = await self._resolve(ws.url, box_assigned=ws.url_from_backend)
             with trio.move_on_after(DRAIN_DEADLINE) as scope:
+                sending.set()  # on a kept-alive connection the request is written before the next one starts
                 async with self.pools.get(scheme, address, port, host).post(path, headers, norm.body) as resp:
                     status = resp.status
                     body = await resp.read(10 * 1024 * 1024)
             if scope.cancelled_caught:
                 error = "delivery timed out"
+            elif busy_answer(status, body):
+                busy = True
+                error = f"agent busy: {agent_error(status, body)}"
             elif status >= 300:
                 error = agent_error(status, body)
         except (UpstreamError, UnsafeAgentURL) as exc:
             error = str(exc)
-        self._log_call(ws, item["caller_id"], norm, status if error is None else max(status, 502),
-                       body[:CAPTURE_LIMIT], started, error)
-        return error is None, error, body
+        logged = status if error is None else 202 if busy else max(status, 502)  # busy: still queued
+        self._log_call(ws, item["caller_id"], norm, logged, body[:CAPTURE_LIMIT], started, error)
+        return Delivered(error is None, busy, error, body)
+
+
+@dataclass(eq=False)
+class _Drain:
+    """The state of one workspace's drain (see A2AProxy._drain)."""
+
+    #: Deliveries sent and not answered yet: they hold the agent's capacity.
+    in_flight: int = 0
+    #: Delivery tasks not finished yet (an answered one still commits its outcome).
+    running: int = 0
+    #: Deliveries that did not succeed and whose message is not back in the queue yet.
+    settling: int = 0
+    #: An answer was not a success: nothing more goes out until the next sign of capacity.
+    stopped: bool = False
+    #: Set when any of the above changes.
+    changed: trio.Event = field(default_factory=trio.Event)
+
+
+class Delivered(NamedTuple):
+    """The outcome of one queued message's delivery."""
+
+    ok: bool
+    busy: bool
+    error: str | None
+    body: bytes
+
+
+def spare_capacity(ws: Workspace, in_flight: int = 0) -> int:
+    """How many more messages the workspace's agent may be handed now: its ``max_concurrent_tasks`` less the
+    ``active_tasks`` of its last heartbeat and the queued messages in flight to it (none unless it is live).
+    The one test of spare capacity: whether a sign of life starts a drain, and how far a drain goes."""
+    if ws.status not in LIVE_STATES:
+        return 0
+    return max(0, ws.max_concurrent_tasks - ws.active_tasks - in_flight)
+
+
+def busy_answer(status: int, body: bytes) -> bool:
+    """The agent says it has no room for the message: HTTP 429 or 503, or a JSON-RPC error whose ``data`` has
+    ``"busy": true`` (the box's own busy answer, ``{"busy": true}``, counts too). The message stays queued."""
+    if status in (429, 503):
+        return True
+    if b'"busy"' not in body:
+        return False
+    try:
+        parsed = strictjson.loads(body)
+    except ValueError:
+        return False
+    if not isinstance(parsed, dict):
+        return False
+    error = parsed.get("error")
+    data = error.get("data") if isinstance(error, dict) else None
+    return parsed.get("busy") is True or (isinstance(data, dict) and data.get("busy") is True)
+
+
 
 
 def _json_or_text(body: bytes) -> Any:

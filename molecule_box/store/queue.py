@@ -58,30 +58,40 @@ def enqueue(workspace_id: str, caller_id: str | None, message_id: str, method: s
     return op
 
 
-def claim_next(workspace_id: str) -> Callable[[sqlite_utils.Database], dict[str, Any] | None]:
-    def op(db: sqlite_utils.Database) -> dict[str, Any] | None:
-        row = db.execute("SELECT * FROM a2a_queue WHERE workspace_id = ? AND status = 'queued' ORDER BY id LIMIT 1",
-                         [workspace_id]).fetchone()
-        if row is None:
-            return None
-        db.execute("UPDATE a2a_queue SET status = 'dispatched', dispatched_at = ?, attempts = attempts + 1 "
-                   "WHERE id = ?", [time.time(), row["id"]])
-        item = dict(row)
-        item["attempts"] += 1
-        return item
+def claim(workspace_id: str, n: int) -> Callable[[sqlite_utils.Database], list[dict[str, Any]]]:
+    """The ``n`` oldest queued messages of the workspace, marked dispatched, oldest first.
+
+    Several in one op: a drain that has room for its agent's whole spare capacity claims it in one commit."""
+    def op(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+        rows = db.execute("SELECT * FROM a2a_queue WHERE workspace_id = ? AND status = 'queued' ORDER BY id LIMIT ?",
+                          [workspace_id, n]).fetchall()
+        now = time.time()
+        items = []
+        for row in rows:
+            db.execute("UPDATE a2a_queue SET status = 'dispatched', dispatched_at = ?, attempts = attempts + 1 "
+                       "WHERE id = ?", [now, row["id"]])
+            item = dict(row)
+            item["attempts"] += 1
+            items.append(item)
+        return items
 
     return op
 
 
-def finish(queue_id: int, *, ok: bool, error: str | None = None,
-           attempts: int = 0) -> Callable[[sqlite_utils.Database], str]:
+def finish(queue_id: int, *, ok: bool, error: str | None = None, attempts: int = 0,
+           busy: bool = False) -> Callable[[sqlite_utils.Database], str]:
+    """The outcome of one delivery: ``completed``, or ``queued`` again (``failed`` after MAX_ATTEMPTS).
+
+    ``busy``: the agent said it had no room (or the message was never sent): back to ``queued`` without using
+    up an attempt, so a message waits out a busy agent however long it stays busy."""
     def op(db: sqlite_utils.Database) -> str:
         if ok:
             status = "completed"
         else:
-            status = "failed" if attempts >= MAX_ATTEMPTS else "queued"
-        db.execute("UPDATE a2a_queue SET status = ?, last_error = ?, completed_at = ? WHERE id = ?",
-                   [status, error, time.time() if status != "queued" else None, queue_id])
+            status = "failed" if attempts >= MAX_ATTEMPTS and not busy else "queued"
+        db.execute("UPDATE a2a_queue SET status = ?, last_error = ?, completed_at = ?, attempts = attempts - ? "
+                   "WHERE id = ?", [status, error, time.time() if status != "queued" else None,
+                                    int(busy and not ok), queue_id])
         return status
 
     return op

@@ -28,8 +28,9 @@ async def _outcome(client: httpx.AsyncClient, source: str, token: str, delegatio
 async def _drain_through(client: httpx.AsyncClient, wid: str, token: str, sentinel: str) -> None:
     """Heartbeat with spare capacity until the queued message ``sentinel`` is delivered, at most 5 s.
 
-    A workspace's queue is drained one message at a time, in order, each settled before the next starts: once
-    the sentinel queued last is delivered, whatever the messages before it did is written."""
+    With max_concurrent_tasks 1 a workspace's queue goes out one message at a time, in order; each one's
+    outcome is submitted at its answer, before the next one is claimed, and its settlement right after that
+    commit: once the sentinel queued last is delivered, whatever the messages before it did is written."""
     with trio.fail_after(5):
         while not any(q["message_id"] == sentinel and q["status"] == "completed" for q in
                       (await client.get(f"/workspaces/{wid}/queue", headers=ADMIN)).json()):
