@@ -633,12 +633,17 @@ class Delivered(NamedTuple):
 
 
 def spare_capacity(ws: Workspace, in_flight: int = 0) -> int:
-    """How many more messages the workspace's agent may be handed now: its ``max_concurrent_tasks`` less the
-    ``active_tasks`` of its last heartbeat and the queued messages in flight to it (none unless it is live).
-    The one test of spare capacity: whether a sign of life starts a drain, and how far a drain goes."""
+    """How many more messages the workspace's agent may be handed now: its ``max_concurrent_tasks`` less what
+    it is busy with (none unless it is live). The one test of spare capacity: whether a sign of life starts a
+    drain, and how far a drain goes.
+
+    An agent's heartbeat counts the deliveries it is working on in its ``active_tasks``, so adding the
+    deliveries in flight would count them twice and pause a drain at every heartbeat; the larger of the two is
+    what it is busy with. Either way no more than ``max_concurrent_tasks`` deliveries are ever in flight, and
+    an agent whose own work was not yet in its last heartbeat answers busy, which stops the drain."""
     if ws.status not in LIVE_STATES:
         return 0
-    return max(0, ws.max_concurrent_tasks - ws.active_tasks - in_flight)
+    return max(0, ws.max_concurrent_tasks - max(ws.active_tasks, in_flight))
 
 
 def busy_answer(status: int, body: bytes) -> bool:
