@@ -28,15 +28,17 @@ timeouts), ``Lifespan`` and ``WorkerContext``, used the way its
 ``hypercorn.trio.run.worker_serve`` uses them (hypercorn offers no way to give
 it listeners or an accept loop). They are internal modules, so pyproject.toml
 pins the hypercorn minor this was written against; moving the pin means
-rereading ``worker_serve`` against ``serve`` below.
+rereading ``worker_serve`` against ``serve`` below, and :class:`_Exchange`
+against hypercorn's ``H11Protocol._maybe_recycle``.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from typing import Any
 
@@ -57,6 +59,10 @@ log = logging.getLogger(__name__)
 INTAKE_HOLD = 0.1
 #: Connections the kernel queues for us while the intake is full (Linux caps it at net.core.somaxconn).
 LISTEN_BACKLOG = 4096
+#: After an early answer, the rest of the request body read (and dropped) to keep the connection: the
+#: largest body a route accepts, within DRAIN_DEADLINE. Past either, the connection is closed instead.
+DRAIN_LIMIT = 1024 * 1024
+DRAIN_DEADLINE = 5.0
 #: accept() errors that mean "out of file descriptors or memory for now", as trio.serve_listeners treats them.
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _ACCEPT_RETRY = 0.1
@@ -121,6 +127,77 @@ def reached_app() -> None:
         place.release()
 
 
+def _says_close(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    return any(name.lower() == b"connection" and b"close" in value.lower() for name, value in headers)
+
+
+class _Exchange:
+    """One HTTP/1 request between hypercorn and the app: makes the end of its response end it cleanly.
+
+    hypercorn recycles or closes the connection from inside the app's last ``send``.
+    Two things went wrong there. (1) It hands ``http.disconnect`` to the app from
+    inside that send; quart-trio then cancels its request task, and the
+    cancellation landed in hypercorn's close (the socket stayed open: a
+    ``Connection: close`` or HTTP/1.0 request was never closed) or in its
+    recycling (the keep-alive timer was not restarted). So the last send is
+    shielded; it is bounded by itself (hypercorn shields its socket writes
+    already; the waits below have deadlines). (2) An early answer (a 401 before
+    the body arrived): hypercorn closes the connection, but under (1) it stayed
+    open with the rest of the body unparsed, and the next request on it hung. Now
+    the rest of the body is read and dropped, up to DRAIN_LIMIT within
+    DRAIN_DEADLINE, so the connection serves its next request; past that (or when
+    either side said ``Connection: close``) hypercorn closes it, and the app's
+    queue is kept moving meanwhile so that close never waits on it.
+    """
+
+    __slots__ = ("_receive", "_send", "_reusable", "_complete", "_waiter")
+
+    def __init__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self._receive = receive
+        self._send = send
+        self._reusable = scope["http_version"] == "1.1" and not _says_close(scope["headers"])
+        self._complete = False  # the request's body has ended (or its client has gone)
+        self._waiter: trio.CancelScope | None = None
+
+    async def receive(self) -> dict[str, Any]:
+        message: dict[str, Any] = await self._receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            self._complete = True
+            if self._waiter is not None:  # the drain waits in another receive (quart reads the body too)
+                self._waiter.cancel()
+        return message
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and _says_close(message.get("headers", ())):
+            self._reusable = False
+        if message["type"] != "http.response.body" or message.get("more_body", False):
+            await self._send(message)
+            return
+        with trio.CancelScope(shield=True):
+            if self._complete:
+                await self._send(message)
+            else:
+                await self._early_end(message.get("body", b""))
+
+    async def _early_end(self, body: bytes) -> None:
+        if body:  # the client gets the whole answer before the drain
+            await self._send({"type": "http.response.body", "body": body, "more_body": True})
+        if self._reusable:
+            await self._read_rest(DRAIN_LIMIT)
+        async with trio.open_nursery() as nursery:
+            if not self._complete:  # hypercorn closes the connection; its queue to the app must not block it
+                nursery.start_soon(self._read_rest, math.inf)
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _read_rest(self, limit: float) -> None:
+        """Read and drop the body until its end, its client's leaving, ``limit`` bytes or DRAIN_DEADLINE."""
+        size = 0
+        with trio.move_on_after(DRAIN_DEADLINE) as self._waiter:
+            while not self._complete and size <= limit:
+                size += len((await self.receive()).get("body", b""))
+        self._waiter = None
+
+
 def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config = hypercorn.config.Config()
     host = f"[{settings.bind_addr}]" if ":" in settings.bind_addr else settings.bind_addr
@@ -132,34 +209,6 @@ def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config.include_server_header = False
     config.backlog = LISTEN_BACKLOG
     return config
-
-
-def shield_sends(app: Any, draining: trio.Event) -> Any:
-    """During a graceful stop, let hypercorn finish closing connections whose last response went out.
-
-    hypercorn hands ``http.disconnect`` to the app from *inside* the app's final
-    ``send``; quart-trio then cancels its request task, and that cancellation lands
-    in hypercorn's connection close, leaving the socket open. While draining, such a
-    connection would hold the stop for the whole grace period. hypercorn shields its
-    socket writes already, so shielding the rest of ``send`` adds no way to hang.
-    Only while draining: outside it the same race leaves a ``Connection: close``
-    socket open until the client closes it, which clients do after the response.
-    """
-    async def shielded(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-
-        async def send_shielded(message: Any) -> None:
-            if not draining.is_set():
-                await send(message)
-                return
-            with trio.CancelScope(shield=True):
-                await send(message)
-
-        await app(scope, receive, send_shielded)
-
-    return shielded
 
 
 async def serve(
@@ -179,9 +228,13 @@ async def serve(
     config.set_statsd_logger_class(StatsdLogger)
 
     async def entered(scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any) -> None:
-        """hypercorn's app wrapper signature (what its ASGIWrapper does, plus freeing the intake place)."""
+        """hypercorn's app wrapper signature (what its ASGIWrapper does, plus the intake and :class:`_Exchange`)."""
         reached_app()
-        await app(scope, receive, send)
+        if scope["type"] != "http" or scope["http_version"] not in ("1.0", "1.1"):  # h2 streams end on their own
+            await app(scope, receive, send)
+            return
+        exchange = _Exchange(scope, receive, send)
+        await app(scope, exchange.receive, exchange.send)
 
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(entered, config, lifespan_state)
