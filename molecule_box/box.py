@@ -271,7 +271,7 @@ async def serve(
 
     async with open_box(settings, extra_backends=extra_backends, now=now, announce=announce) as box:
         app = create_asgi(box)
-        intake = server.Intake(settings.connection_intake)
+        intake = server.Intake(settings.connection_intake, head_timeout=settings.head_timeout_seconds)
         async with trio.open_nursery() as nursery:
             box.urls = await nursery.start(partial(
                 server.serve, app, server.hypercorn_config(settings), intake=intake,

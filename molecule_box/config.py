@@ -195,8 +195,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Proxied A2A calls worked on at once (waiting for an agent does not count): keeps heartbeats and the API "
             "responsive while the proxy is saturated."),
     Setting("connection_intake", "MOLECULE_BOX_CONNECTION_INTAKE", _positive_int, 4,
-            "New connections worked on at once until their first request reaches the API; more wait in the listen "
-            "backlog, so a burst of clients connecting cannot starve heartbeats."),
+            "New connections worked on at once until their first request reaches the API; more wait their turn, "
+            "client address by address, so a burst of clients connecting cannot starve heartbeats and one address "
+            "cannot hold up the others."),
+    Setting("head_timeout_seconds", "MOLECULE_BOX_HEAD_TIMEOUT", _positive_float, 10.0,
+            "A new connection that has not sent its first request head this many seconds after its accept is closed."),
+    Setting("keep_alive_timeout_seconds", "MOLECULE_BOX_KEEP_ALIVE_TIMEOUT", _positive_float, 75.0,
+            "An idle keep-alive connection is closed after this many seconds without a request (agents heartbeat "
+            "every 30 s)."),
     Setting("a2a_queue_limit", "A2A_QUEUE_LIMIT", _positive_int, 1000,
             "Most messages queued for one busy workspace; a call beyond it gets 429 with Retry-After."),
     Setting("activity_retention_days", "ACTIVITY_RETENTION_DAYS", _positive_float, 7.0, "Activity rows older than this are pruned."),
@@ -311,6 +317,8 @@ class Settings:
     a2a_active_limit: int = 4
     a2a_queue_limit: int = 1000
     connection_intake: int = 4
+    head_timeout_seconds: float = 10.0
+    keep_alive_timeout_seconds: float = 75.0
     activity_retention_days: float = 7.0
     shutdown_grace_seconds: float = 20.0
     log_level: str = "info"

@@ -12,16 +12,24 @@ before the app is called. Measured with bench/a2a_proxy.py, 2,000 concurrent
 calls: heartbeat p99 55-87 ms with hypercorn's own accept loop; 22-34 ms with
 an intake of 2-4 places, 30-66 ms with 32.
 
-The intake: a new connection holds one of ``limit`` places from its accept
+The intake: a new connection holds one of ``limit`` places from its start
 until its first request reaches the app or ``INTAKE_HOLD`` has passed. The
 hold is what frees the place of a client that connects and sends nothing (a
-preconnect, a port check): hypercorn keeps such a connection's task alive for
-its keep-alive timeout even after the client has gone. While every place is
-held, the accept loop waits; newer connections wait in the kernel's listen
-backlog, which is why the backlog is large. Keep-alive connections are not
-paced again: a heartbeat's connection is paced once, when it is opened.
-Measured under that burst, the first request of a connection reached the app
-6 ms after its accept at p50 and 23 ms at p99, well inside the hold.
+preconnect, a port check): such a connection lives on until its head
+deadline. While every place is held, accepted connections wait in the
+intake's queue, one line per client address, and the places go to the lines
+in turn: 1,000 idle connections from one address delay a newcomer from another
+by one turn, not by 1,000 holds (25 s with four places). One address may fill
+at most half the queue (its further connections are closed at once); while the
+queue is full, newer connections wait in the kernel's listen backlog. Keep-alive
+connections are not paced again: a heartbeat's connection is paced once, when
+it is opened. Measured under that burst, the first request of a connection
+reached the app 6 ms after its accept at p50 and 23 ms at p99, well inside the
+hold.
+
+Every connection must deliver its first request head within the head timeout
+of its accept (queue time included), or it is closed; between requests,
+hypercorn's keep-alive timeout closes it.
 
 Everything else is hypercorn's: ``TCPServer`` (HTTP/1.1, h2, keep-alive,
 timeouts), ``Lifespan`` and ``WorkerContext``, used the way its
@@ -35,11 +43,13 @@ against hypercorn's ``H11Protocol._maybe_recycle``.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
+from functools import partial
 from typing import Any
 
 import hypercorn.config
@@ -57,8 +67,12 @@ log = logging.getLogger(__name__)
 
 #: Longest a new connection holds an intake place before its first request reaches the app.
 INTAKE_HOLD = 0.1
-#: Connections the kernel queues for us while the intake is full (Linux caps it at net.core.somaxconn).
+#: Accepted connections waiting for an intake place; one client address may fill half of it.
+INTAKE_QUEUE = 4096
+#: Connections the kernel queues for us while the intake's queue is full (Linux caps it at net.core.somaxconn).
 LISTEN_BACKLOG = 4096
+#: The default head timeout (MOLECULE_BOX_HEAD_TIMEOUT).
+HEAD_TIMEOUT = 10.0
 #: After an early answer, the rest of the request body read (and dropped) to keep the connection: the
 #: largest body a route accepts, within DRAIN_DEADLINE. Past either, the connection is closed instead.
 DRAIN_LIMIT = 1024 * 1024
@@ -72,12 +86,14 @@ _arriving: ContextVar[_Place | None] = ContextVar("molecule_box_intake_place", d
 
 
 class _Place:
-    __slots__ = ("_intake", "since", "held")
+    __slots__ = ("_intake", "since", "held", "head")
 
-    def __init__(self, intake: Intake, since: float) -> None:
+    def __init__(self, intake: Intake, since: float, head_deadline: float) -> None:
         self._intake = intake
         self.since = since
         self.held = True
+        #: Around the connection's task until its first request reaches the app.
+        self.head = trio.CancelScope(deadline=head_deadline)
 
     def release(self) -> None:
         if self.held:
@@ -86,33 +102,83 @@ class _Place:
 
 
 class Intake:
-    """Places for new connections between their accept and their first request reaching the app."""
+    """Places for new connections between their start and their first request reaching the app.
 
-    def __init__(self, limit: int, hold: float = INTAKE_HOLD) -> None:
+    Accepted connections wait in one line per client address; the places go to the lines in turn."""
+
+    def __init__(self, limit: int, hold: float = INTAKE_HOLD, *, head_timeout: float = HEAD_TIMEOUT,
+                 queue: int = INTAKE_QUEUE) -> None:
         if limit < 1:
             raise ValueError("the intake needs at least one place")
         self._free = limit
         self._hold = hold
-        self._held: deque[_Place] = deque()  # in accept order; released ones are dropped lazily
-        self._lot = trio.lowlevel.ParkingLot()
+        self._head_timeout = head_timeout
+        self._queue = queue
+        self._held: deque[_Place] = deque()  # in start order; released ones are dropped lazily
+        #: Connections waiting for a place (and their head deadlines), by client address; dict order is the turn order.
+        self._lines: dict[str, deque[tuple[trio.SocketStream, float]]] = {}
+        self._waiting = 0
+        self._wake = trio.lowlevel.ParkingLot()  # the dispatcher: a place was freed or a connection arrived
+        self._room = trio.lowlevel.ParkingLot()  # the accept loops: the queue has room again
 
-    async def take(self) -> _Place:
-        """A place for the next connection; waits while all are held, at most until the oldest one expires."""
-        while True:
-            now = trio.current_time()
-            self._expire(now)
-            if self._free > 0:
-                break
-            with trio.move_on_at(self._held[0].since + self._hold):
-                await self._lot.park()
-        self._free -= 1
-        place = _Place(self, now)
-        self._held.append(place)
-        return place
+    async def room(self) -> None:
+        """Wait while the queue is full: newer connections then wait in the kernel's listen backlog."""
+        while self._waiting >= self._queue:
+            await self._room.park()
+
+    def arrive(self, stream: trio.SocketStream) -> bool:
+        """Queue an accepted connection for a place; False if its address already fills its share of the queue."""
+        line = self._lines.setdefault(client_key(stream), deque())
+        if len(line) >= max(1, self._queue // 2):
+            return False
+        line.append((stream, trio.current_time() + self._head_timeout))
+        self._waiting += 1
+        self._wake.unpark()
+        return True
+
+    async def dispatch(self, start: Callable[[trio.SocketStream, _Place], None]) -> None:
+        """Give waiting connections their places, one client address after another, for as long as it runs."""
+        try:
+            while True:
+                now = trio.current_time()
+                self._expire(now)
+                if self._free > 0 and self._waiting:
+                    stream, head_deadline = self._next()
+                    if head_deadline <= now:  # it waited its whole head timeout: it gets no place
+                        stream.socket.close()
+                        continue
+                    self._free -= 1
+                    place = _Place(self, now, head_deadline)
+                    self._held.append(place)
+                    start(stream, place)
+                    continue
+                wake_at = self._held[0].since + self._hold if self._free == 0 else math.inf
+                with trio.move_on_at(wake_at):
+                    await self._wake.park()
+        finally:
+            self._close_waiting()
+
+    def _next(self) -> tuple[trio.SocketStream, float]:
+        address, line = next(iter(self._lines.items()))
+        del self._lines[address]
+        waiting = line.popleft()
+        if line:
+            self._lines[address] = line  # to the end of the turn order
+        self._waiting -= 1
+        self._room.unpark_all()
+        return waiting
+
+    def _close_waiting(self) -> None:
+        """A stopping server refuses the connections it has not started, as it refuses those in the backlog."""
+        for line in self._lines.values():
+            for stream, _ in line:
+                stream.socket.close()
+        self._lines.clear()
+        self._waiting = 0
 
     def _released(self) -> None:
         self._free += 1
-        self._lot.unpark()
+        self._wake.unpark()
 
     def _expire(self, now: float) -> None:
         held = self._held
@@ -120,11 +186,26 @@ class Intake:
             held.popleft().release()
 
 
+def client_key(stream: trio.SocketStream) -> str:
+    """The line a connection waits in: its IPv4 address, or its IPv6 /64 (one host's usual share)."""
+    try:
+        host = str(stream.socket.getpeername()[0])
+    except OSError:  # the client is already gone
+        return ""
+    if ":" not in host:
+        return host
+    address = ipaddress.IPv6Address(host.partition("%")[0])
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
 def reached_app() -> None:
-    """The current connection's request is in the app: its intake place is free for the next connection."""
+    """The current connection's request is in the app: its head arrived, its intake place is free."""
     place = _arriving.get()
-    if place is not None and place.held:
+    if place is not None and place.head.deadline != math.inf:
         place.release()
+        place.head.deadline = math.inf
 
 
 def _says_close(headers: Iterable[tuple[bytes, bytes]]) -> bool:
@@ -205,7 +286,7 @@ def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.accesslog = None  # 13 % of the hot path (perf-notes); requests are counted in /metrics instead
     config.graceful_timeout = settings.shutdown_grace_seconds
-    config.keep_alive_timeout = 75
+    config.keep_alive_timeout = settings.keep_alive_timeout_seconds
     config.include_server_header = False
     config.backlog = LISTEN_BACKLOG
     return config
@@ -242,10 +323,14 @@ async def serve(
     state = ConnectionState(lifespan_state.copy())
 
     async def connection(stream: trio.SocketStream, place: _Place) -> None:
+        _arriving.set(place)  # the tasks hypercorn spawns for its requests copy this task's context
         try:
-            await TCPServer(entered, config, context, state, stream)  # type: ignore[arg-type]
+            with place.head:
+                await TCPServer(entered, config, context, state, stream)  # type: ignore[arg-type]
         finally:
             place.release()
+            with trio.CancelScope(shield=True):  # a cancellation (the head deadline) cuts hypercorn's own close
+                await stream.aclose()
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
@@ -263,8 +348,9 @@ async def serve(
                 async with trio.open_nursery(strict_exception_groups=True) as nursery:
                     nursery.start_soon(raise_shutdown, shutdown_trigger)
                     nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(intake.dispatch, partial(server_nursery.start_soon, connection))
                     for listener in listeners:
-                        nursery.start_soon(_accept, listener, intake, connection, server_nursery)
+                        nursery.start_soon(_accept, listener, intake)
             except BaseExceptionGroup as error:
                 _, other_errors = error.split((ShutdownError, KeyboardInterrupt))
                 if other_errors is not None:
@@ -280,23 +366,17 @@ async def serve(
         lifespan_nursery.cancel_scope.cancel()
 
 
-async def _accept(listener: trio.SocketListener, intake: Intake,
-                  connection: Callable[[trio.SocketStream, _Place], Awaitable[None]],
-                  handlers: trio.Nursery) -> None:
-    """One listener's accept loop: a connection is accepted only once it has an intake place."""
+async def _accept(listener: trio.SocketListener, intake: Intake) -> None:
+    """One listener's accept loop: accepted connections queue in the intake while it has room."""
     while True:
-        place = await intake.take()
+        await intake.room()
         try:
             stream = await listener.accept()
         except OSError as exc:
-            place.release()
             if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                 raise
             log.error("accept failed (%s); retrying in %.1fs", errno.errorcode.get(exc.errno or 0, exc), _ACCEPT_RETRY)
             await trio.sleep(_ACCEPT_RETRY)
             continue
-        except BaseException:
-            place.release()
-            raise
-        _arriving.set(place)  # the connection's task copies this task's context when it is spawned
-        handlers.start_soon(connection, stream, place)
+        if not intake.arrive(stream):  # its address fills its share of the queue already
+            stream.socket.close()

@@ -1,8 +1,9 @@
-"""Connections through the box's HTTP server that must not wedge (#10 item 8).
+"""Connections through the box's HTTP server that must not wedge or pile up (#10 items 7 and 8).
 
 Raw sockets against a real box, so each test controls exactly when which byte
 is sent: a keep-alive connection after an early answer, ``Connection: close``
-and HTTP/1.0.
+and HTTP/1.0, a client that sends no request head, and a flood of idle
+connections from one client address.
 """
 
 from __future__ import annotations
@@ -122,3 +123,52 @@ async def test_an_early_answer_whose_body_is_too_big_to_drain_closes_the_connect
         assert await closed_by_box(stream)
     async with httpx.AsyncClient(base_url=box.urls[0]) as client:  # and the box serves on
         assert (await client.get("/health")).status_code == 200
+
+
+async def test_a_connection_without_a_request_head_is_closed_at_the_head_timeout(runner: BoxRunner) -> None:
+    box = await runner.start(MOLECULE_BOX_HEAD_TIMEOUT="0.5")
+    silent = await connect(box.urls[0])
+    trickling = await connect(box.urls[0])
+    async with silent, trickling:
+        async def trickle() -> None:
+            try:
+                for byte in b"GET /health HTTP/1.1\r\nHost: box\r\nX-Slow: " + b"x" * 1000:
+                    await trickling.send_all(bytes([byte]))
+                    await trio.sleep(0.05)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            assert await closed_by_box(silent), "a connection that sends nothing must be closed"
+            assert await closed_by_box(trickling), "a head trickled byte by byte must be closed at the deadline"
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(runner: BoxRunner) -> None:
+    box = await runner.start(MOLECULE_BOX_KEEP_ALIVE_TIMEOUT="0.5")
+    stream = await connect(box.urls[0])
+    async with stream:
+        await ask(stream, b"GET /health HTTP/1.1\r\nHost: box\r\n\r\n", 200)
+        assert await closed_by_box(stream), "an idle keep-alive connection must not be kept forever"
+
+
+async def test_idle_connections_from_one_address_do_not_delay_another_address(runner: BoxRunner) -> None:
+    """200 connections from 127.0.0.1 that send nothing, then a request from 127.0.0.2.
+
+    With one intake place, the idle ones used to be served in accept order, each holding the place for
+    its 0.1 s hold: the newcomer waited about 20 s. Now it waits one turn."""
+    box = await runner.start(MOLECULE_BOX_CONNECTION_INTAKE="1")
+    idle = [await connect(box.urls[0]) for _ in range(200)]
+    try:
+        newcomer = await connect(box.urls[0], local="127.0.0.2")
+        async with newcomer:
+            await newcomer.send_all(b"GET /health HTTP/1.1\r\nHost: box\r\n\r\n")
+            with trio.move_on_after(5) as waited:
+                status, _ = await read_response(newcomer)
+            assert not waited.cancelled_caught, "a client from another address waited behind the idle ones"
+            assert status is not None and b" 200 " in status
+    finally:
+        for stream in idle:
+            await stream.aclose()
+

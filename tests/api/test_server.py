@@ -153,6 +153,18 @@ async def test_the_box_paces_accept_with_its_connection_intake_setting(runner: B
     await idle.aclose()
 
 
+async def test_one_client_address_fills_at_most_half_the_intake_queue(tmp_path: Path) -> None:
+    async with serving(tmp_path, App(), server.Intake(1, hold=30, queue=4)) as (url, _):
+        holder = await idle_connection(url)  # holds the only place
+        waiting = [await idle_connection(url) for _ in range(2)]  # its address's share of the queue
+        refused = await idle_connection(url)
+        with trio.move_on_after(5) as waited:
+            assert await refused.receive_some() == b""
+        assert not waited.cancelled_caught, "a connection beyond its address's share must be closed at once"
+        for stream in (holder, *waiting, refused):
+            await stream.aclose()
+
+
 def test_an_intake_needs_a_place() -> None:
     with pytest.raises(ValueError):
         server.Intake(0)
