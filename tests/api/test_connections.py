@@ -81,22 +81,27 @@ async def test_the_box_closes_a_connection_that_asked_for_it(runner: BoxRunner, 
             assert await closed_by_box(stream), "the box must close the connection after its response"
 
 
-async def test_the_next_request_after_an_early_401_is_answered_never_left_hanging(runner: BoxRunner) -> None:
-    """PATCH without a token is refused before its body arrives; the body and a second request follow."""
+@pytest.mark.parametrize(("request_line", "status"), [
+    (f"PATCH /workspaces/{uuid.uuid4()}", 401),  # quart: the token is checked before the body is read
+    ("POST /workspaces/not-an-id/a2a", 400),  # the proxy (raw ASGI): the id is checked before the body is read
+], ids=["api-401", "proxy-400"])
+async def test_the_next_request_after_an_early_answer_is_answered_never_left_hanging(
+        runner: BoxRunner, request_line: str, status: int) -> None:
+    """A request is refused before its body arrives; the body and a second request follow on the connection."""
     box = await runner.start()
     body = b'{"name": "renamed"}'
-    head = (f"PATCH /workspaces/{uuid.uuid4()} HTTP/1.1\r\nHost: box\r\nContent-Type: application/json\r\n"
+    head = (f"{request_line} HTTP/1.1\r\nHost: box\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     answered = 0
     for _ in range(100):
         stream = await connect(box.urls[0])
         async with stream:
-            rest = await ask(stream, head, 401)
+            rest = await ask(stream, head, status)
             await trio.sleep(0.01)  # the body arrives after the answer
-            await stream.send_all(body)
-            await stream.send_all(b"GET /health HTTP/1.1\r\nHost: box\r\n\r\n")
             with trio.move_on_after(5) as hung:
                 try:
+                    await stream.send_all(body)
+                    await stream.send_all(b"GET /health HTTP/1.1\r\nHost: box\r\n\r\n")
                     second, _ = await read_response(stream, rest)
                 except trio.BrokenResourceError:
                     second = None  # reset: closed, not hung
