@@ -308,8 +308,8 @@ async def serve(
     from .api import create_asgi, server
 
     async with open_box(settings, extra_backends=extra_backends, now=now, announce=announce) as box:
-        app = server.shield_sends(create_asgi(box), box.shutdown_requested)
-        intake = server.Intake(settings.connection_intake)
+        app = create_asgi(box)
+        intake = server.Intake(settings.connection_intake, head_timeout=settings.head_timeout_seconds)
         async with trio.open_nursery() as nursery:
             box.urls = await nursery.start(partial(
                 server.serve, app, server.hypercorn_config(settings), intake=intake,

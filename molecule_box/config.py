@@ -198,8 +198,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Proxied A2A calls worked on at once (waiting for an agent does not count): keeps heartbeats and the API "
             "responsive while the proxy is saturated."),
     Setting("connection_intake", "MOLECULE_BOX_CONNECTION_INTAKE", _positive_int, 4,
-            "New connections worked on at once until their first request reaches the API; more wait in the listen "
-            "backlog, so a burst of clients connecting cannot starve heartbeats."),
+            "New connections worked on at once until their first request reaches the API; more wait their turn, "
+            "client address by address, so a burst of clients connecting cannot starve heartbeats and one address "
+            "cannot hold up the others."),
+    Setting("head_timeout_seconds", "MOLECULE_BOX_HEAD_TIMEOUT", _positive_float, 10.0,
+            "A new connection that has not sent its first request head this many seconds after its accept is closed."),
+    Setting("keep_alive_timeout_seconds", "MOLECULE_BOX_KEEP_ALIVE_TIMEOUT", _positive_float, 75.0,
+            "An idle keep-alive connection is closed after this many seconds without a request (agents heartbeat "
+            "every 30 s)."),
     Setting("streams_per_token", "MOLECULE_BOX_STREAMS_PER_TOKEN", _positive_int, 16,
             "Event streams (/ws, SSE) open at once per token; the tokens of one workspace share this allowance "
             "(any of them can mint more). Beyond it: 429 with Retry-After."),
@@ -362,6 +368,8 @@ class Settings:
     a2a_active_limit: int = 4
     a2a_queue_limit: int = 1000
     connection_intake: int = 4
+    head_timeout_seconds: float = 10.0
+    keep_alive_timeout_seconds: float = 75.0
     streams_per_token: int = 16
     streams_total: int = 1000
     stream_buffer: int = 256

@@ -12,32 +12,44 @@ before the app is called. Measured with bench/a2a_proxy.py, 2,000 concurrent
 calls: heartbeat p99 55-87 ms with hypercorn's own accept loop; 22-34 ms with
 an intake of 2-4 places, 30-66 ms with 32.
 
-The intake: a new connection holds one of ``limit`` places from its accept
+The intake: a new connection holds one of ``limit`` places from its start
 until its first request reaches the app or ``INTAKE_HOLD`` has passed. The
 hold is what frees the place of a client that connects and sends nothing (a
-preconnect, a port check): hypercorn keeps such a connection's task alive for
-its keep-alive timeout even after the client has gone. While every place is
-held, the accept loop waits; newer connections wait in the kernel's listen
-backlog, which is why the backlog is large. Keep-alive connections are not
-paced again: a heartbeat's connection is paced once, when it is opened.
-Measured under that burst, the first request of a connection reached the app
-6 ms after its accept at p50 and 23 ms at p99, well inside the hold.
+preconnect, a port check): such a connection lives on until its head
+deadline. While every place is held, accepted connections wait in the
+intake's queue, one line per client address, and the places go to the lines
+in turn: 1,000 idle connections from one address delay a newcomer from another
+by one turn, not by 1,000 holds (25 s with four places). One address may fill
+at most half the queue (its further connections are closed at once); while the
+queue is full, newer connections wait in the kernel's listen backlog. Keep-alive
+connections are not paced again: a heartbeat's connection is paced once, when
+it is opened. Measured under that burst, the first request of a connection
+reached the app 6 ms after its accept at p50 and 23 ms at p99, well inside the
+hold.
+
+Every connection must deliver its first request head within the head timeout
+of its accept (queue time included), or it is closed; between requests,
+hypercorn's keep-alive timeout closes it.
 
 Everything else is hypercorn's: ``TCPServer`` (HTTP/1.1, h2, keep-alive,
 timeouts), ``Lifespan`` and ``WorkerContext``, used the way its
 ``hypercorn.trio.run.worker_serve`` uses them (hypercorn offers no way to give
 it listeners or an accept loop). They are internal modules, so pyproject.toml
 pins the hypercorn minor this was written against; moving the pin means
-rereading ``worker_serve`` against ``serve`` below.
+rereading ``worker_serve`` against ``serve`` below, and :class:`_Exchange`
+against hypercorn's ``H11Protocol._maybe_recycle``.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
+import math
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
+from functools import partial
 from typing import Any
 
 import hypercorn.config
@@ -55,8 +67,16 @@ log = logging.getLogger(__name__)
 
 #: Longest a new connection holds an intake place before its first request reaches the app.
 INTAKE_HOLD = 0.1
-#: Connections the kernel queues for us while the intake is full (Linux caps it at net.core.somaxconn).
+#: Accepted connections waiting for an intake place; one client address may fill half of it.
+INTAKE_QUEUE = 4096
+#: Connections the kernel queues for us while the intake's queue is full (Linux caps it at net.core.somaxconn).
 LISTEN_BACKLOG = 4096
+#: The default head timeout (MOLECULE_BOX_HEAD_TIMEOUT).
+HEAD_TIMEOUT = 10.0
+#: After an early answer, the rest of the request body read (and dropped) to keep the connection: the
+#: largest body a route accepts, within DRAIN_DEADLINE. Past either, the connection is closed instead.
+DRAIN_LIMIT = 1024 * 1024
+DRAIN_DEADLINE = 5.0
 #: accept() errors that mean "out of file descriptors or memory for now", as trio.serve_listeners treats them.
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _ACCEPT_RETRY = 0.1
@@ -66,12 +86,14 @@ _arriving: ContextVar[_Place | None] = ContextVar("molecule_box_intake_place", d
 
 
 class _Place:
-    __slots__ = ("_intake", "since", "held")
+    __slots__ = ("_intake", "since", "held", "head")
 
-    def __init__(self, intake: Intake, since: float) -> None:
+    def __init__(self, intake: Intake, since: float, head_deadline: float) -> None:
         self._intake = intake
         self.since = since
         self.held = True
+        #: Around the connection's task until its first request reaches the app.
+        self.head = trio.CancelScope(deadline=head_deadline)
 
     def release(self) -> None:
         if self.held:
@@ -80,33 +102,83 @@ class _Place:
 
 
 class Intake:
-    """Places for new connections between their accept and their first request reaching the app."""
+    """Places for new connections between their start and their first request reaching the app.
 
-    def __init__(self, limit: int, hold: float = INTAKE_HOLD) -> None:
+    Accepted connections wait in one line per client address; the places go to the lines in turn."""
+
+    def __init__(self, limit: int, hold: float = INTAKE_HOLD, *, head_timeout: float = HEAD_TIMEOUT,
+                 queue: int = INTAKE_QUEUE) -> None:
         if limit < 1:
             raise ValueError("the intake needs at least one place")
         self._free = limit
         self._hold = hold
-        self._held: deque[_Place] = deque()  # in accept order; released ones are dropped lazily
-        self._lot = trio.lowlevel.ParkingLot()
+        self._head_timeout = head_timeout
+        self._queue = queue
+        self._held: deque[_Place] = deque()  # in start order; released ones are dropped lazily
+        #: Connections waiting for a place (and their head deadlines), by client address; dict order is the turn order.
+        self._lines: dict[str, deque[tuple[trio.SocketStream, float]]] = {}
+        self._waiting = 0
+        self._wake = trio.lowlevel.ParkingLot()  # the dispatcher: a place was freed or a connection arrived
+        self._room = trio.lowlevel.ParkingLot()  # the accept loops: the queue has room again
 
-    async def take(self) -> _Place:
-        """A place for the next connection; waits while all are held, at most until the oldest one expires."""
-        while True:
-            now = trio.current_time()
-            self._expire(now)
-            if self._free > 0:
-                break
-            with trio.move_on_at(self._held[0].since + self._hold):
-                await self._lot.park()
-        self._free -= 1
-        place = _Place(self, now)
-        self._held.append(place)
-        return place
+    async def room(self) -> None:
+        """Wait while the queue is full: newer connections then wait in the kernel's listen backlog."""
+        while self._waiting >= self._queue:
+            await self._room.park()
+
+    def arrive(self, stream: trio.SocketStream) -> bool:
+        """Queue an accepted connection for a place; False if its address already fills its share of the queue."""
+        line = self._lines.setdefault(client_key(stream), deque())
+        if len(line) >= max(1, self._queue // 2):
+            return False
+        line.append((stream, trio.current_time() + self._head_timeout))
+        self._waiting += 1
+        self._wake.unpark()
+        return True
+
+    async def dispatch(self, start: Callable[[trio.SocketStream, _Place], None]) -> None:
+        """Give waiting connections their places, one client address after another, for as long as it runs."""
+        try:
+            while True:
+                now = trio.current_time()
+                self._expire(now)
+                if self._free > 0 and self._waiting:
+                    stream, head_deadline = self._next()
+                    if head_deadline <= now:  # it waited its whole head timeout: it gets no place
+                        stream.socket.close()
+                        continue
+                    self._free -= 1
+                    place = _Place(self, now, head_deadline)
+                    self._held.append(place)
+                    start(stream, place)
+                    continue
+                wake_at = self._held[0].since + self._hold if self._free == 0 else math.inf
+                with trio.move_on_at(wake_at):
+                    await self._wake.park()
+        finally:
+            self._close_waiting()
+
+    def _next(self) -> tuple[trio.SocketStream, float]:
+        address, line = next(iter(self._lines.items()))
+        del self._lines[address]
+        waiting = line.popleft()
+        if line:
+            self._lines[address] = line  # to the end of the turn order
+        self._waiting -= 1
+        self._room.unpark_all()
+        return waiting
+
+    def _close_waiting(self) -> None:
+        """A stopping server refuses the connections it has not started, as it refuses those in the backlog."""
+        for line in self._lines.values():
+            for stream, _ in line:
+                stream.socket.close()
+        self._lines.clear()
+        self._waiting = 0
 
     def _released(self) -> None:
         self._free += 1
-        self._lot.unpark()
+        self._wake.unpark()
 
     def _expire(self, now: float) -> None:
         held = self._held
@@ -114,11 +186,97 @@ class Intake:
             held.popleft().release()
 
 
+def client_key(stream: trio.SocketStream) -> str:
+    """The line a connection waits in: its IPv4 address, or its IPv6 /64 (one host's usual share)."""
+    try:
+        host = str(stream.socket.getpeername()[0])
+    except OSError:  # the client is already gone
+        return ""
+    if ":" not in host:
+        return host
+    address = ipaddress.IPv6Address(host.partition("%")[0])
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
 def reached_app() -> None:
-    """The current connection's request is in the app: its intake place is free for the next connection."""
+    """The current connection's request is in the app: its head arrived, its intake place is free."""
     place = _arriving.get()
-    if place is not None and place.held:
+    if place is not None and place.head.deadline != math.inf:
         place.release()
+        place.head.deadline = math.inf
+
+
+def _says_close(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    return any(name.lower() == b"connection" and b"close" in value.lower() for name, value in headers)
+
+
+class _Exchange:
+    """One HTTP/1 request between hypercorn and the app: makes the end of its response end it cleanly.
+
+    hypercorn recycles or closes the connection from inside the app's last ``send``.
+    Two things went wrong there. (1) It hands ``http.disconnect`` to the app from
+    inside that send; quart-trio then cancels its request task, and the
+    cancellation landed in hypercorn's close (the socket stayed open: a
+    ``Connection: close`` or HTTP/1.0 request was never closed) or in its
+    recycling (the keep-alive timer was not restarted). So the last send is
+    shielded; it is bounded by itself (hypercorn shields its socket writes
+    already; the waits below have deadlines). (2) An early answer (a 401 before
+    the body arrived): hypercorn closes the connection, but under (1) it stayed
+    open with the rest of the body unparsed, and the next request on it hung. Now
+    the rest of the body is read and dropped, up to DRAIN_LIMIT within
+    DRAIN_DEADLINE, so the connection serves its next request; past that (or when
+    either side said ``Connection: close``) hypercorn closes it, and the app's
+    queue is kept moving meanwhile so that close never waits on it.
+    """
+
+    __slots__ = ("_receive", "_send", "_reusable", "_complete", "_waiter")
+
+    def __init__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self._receive = receive
+        self._send = send
+        self._reusable = scope["http_version"] == "1.1" and not _says_close(scope["headers"])
+        self._complete = False  # the request's body has ended (or its client has gone)
+        self._waiter: trio.CancelScope | None = None
+
+    async def receive(self) -> dict[str, Any]:
+        message: dict[str, Any] = await self._receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            self._complete = True
+            if self._waiter is not None:  # the drain waits in another receive (quart reads the body too)
+                self._waiter.cancel()
+        return message
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and _says_close(message.get("headers", ())):
+            self._reusable = False
+        if message["type"] != "http.response.body" or message.get("more_body", False):
+            await self._send(message)
+            return
+        with trio.CancelScope(shield=True):
+            if self._complete:
+                await self._send(message)
+            else:
+                await self._early_end(message.get("body", b""))
+
+    async def _early_end(self, body: bytes) -> None:
+        if body:  # the client gets the whole answer before the drain
+            await self._send({"type": "http.response.body", "body": body, "more_body": True})
+        if self._reusable:
+            await self._read_rest(DRAIN_LIMIT)
+        async with trio.open_nursery() as nursery:
+            if not self._complete:  # hypercorn closes the connection; its queue to the app must not block it
+                nursery.start_soon(self._read_rest, math.inf)
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _read_rest(self, limit: float) -> None:
+        """Read and drop the body until its end, its client's leaving, ``limit`` bytes or DRAIN_DEADLINE."""
+        size = 0
+        with trio.move_on_after(DRAIN_DEADLINE) as self._waiter:
+            while not self._complete and size <= limit:
+                size += len((await self.receive()).get("body", b""))
+        self._waiter = None
 
 
 def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
@@ -128,38 +286,10 @@ def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.accesslog = None  # 13 % of the hot path (perf-notes); requests are counted in /metrics instead
     config.graceful_timeout = settings.shutdown_grace_seconds
-    config.keep_alive_timeout = 75
+    config.keep_alive_timeout = settings.keep_alive_timeout_seconds
     config.include_server_header = False
     config.backlog = LISTEN_BACKLOG
     return config
-
-
-def shield_sends(app: Any, draining: trio.Event) -> Any:
-    """During a graceful stop, let hypercorn finish closing connections whose last response went out.
-
-    hypercorn hands ``http.disconnect`` to the app from *inside* the app's final
-    ``send``; quart-trio then cancels its request task, and that cancellation lands
-    in hypercorn's connection close, leaving the socket open. While draining, such a
-    connection would hold the stop for the whole grace period. hypercorn shields its
-    socket writes already, so shielding the rest of ``send`` adds no way to hang.
-    Only while draining: outside it the same race leaves a ``Connection: close``
-    socket open until the client closes it, which clients do after the response.
-    """
-    async def shielded(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-
-        async def send_shielded(message: Any) -> None:
-            if not draining.is_set():
-                await send(message)
-                return
-            with trio.CancelScope(shield=True):
-                await send(message)
-
-        await app(scope, receive, send_shielded)
-
-    return shielded
 
 
 async def serve(
@@ -179,9 +309,13 @@ async def serve(
     config.set_statsd_logger_class(StatsdLogger)
 
     async def entered(scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any) -> None:
-        """hypercorn's app wrapper signature (what its ASGIWrapper does, plus freeing the intake place)."""
+        """hypercorn's app wrapper signature (what its ASGIWrapper does, plus the intake and :class:`_Exchange`)."""
         reached_app()
-        await app(scope, receive, send)
+        if scope["type"] != "http" or scope["http_version"] not in ("1.0", "1.1"):  # h2 streams end on their own
+            await app(scope, receive, send)
+            return
+        exchange = _Exchange(scope, receive, send)
+        await app(scope, exchange.receive, exchange.send)
 
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(entered, config, lifespan_state)
@@ -189,10 +323,14 @@ async def serve(
     state = ConnectionState(lifespan_state.copy())
 
     async def connection(stream: trio.SocketStream, place: _Place) -> None:
+        _arriving.set(place)  # the tasks hypercorn spawns for its requests copy this task's context
         try:
-            await TCPServer(entered, config, context, state, stream)  # type: ignore[arg-type]
+            with place.head:
+                await TCPServer(entered, config, context, state, stream)  # type: ignore[arg-type]
         finally:
             place.release()
+            with trio.CancelScope(shield=True):  # a cancellation (the head deadline) cuts hypercorn's own close
+                await stream.aclose()
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
@@ -210,8 +348,9 @@ async def serve(
                 async with trio.open_nursery(strict_exception_groups=True) as nursery:
                     nursery.start_soon(raise_shutdown, shutdown_trigger)
                     nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(intake.dispatch, partial(server_nursery.start_soon, connection))
                     for listener in listeners:
-                        nursery.start_soon(_accept, listener, intake, connection, server_nursery)
+                        nursery.start_soon(_accept, listener, intake)
             except BaseExceptionGroup as error:
                 _, other_errors = error.split((ShutdownError, KeyboardInterrupt))
                 if other_errors is not None:
@@ -227,23 +366,17 @@ async def serve(
         lifespan_nursery.cancel_scope.cancel()
 
 
-async def _accept(listener: trio.SocketListener, intake: Intake,
-                  connection: Callable[[trio.SocketStream, _Place], Awaitable[None]],
-                  handlers: trio.Nursery) -> None:
-    """One listener's accept loop: a connection is accepted only once it has an intake place."""
+async def _accept(listener: trio.SocketListener, intake: Intake) -> None:
+    """One listener's accept loop: accepted connections queue in the intake while it has room."""
     while True:
-        place = await intake.take()
+        await intake.room()
         try:
             stream = await listener.accept()
         except OSError as exc:
-            place.release()
             if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                 raise
             log.error("accept failed (%s); retrying in %.1fs", errno.errorcode.get(exc.errno or 0, exc), _ACCEPT_RETRY)
             await trio.sleep(_ACCEPT_RETRY)
             continue
-        except BaseException:
-            place.release()
-            raise
-        _arriving.set(place)  # the connection's task copies this task's context when it is spawned
-        handlers.start_soon(connection, stream, place)
+        if not intake.arrive(stream):  # its address fills its share of the queue already
+            stream.socket.close()

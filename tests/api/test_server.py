@@ -36,6 +36,13 @@ class App:
         if scope["path"] == "/hold":
             self.entered.set()
             await self.release.wait()
+        if scope["path"] == "/early":  # answers without reading the body, as the proxy's 413 does
+            self.entered.set()
+            await self.release.wait()
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-length", b"2"), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": b"no"})
+            return
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
@@ -146,6 +153,57 @@ async def test_the_box_paces_accept_with_its_connection_intake_setting(runner: B
     await idle.aclose()
 
 
+async def test_one_client_address_fills_at_most_half_the_intake_queue(tmp_path: Path) -> None:
+    async with serving(tmp_path, App(), server.Intake(1, hold=30, queue=4)) as (url, _):
+        holder = await idle_connection(url)  # holds the only place
+        waiting = [await idle_connection(url) for _ in range(2)]  # its address's share of the queue
+        refused = await idle_connection(url)
+        with trio.move_on_after(5) as waited:
+            assert await refused.receive_some() == b""
+        assert not waited.cancelled_caught, "a connection beyond its address's share must be closed at once"
+        for stream in (holder, *waiting, refused):
+            await stream.aclose()
+
+
 def test_an_intake_needs_a_place() -> None:
     with pytest.raises(ValueError):
         server.Intake(0)
+
+
+async def test_an_answer_to_a_body_nobody_reads_closes_the_connection(tmp_path: Path) -> None:
+    """The app answers without reading a big body. hypercorn's queue of body chunks to the app is full by then,
+    and hypercorn's close puts one more message in it: the box must keep it moving, or the connection wedges."""
+    app = App()
+    async with serving(tmp_path, app, server.Intake(4)) as (url, _):
+        stream = await idle_connection(url)
+        async with stream:
+            size = 256 * 1024 * 1024  # more than the socket buffers hold: the sender stalls once the queue is full
+            await stream.send_all(f"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode())
+            last_progress = trio.current_time()
+
+            async def send_body() -> None:
+                nonlocal last_progress
+                try:
+                    for _ in range(size // 65536):
+                        await stream.send_all(b" " * 65536)
+                        last_progress = trio.current_time()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_body)
+                with trio.fail_after(30):
+                    await app.entered.wait()
+                    while trio.current_time() - last_progress < 0.3:  # the whole pipeline backed up
+                        await trio.sleep(0.05)
+                app.release.set()
+                received = b""
+                with trio.move_on_after(5) as hung:
+                    try:
+                        while chunk := await stream.receive_some(65536):
+                            received += chunk
+                    except trio.BrokenResourceError:
+                        pass
+                nursery.cancel_scope.cancel()
+            assert received.startswith(b"HTTP/1.1 413 ")
+            assert not hung.cancelled_caught, "the connection must be closed after the answer"
