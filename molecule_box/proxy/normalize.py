@@ -124,6 +124,8 @@ def caller_timeout(raw: str | None) -> float | None:
 #: Methods the box answers itself for a poll-mode target (it has no URL to forward them to).
 GET_TASK_METHODS = ("tasks/get", "GetTask")
 STREAM_METHODS = ("message/stream", "SendStreamingMessage")
+#: What an A2A client may send a poll-mode agent: a message (its inbox holds messages, not task operations).
+SEND_METHODS = ("message/send", "SendMessage", *STREAM_METHODS)
 #: A poll inbox message's state (store/inbox.py) as the A2A task state its sender reads.
 TASK_STATES = {"queued": "submitted", "fetched": "working", "replied": "completed", "expired": "failed"}
 TASK_PREFIX = "inbox-"
@@ -201,6 +203,11 @@ def rpc_result(payload: dict[str, Any], result: dict[str, Any]) -> dict[str, Any
     if generation(method) == "1" and method not in GET_TASK_METHODS:
         result = {"task": result}
     return {"jsonrpc": "2.0", "id": payload.get("id"), "result": result}
+
+
+#: JSON-RPC error codes of A2A (both generations).
+TASK_NOT_FOUND = -32001
+UNSUPPORTED_OPERATION = -32004
 
 
 def rpc_error(payload: dict[str, Any], code: int, message: str) -> dict[str, Any]:

@@ -51,7 +51,10 @@ from .normalize import (
     FORWARDED_HEADERS,
     GET_TASK_METHODS,
     HOP_BY_HOP,
+    SEND_METHODS,
     STREAM_METHODS,
+    TASK_NOT_FOUND,
+    UNSUPPORTED_OPERATION,
     Normalized,
     agent_error,
     caller_timeout,
@@ -87,8 +90,6 @@ ACTIVITY_FLUSH_EVERY = 0.05
 #: A reply up to this size is written to the caller inside the call's work slot (the socket buffer takes it
 #: without waiting on the client); a bigger one leaves the slot first.
 SEND_IN_SLOT = 64 * 1024
-#: JSON-RPC error code of A2A's TaskNotFoundError (both generations).
-TASK_NOT_FOUND = -32001
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -282,14 +283,7 @@ class A2AProxy:
         if ws.url in (None, "", NO_INBOUND):
             if ws.is_external:
                 admission.leave()
-                if norm.method in GET_TASK_METHODS:
-                    raise Answered(self._inbox_task(ws, caller, norm))
-                queued = await self._to_inbox(ws, caller, norm)
-                if speaks_a2a(next((v.decode("latin-1") for k, v in headers if k == b"a2a-version"), None)):
-                    task = inbox_task(norm.method, norm.payload, queued["activity_id"], "queued", None,
-                                      rfc3339(time.time()))
-                    raise Answered(rpc_result(norm.payload, task), stream=norm.method in STREAM_METHODS)
-                raise Queued(queued)
+                raise await self._poll_mode(ws, caller, norm, headers)
             raise ServiceUnavailable("workspace has no URL yet", retry_after=10, status=ws.status.value)
         if ws.status not in (S.ONLINE, S.DEGRADED):
             raise ServiceUnavailable(f"workspace is {ws.status.value}", retry_after=10, status=ws.status.value)
@@ -314,6 +308,22 @@ class A2AProxy:
         log.info("workspace %s busy (%s): message queued as %d (depth %d)", ws.id, why, queue_id, depth)
         return {"queued": True, "queue_id": queue_id, "queue_depth": depth, "duplicate": duplicate,
                 "message": "workspace agent busy — message queued and delivered when it has capacity"}
+
+    async def _poll_mode(self, ws: Workspace, caller: str | None, norm: Normalized,
+                         headers: list[tuple[bytes, bytes]]) -> Queued | Answered:
+        """A call to a poll-mode agent, answered in the caller's protocol (docs/design.md, "Poll mode"): an
+        A2A client (it sends A2A-Version) gets a Task of its generation, any other caller the platform's 202."""
+        if norm.method in GET_TASK_METHODS:
+            return Answered(self._inbox_task(ws, caller, norm))
+        a2a_client = speaks_a2a(next((v.decode("latin-1") for k, v in headers if k == b"a2a-version"), None))
+        if a2a_client and norm.method not in SEND_METHODS:
+            return Answered(rpc_error(norm.payload, UNSUPPORTED_OPERATION,
+                                      f"{norm.method} is not supported by a poll-mode agent"))
+        queued = await self._to_inbox(ws, caller, norm)
+        if not a2a_client:
+            return Queued(queued)
+        task = inbox_task(norm.method, norm.payload, queued["activity_id"], "queued", None, rfc3339(time.time()))
+        return Answered(rpc_result(norm.payload, task), stream=norm.method in STREAM_METHODS)
 
     async def _to_inbox(self, ws: Workspace, caller: str | None, norm: Normalized) -> dict[str, Any]:
         """Poll mode: the message waits in the agent's inbox (its activity), committed before we answer.

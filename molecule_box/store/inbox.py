@@ -74,7 +74,7 @@ def expire_before(ttl_days: float, now: float) -> float:
 
 
 #: The inbox messages of a workspace with their state (what :func:`state` says), for counting and listing.
-_MESSAGES = """SELECT *, CASE WHEN inbox != 'open' THEN inbox WHEN id <= :fetched THEN 'fetched'
+_MESSAGES = """SELECT id, source_id, method, summary, created_at, CASE WHEN inbox != 'open' THEN inbox WHEN id <= :fetched THEN 'fetched'
                               WHEN created_at < :expire_before THEN 'expired' ELSE 'queued' END AS state
                FROM activity WHERE workspace_id = :wid AND activity_type = 'a2a_receive' AND inbox IS NOT NULL"""
 

@@ -85,6 +85,15 @@ def get(task_id: str) -> Action:
     return action
 
 
+def cancel(task_id: str) -> Action:
+    async def action(client: Any) -> Any:
+        from a2a.types.a2a_pb2 import CancelTaskRequest
+
+        return await client.cancel_task(CancelTaskRequest(id=task_id))
+
+    return action
+
+
 def state(name: str) -> int:
     from a2a.types.a2a_pb2 import TaskState
 
@@ -124,6 +133,12 @@ async def test_a_peer_gets_the_answer_of_a_poll_mode_agent(box: Box, client: htt
 
     with pytest.raises(TaskNotFoundError):
         await a2a(proxy_url, {"X-Workspace-ID": other, **bearer(other_token)}, generation, get(task_id))
+    # A task operation other than reading it is not the agent's inbox's business: refused, and not stored.
+    from a2a.utils.errors import UnsupportedOperationError
+
+    with pytest.raises(UnsupportedOperationError):
+        await a2a(proxy_url, as_peer, generation, cancel(task_id))
+    assert (await client.get(f"/workspaces/{poller}/inbox", headers=ADMIN)).json()["counts"]["replied"] == 1
     # A caller without A2A-Version (the platform's canvas and SDK) still gets the platform's 202.
     plain = await client.post(f"/workspaces/{poller}/a2a", json=send_body("plain"), headers=as_peer)
     assert plain.status_code == 202 and plain.json()["delivery"] == "poll", plain.text

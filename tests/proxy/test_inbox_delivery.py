@@ -164,6 +164,24 @@ async def test_replies_mark_their_messages_replied(client: httpx.AsyncClient, tm
         ("re: from the peer", poller, "queued")]
 
 
+async def test_a_reply_naming_its_task_answers_that_message(client: httpx.AsyncClient) -> None:
+    poller, token = await joined(client, "poller", url="remote://no-inbound")
+    peer, peer_token = await joined(client, "peer", url="remote://no-inbound")
+    await _queue(client, poller, ["first", "second"], {"X-Workspace-ID": peer, **bearer(peer_token)})
+    fetched = (await client.get(f"/workspaces/{poller}/activity?type=a2a_receive", headers=bearer(token))).json()
+    second = fetched[1]["id"]
+    reply = {"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": {"message": {
+        "role": "agent", "messageId": "r-1", "taskId": f"inbox-{second}", "parts": [{"kind": "text", "text": "2"}]}}}
+    sent = await client.post(f"/workspaces/{peer}/a2a", json=reply, headers={"X-Workspace-ID": poller, **bearer(token)})
+    assert sent.status_code == 202, sent.text
+    messages = (await _inbox(client, poller))["messages"]
+    assert [(m["id"], m["state"]) for m in messages] == [(second, "replied"), (fetched[0]["id"], "fetched")]
+    # A message of role user from the agent is a call of its own, not a reply.
+    call = send_body("a question of mine")
+    sent = await client.post(f"/workspaces/{peer}/a2a", json=call, headers={"X-Workspace-ID": poller, **bearer(token)})
+    assert sent.status_code == 202 and (await _inbox(client, poller))["counts"]["replied"] == 1
+
+
 async def test_a_message_not_fetched_in_time_expires(runner: BoxRunner) -> None:
     box = await runner.start(INBOX_TTL_DAYS="0.00001")  # 0.86 s
     async with httpx.AsyncClient(base_url=box.urls[0], timeout=10) as client:
