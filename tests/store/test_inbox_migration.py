@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from molecule_box.store import Store
 from molecule_box.store import inbox
-from molecule_box.store.migrations import MIGRATIONS, SCHEMA_VERSION
+from molecule_box.store.migrations import SCHEMA_VERSION
+
+from .test_store import older_store
 
 
 def test_the_poll_messages_of_an_older_box_join_the_inbox(tmp_path: Path) -> None:
     path = tmp_path / "box.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    for script in MIGRATIONS[:5]:
-        conn.executescript(script)
-    conn.execute("PRAGMA user_version = 5")
+    conn = older_store(path, 5)
     rows = [  # (source, status, duration): a poll message has no duration, a proxied call always has one
         ("peer", "queued", None),  # a poll message from a peer
         (None, "queued", None),  # one from the user
