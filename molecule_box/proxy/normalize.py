@@ -175,7 +175,8 @@ def replied_task(payload: dict[str, Any]) -> int | None:
     return None
 
 
-def inbox_task(method: str, request: Any, row_id: int, state: str, reply: str | None, at: str | None) -> dict[str, Any]:
+def inbox_task(method: str, request: Any, row_id: int, state: str, reply: str | None,
+               at: str | None) -> dict[str, Any]:
     """The A2A ``Task`` of a poll inbox message in the generation of ``method``: its id names the row, its
     context is the message's own (else the task id), and a replied message carries the reply as the status
     message."""

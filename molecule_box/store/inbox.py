@@ -74,8 +74,9 @@ def expire_before(ttl_days: float, now: float) -> float:
 
 
 #: The inbox messages of a workspace with their state (what :func:`state` says), for counting and listing.
-_MESSAGES = """SELECT id, source_id, method, summary, created_at, CASE WHEN inbox != 'open' THEN inbox WHEN id <= :fetched THEN 'fetched'
-                              WHEN created_at < :expire_before THEN 'expired' ELSE 'queued' END AS state
+_MESSAGES = """SELECT id, source_id, method, summary, created_at,
+                      CASE WHEN inbox != 'open' THEN inbox WHEN id <= :fetched THEN 'fetched'
+                           WHEN created_at < :expire_before THEN 'expired' ELSE 'queued' END AS state
                FROM activity WHERE workspace_id = :wid AND activity_type = 'a2a_receive' AND inbox IS NOT NULL"""
 
 
@@ -90,8 +91,7 @@ def messages(db: sqlite_utils.Database, workspace_id: str, at: Cursor, expire_be
              only: str | None, limit: int) -> list[dict[str, Any]]:
     """The newest ``limit`` inbox messages (in state ``only``, if given), newest first, without their bodies."""
     rows = db.execute(
-        f"""SELECT id, source_id, method, summary, state, created_at FROM ({_MESSAGES})
-            WHERE :only IS NULL OR state = :only ORDER BY id DESC LIMIT :limit""",
+        f"""SELECT * FROM ({_MESSAGES}) WHERE :only IS NULL OR state = :only ORDER BY id DESC LIMIT :limit""",
         {"fetched": at.fetched_through, "expire_before": expire_before, "wid": workspace_id, "only": only,
          "limit": limit}).fetchall()
     return [dict(row) for row in rows]
@@ -111,13 +111,12 @@ def mark_replied(workspace_id: str, source_id: str | None, reply: dict[str, Any]
     encoded = json.dumps(reply, separators=(",", ":"))
 
     def op(db: sqlite_utils.Database) -> int | None:
-        sender = "source_id IS ?"
-        fetched = "id <= coalesce((SELECT fetched_through FROM inbox_cursors WHERE workspace_id = ?), 0)"
-        named = "AND id = ?" if row_id is not None else ""
-        args = [workspace_id, workspace_id, source_id, *([row_id] if row_id is not None else [])]
-        found = db.execute(f"""SELECT id FROM activity WHERE workspace_id = ? AND activity_type = 'a2a_receive'
-                               AND inbox = 'open' AND {fetched} AND {sender} {named} ORDER BY id LIMIT 1""",
-                           args).fetchone()
+        named, args = ("AND id = ?", [row_id]) if row_id is not None else ("", [])
+        found = db.execute(f"""
+            SELECT id FROM activity WHERE workspace_id = ? AND activity_type = 'a2a_receive' AND inbox = 'open'
+            AND source_id IS ? {named}
+            AND id <= coalesce((SELECT fetched_through FROM inbox_cursors WHERE workspace_id = ?), 0)
+            ORDER BY id LIMIT 1""", [workspace_id, source_id, *args, workspace_id]).fetchone()
         if found is None:
             return None
         db.execute("UPDATE activity SET inbox = 'replied', response_body = ? WHERE id = ?", [encoded, found[0]])
