@@ -217,6 +217,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("a2a_queue_limit", "A2A_QUEUE_LIMIT", _positive_int, 1000,
             "Most messages queued for one busy workspace; a call beyond it gets 429 with Retry-After."),
     Setting("activity_retention_days", "ACTIVITY_RETENTION_DAYS", _positive_float, 7.0, "Activity rows older than this are pruned."),
+    Setting("inbox_ttl_days", "INBOX_TTL_DAYS", _positive_float, 3.0,
+            "A poll-mode agent's inbox message it has not fetched this many days after it arrived is expired: no "
+            "longer handed to the agent, and its sender's task reads failed. Keep it below ACTIVITY_RETENTION_DAYS, "
+            "which deletes the row."),
     Setting("event_retention_days", "EVENT_RETENTION_DAYS", _positive_float, 7.0,
             "Recorded events (GET /events history) and actor failures are deleted after this many days."),
     Setting("revoked_token_retention_days", "REVOKED_TOKEN_RETENTION_DAYS", _positive_float, 30.0,
@@ -374,6 +378,7 @@ class Settings:
     streams_total: int = 1000
     stream_buffer: int = 256
     activity_retention_days: float = 7.0
+    inbox_ttl_days: float = 3.0
     event_retention_days: float = 7.0
     revoked_token_retention_days: float = 30.0
     queue_retention_days: float = 7.0

@@ -17,6 +17,7 @@ from ..models import rfc3339
 from ..proxy.normalize import message_text
 from ..schemas import Delegate, Notify, ReportActivity
 from ..store import activity as activity_rows
+from ..store import inbox
 from ..store import queue as queue_rows
 from .auth import require_caller, require_workspace
 from .routing import box, parse, query_int, respond, route
@@ -40,8 +41,9 @@ def _json(text: str | None) -> Any:
         return text
 
 
-def shape(row: dict[str, Any]) -> dict[str, Any]:
-    """An activity row as the platform's SDK reads it: ``data`` carries what its inbox needs."""
+def shape(row: dict[str, Any], at: inbox.Cursor, expire_before: float) -> dict[str, Any]:
+    """An activity row as the platform's SDK reads it: ``data`` carries what its inbox needs; ``inbox_state``
+    what became of an inbox message (None on other rows)."""
     b = box()
     request_body = _json(row["request_body"])
     source = row["source_id"]
@@ -65,6 +67,7 @@ def shape(row: dict[str, Any]) -> dict[str, Any]:
         "request_body": request_body,
         "response_body": _json(row["response_body"]),
         "created_at": rfc3339(row["created_at"]),
+        "inbox_state": inbox.state(row, at, expire_before),
         "data": {
             "source": "canvas_user" if source is None else "peer_agent",
             "text": text,
@@ -105,19 +108,32 @@ async def list_activity(raw_id: str) -> Any:
             before = datetime.fromisoformat(raw_before.replace("Z", "+00:00")).timestamp()
         except ValueError:
             raise BadRequest("before_ts must be an RFC 3339 timestamp") from None
+    activity_type = request.args.get("type") or None
+    peer_id = request.args.get("peer_id") or None
+    at = inbox.cursor(b.store.db, wid)
+    expire_before = inbox.expire_before(b.settings.inbox_ttl_days, time.time())
+    # The agent's own inbox poll (store/inbox.py): without since_id it resumes after the last row it confirmed,
+    # oldest first; its since_id confirms the rows up to it. Every other read keeps its meaning.
+    polling = not principal.is_admin and activity_type == "a2a_receive" and not (source or peer_id or before)
     rows = activity_rows.query(
-        b.store.db, wid, activity_type=request.args.get("type") or None, since_id=since, before_ts=before,
-        peer_id=request.args.get("peer_id") or None, source=source, limit=limit,
+        b.store.db, wid, activity_type=activity_type, since_id=at.taken_through if polling and since is None
+        else since, before_ts=before, peer_id=peer_id, source=source, limit=limit,
         # An agent polling its own inbox never gets back what it sent itself (no self-echo loop).
         exclude_source=None if principal.is_admin else wid,
-        newest_first=source is not None)
+        newest_first=source is not None,
+        expired=(at.fetched_through, expire_before) if polling else None)
     page, size = [], 0
     for row in rows:
         size += len(row["request_body"] or "") + len(row["response_body"] or "")
         if page and size > PAGE_BYTES:
             break
-        page.append(shape(row))
-    return respond(page)
+        page.append(row)
+    if polling:
+        fetched = page[-1]["id"] if page else 0
+        if fetched > at.fetched_through or (since or 0) > at.taken_through:
+            await b.store.write(inbox.advance(wid, fetched=fetched, taken=since or 0, expire_before=expire_before))
+            at = inbox.cursor(b.store.db, wid)
+    return respond([shape(row, at, expire_before) for row in page])
 
 
 @route(bp, "/workspaces/<raw_id>/activity", "POST", auth="workspace", body=ReportActivity,
@@ -153,9 +169,11 @@ async def notify(raw_id: str) -> Any:
     if attachments:
         response["parts"] = [{"kind": "file", "file": a} for a in attachments]
     # source_id is the agent itself: it is chat history for the user, never an inbox message for the agent.
-    await b.store.write(activity_rows.insert(
+    log_row = activity_rows.insert(
         workspace_id=wid, activity_type="a2a_receive", source_id=wid, target_id=wid, method="notify",
-        summary=body.message[:200], response_body=response, status="ok"))
+        summary=body.message[:200], response_body=response, status="ok")
+    answered = inbox.mark_replied(wid, None, response)  # a poll-mode agent answers its user's message this way
+    await b.store.write(lambda db: (log_row(db), answered(db)))
     payload: dict[str, Any] = {"message": body.message, "workspace_id": wid, "name": ws.name}
     if attachments:
         payload["attachments"] = attachments
@@ -245,3 +263,26 @@ async def list_queue(raw_id: str) -> Any:
            FROM a2a_queue WHERE workspace_id = ? ORDER BY id DESC LIMIT 200""", [wid]).fetchall()
     return respond([{**dict(r), "enqueued_at": rfc3339(r["enqueued_at"]), "completed_at": rfc3339(r["completed_at"])}
                     for r in rows])
+
+
+@route(bp, "/workspaces/<raw_id>/inbox", "GET", auth="workspace",
+       summary="A poll-mode agent's inbox: where its poll resumes, and what is waiting (molecule-box addition)",
+       query={"state": "queued, fetched, replied or expired", "limit": "1-500, default 100"},
+       responses={200: "{workspace_id, cursor, counts, messages (newest first)}", 400: "Unknown state"})
+async def inbox_state(raw_id: str) -> Any:
+    b = box()
+    wid = workspace_id(raw_id)
+    await require_workspace(b, wid)
+    live(wid)
+    only = request.args.get("state") or None
+    if only is not None and only not in inbox.STATES:
+        raise BadRequest(f"state must be one of {', '.join(inbox.STATES)}")
+    limit = query_int("limit", 100, low=1, high=500)
+    at = inbox.cursor(b.store.db, wid)
+    expire_before = inbox.expire_before(b.settings.inbox_ttl_days, time.time())
+    rows = inbox.messages(b.store.db, wid, at, expire_before, only=only, limit=limit)
+    return respond({
+        "workspace_id": wid,
+        "cursor": {"fetched_through": at.fetched_through, "taken_through": at.taken_through},
+        "counts": inbox.counts(b.store.db, wid, at, expire_before),
+        "messages": [{**row, "created_at": rfc3339(row["created_at"])} for row in rows]})

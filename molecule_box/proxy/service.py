@@ -40,14 +40,37 @@ from ..errors import (
     ServiceUnavailable,
     Unauthorized,
 )
-from ..models import LIVE_STATES, Event, Workspace, WorkspaceStatus
+from ..models import LIVE_STATES, Event, Workspace, WorkspaceStatus, rfc3339
 from ..security.ssrf import NO_INBOUND, UnsafeAgentURL, resolve_checked, split_agent_url
 from ..security.tokens import parse_bearer
 from ..store import activity as activity_rows
+from ..store import inbox
 from ..store import queue as queue_rows
 from .admission import Admission
 from .client import Pools, UpstreamError, UpstreamResponse
-from .normalize import FORWARDED_HEADERS, HOP_BY_HOP, Normalized, agent_error, caller_timeout, normalize, summarize
+from .normalize import (
+    FORWARDED_HEADERS,
+    GET_TASK_METHODS,
+    HOP_BY_HOP,
+    SEND_METHODS,
+    STREAM_METHODS,
+    TASK_NOT_FOUND,
+    UNSUPPORTED_OPERATION,
+    Normalized,
+    agent_error,
+    caller_timeout,
+    inbox_row_id,
+    inbox_task,
+    inbox_task_id,
+    is_reply,
+    message_text,
+    normalize,
+    replied_task,
+    rpc_error,
+    rpc_result,
+    speaks_a2a,
+    summarize,
+)
 
 if TYPE_CHECKING:
     from ..box import Box
@@ -78,6 +101,14 @@ class Queued(Exception):
 
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
+
+
+class Answered(Exception):
+    """Not an error: the box answered an A2A client for a poll-mode agent (a JSON-RPC body, or a stream of it)."""
+
+    def __init__(self, body: dict[str, Any], *, stream: bool = False) -> None:
+        self.body = body
+        self.stream = stream
 
 
 class A2AProxy:
@@ -232,12 +263,20 @@ class A2AProxy:
             forward_headers = [(k, v) for k, v in scope["headers"] if k in FORWARDED_HEADERS]
             if not any(k == b"content-type" for k, _ in forward_headers):
                 forward_headers.append((b"content-type", b"application/json"))
-            ws = await self._route(ws, caller, norm, forward_headers, admission)
+            try:
+                ws = await self._route(ws, caller, norm, forward_headers, admission)
+            except Queued:
+                await self._note_reply(caller, target_id, norm, admission)
+                raise
+            await self._note_reply(caller, target_id, norm, admission)
             await self._forward_streaming(scope, receive, send, ws, caller, norm, forward_headers, timeout, started,
                                           admission)
         except Queued as queued:
             admission.leave()
             await send_json(send, 202, queued.body)
+        except Answered as answered:
+            admission.leave()
+            await _send_answer(send, answered)
         except Exception as exc:
             admission.leave()
             status, body, headers = error_response(exc)
@@ -257,7 +296,7 @@ class A2AProxy:
         if ws.url in (None, "", NO_INBOUND):
             if ws.is_external:
                 admission.leave()
-                raise Queued(await self._to_inbox(ws, caller, norm))
+                raise await self._poll_mode(ws, caller, norm, headers)
             raise ServiceUnavailable("workspace has no URL yet", retry_after=10, status=ws.status.value)
         if ws.status not in (S.ONLINE, S.DEGRADED):
             raise ServiceUnavailable(f"workspace is {ws.status.value}", retry_after=10, status=ws.status.value)
@@ -283,16 +322,60 @@ class A2AProxy:
         return {"queued": True, "queue_id": queue_id, "queue_depth": depth, "duplicate": duplicate,
                 "message": "workspace agent busy — message queued and delivered when it has capacity"}
 
+    async def _poll_mode(self, ws: Workspace, caller: str | None, norm: Normalized,
+                         headers: list[tuple[bytes, bytes]]) -> Queued | Answered:
+        """A call to a poll-mode agent, answered in the caller's protocol (docs/design.md, "Poll mode"): an
+        A2A client (it sends A2A-Version) gets a Task of its generation, any other caller the platform's 202."""
+        if norm.method in GET_TASK_METHODS:
+            return Answered(self._inbox_task(ws, caller, norm))
+        a2a_client = speaks_a2a(next((v.decode("latin-1") for k, v in headers if k == b"a2a-version"), None))
+        if a2a_client and norm.method not in SEND_METHODS:
+            return Answered(rpc_error(norm.payload, UNSUPPORTED_OPERATION,
+                                      f"{norm.method} is not supported by a poll-mode agent"))
+        queued = await self._to_inbox(ws, caller, norm)
+        if not a2a_client:
+            return Queued(queued)
+        task = inbox_task(norm.method, norm.payload, queued["activity_id"], "queued", None, rfc3339(time.time()))
+        return Answered(rpc_result(norm.payload, task), stream=norm.method in STREAM_METHODS)
+
     async def _to_inbox(self, ws: Workspace, caller: str | None, norm: Normalized) -> dict[str, Any]:
         """Poll mode: the message waits in the agent's inbox (its activity), committed before we answer.
         Whole: the caller is told it was delivered (its size is bounded by BODY_LIMIT, 413 beyond)."""
         row_id = await self.box.store.write(activity_rows.insert(
             workspace_id=ws.id, activity_type="a2a_receive", source_id=caller, target_id=ws.id,
             method=norm.method, summary=summarize(norm.method, ws.name), request_body=norm.body, status="queued",
-            body_limit=None))
+            inbox="open", body_limit=None))
         self._activity_event(ws, caller, norm.method, "queued", 0)
         return {"queued": True, "delivery": "poll", "queue_id": row_id, "activity_id": row_id,
+                "task_id": inbox_task_id(row_id),
                 "message": "delivered to the agent's inbox; it replies asynchronously"}
+
+    def _inbox_task(self, ws: Workspace, caller: str | None, norm: Normalized) -> dict[str, Any]:
+        """``tasks/get`` / ``GetTask`` of a message in a poll-mode agent's inbox, answered from its row: the
+        caller that sent it (or the admin) reads its state and, once the agent replied, the reply."""
+        params = norm.payload.get("params")
+        row_id = inbox_row_id(params.get("id") if isinstance(params, dict) else None)
+        row = inbox.task_row(self.box.store.db, ws.id, row_id) if row_id is not None else None
+        if row is None or (caller is not None and row["source_id"] != caller):
+            return rpc_error(norm.payload, TASK_NOT_FOUND, "task not found")
+        state = inbox.state(row, inbox.cursor(self.box.store.db, ws.id),
+                            inbox.expire_before(self.box.settings.inbox_ttl_days, time.time())) or "queued"
+        reply = _json_or_text(row["response_body"].encode()) if state == "replied" and row["response_body"] else None
+        text = str(reply.get("result", "")) if isinstance(reply, dict) else None
+        request = _json_or_text(row["request_body"].encode()) if row["request_body"] else None
+        return rpc_result(norm.payload, inbox_task(norm.method, request, row["id"], state, text,
+                                                   rfc3339(row["created_at"])))
+
+    async def _note_reply(self, caller: str | None, target_id: str, norm: Normalized, admission: Admission) -> None:
+        """A poll-mode agent's reply to a peer (role agent, as the SDK's ``reply()`` sends it), accepted for
+        delivery, answers the message it names or else the oldest it fetched from that peer (store/inbox.py)."""
+        record = self.box.supervisor.record(caller) if caller is not None and caller != target_id else None
+        if record is None or record.url not in (None, "", NO_INBOUND) or not is_reply(norm.payload):
+            return
+        admission.leave()  # a commit follows
+        await self.box.store.write(inbox.mark_replied(
+            record.id, target_id, {"result": message_text(norm.payload)}, replied_task(norm.payload)))
+        await admission.enter()
 
     async def _forward_streaming(self, scope: dict[str, Any], receive: Receive, send: Send, ws: Workspace,
                                  caller: str | None, norm: Normalized, headers: list[tuple[bytes, bytes]],
@@ -664,6 +747,16 @@ def busy_answer(status: int, body: bytes) -> bool:
     return parsed.get("busy") is True or (isinstance(data, dict) and data.get("busy") is True)
 
 
+async def _send_answer(send: Send, answered: Answered) -> None:
+    """A JSON-RPC answer, or (to a streaming method) the same as the one event of an SSE stream."""
+    if not answered.stream:
+        await send_json(send, 200, answered.body)
+        return
+    event = b"data: " + json.dumps(answered.body, separators=(",", ":")).encode() + b"\n\n"
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+        (b"content-length", str(len(event)).encode())]})
+    await send({"type": "http.response.body", "body": event})
 
 
 def _json_or_text(body: bytes) -> Any:

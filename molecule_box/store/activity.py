@@ -17,7 +17,7 @@ import sqlite_utils
 from . import settings as box_settings
 
 COLUMNS = ("workspace_id", "activity_type", "source_id", "target_id", "method", "summary", "request_body",
-           "response_body", "duration_ms", "status", "error_detail", "created_at")
+           "response_body", "duration_ms", "status", "error_detail", "created_at", "inbox")
 WATERMARK = "activity_pruned_below"
 
 
@@ -53,7 +53,8 @@ def insert(*, body_limit: int | None = LOGGED_BODY_LIMIT, **fields: Any) -> Call
 def query(db: sqlite_utils.Database, workspace_id: str, *, activity_type: str | None = None,
           since_id: int | None = None, before_ts: float | None = None, peer_id: str | None = None,
           exclude_source: str | None = None, source: str | None = None, limit: int = 100,
-          newest_first: bool = False) -> list[dict[str, Any]]:
+          newest_first: bool = False, expired: tuple[int, float] | None = None) -> list[dict[str, Any]]:
+    """``expired=(fetched_through, expire_before)`` leaves out the inbox messages that expired unfetched."""
     where, args = ["workspace_id = ?"], [workspace_id]
     if activity_type:
         where.append("activity_type = ?")
@@ -70,6 +71,9 @@ def query(db: sqlite_utils.Database, workspace_id: str, *, activity_type: str | 
     if exclude_source:
         where.append("(source_id IS NULL OR source_id != ?)")
         args.append(exclude_source)
+    if expired is not None:
+        where.append("NOT (inbox IS 'open' AND id > ? AND created_at < ?)")
+        args.extend(expired)
     if source == "canvas":
         where.append("source_id IS NULL")
     elif source == "agent":

@@ -167,6 +167,22 @@ MIGRATIONS: list[str] = [
         expires_at REAL NOT NULL
     );
     """,
+    # 6: the poll inbox's delivery state (store/inbox.py). activity.inbox marks a message the box put in a poll-mode
+    # agent's inbox: 'open', then 'replied' once the agent answered it, or 'expired' when it was never fetched;
+    # inbox_cursors holds, per workspace, the highest row handed to the agent and the highest row it confirmed
+    # with since_id, where a poll without since_id resumes. The poll messages an older box stored (status
+    # queued, no duration: a proxied call always has one) become inbox messages.
+    """
+    ALTER TABLE activity ADD COLUMN inbox TEXT CHECK (inbox IN ('open', 'replied', 'expired'));
+    UPDATE activity SET inbox = 'open'
+        WHERE activity_type = 'a2a_receive' AND status = 'queued' AND duration_ms IS NULL
+            AND (source_id IS NULL OR source_id != workspace_id);
+    CREATE TABLE inbox_cursors (
+        workspace_id TEXT PRIMARY KEY,
+        fetched_through INTEGER NOT NULL DEFAULT 0,
+        taken_through INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -33,13 +33,19 @@ def test_status_check_constraint_has_all_ten_states(tmp_path: Path) -> None:
     store.close()
 
 
+def older_store(path: Path, version: int) -> sqlite3.Connection:
+    """A store as a box of schema ``version`` left it (autocommit: what the caller inserts is kept)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for script in MIGRATIONS[:version]:
+        conn.executescript(script)
+    conn.execute(f"PRAGMA user_version = {version}")
+    return conn
+
+
 def test_a_store_of_an_older_box_is_upgraded_in_place(tmp_path: Path) -> None:
     """Schema 2 (the first release with the proxy) gains last_seen_at; its rows are kept as they were."""
     path = tmp_path / "box.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    for script in MIGRATIONS[:2]:
-        conn.executescript(script)
-    conn.execute("PRAGMA user_version = 2")
+    conn = older_store(path, 2)
     conn.execute("INSERT INTO workspaces (id, name, status, runtime, backend, last_heartbeat_at, created_at, "
                  "updated_at) VALUES ('w1', 'old', 'online', 'external', 'external', 5.0, 1.0, 2.0)")
     conn.close()
