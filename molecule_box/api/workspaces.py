@@ -321,7 +321,8 @@ async def _purge(family: list[str]) -> None:
     def op(db: Any) -> None:
         marks = ",".join("?" for _ in family)
         db.execute(f"UPDATE workspaces SET parent_id = NULL WHERE parent_id IN ({marks})", family)
-        for table in ("tokens", "register_bootstrap", "secrets", "activity", "events", "actor_failures"):
+        for table in ("tokens", "register_bootstrap", "secrets", "activity", "inbox_cursors", "events",
+                      "actor_failures"):
             db.execute(f"DELETE FROM {table} WHERE workspace_id IN ({marks})", family)
         db.execute(f"DELETE FROM workspaces WHERE id IN ({marks})", family)
 
