@@ -200,12 +200,12 @@ async def create_workspace() -> Any:
         ops.append(secret_rows.put(b.vault.box, wid, key, value))
     token = None
     bootstrap_expires_at = None
-    if caps.lifecycle:  # the box mints the token at each start and hands it to the workload
-        pass
-    elif body.bootstrap == "open":
+    # A box-run workload gets its token from the box at each start; a remote workspace, with or without a URL,
+    # is never without a token nor open unless the operator asked.
+    if not caps.lifecycle and body.bootstrap == "open":
         bootstrap_expires_at = now + (body.bootstrap_expires_in or BOOTSTRAP_EXPIRES_IN)
         ops.append(token_rows.open_bootstrap(wid, bootstrap_expires_at))
-    else:  # with or without a URL: a remote workspace is never without a token nor open by default
+    elif not caps.lifecycle:
         token, mint = token_rows.mint(wid)
         ops.append(mint)
     event_type = {S.ONLINE: "WORKSPACE_ONLINE", S.AWAITING_AGENT: "WORKSPACE_AWAITING_AGENT"}.get(
