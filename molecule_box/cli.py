@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import click
 import trio
@@ -34,10 +34,14 @@ def load_settings(env_file: Path | None) -> Settings:
     try:
         return Settings.from_env(env_file=env_file)
     except ConfigError as exc:
-        click.echo("molecule-box: invalid configuration:", err=True)
-        for problem in exc.problems:
-            click.echo(f"  - {problem}", err=True)
-        sys.exit(2)
+        _refuse(exc.problems)
+
+
+def _refuse(problems: list[str]) -> NoReturn:
+    """A start that cannot go ahead: one line per problem, each with its fix, and exit status 2."""
+    for problem in problems:
+        click.echo(f"molecule-box: {problem}", err=True)
+    sys.exit(2)
 
 
 @main.command()
@@ -46,8 +50,9 @@ def load_settings(env_file: Path | None) -> Settings:
 def run(env_file: Path | None) -> None:
     """Serve the API and run every workspace until SIGTERM/SIGINT (a second signal exits at once).
 
-    Exit status: 0 after a graceful stop, 2 for a configuration problem, 128+signal when a second
-    signal cut the drain short. Under systemd (Type=notify) it reports READY, STATUS, STOPPING and
+    Stays in the foreground. Exit status: 0 after a graceful stop, 2 when it cannot start (a bad setting,
+    the port taken, the data dir not writable or in use, a backend plugin that fails to load: one line each,
+    with the fix), 128+signal when a second signal cut the drain short. Under systemd (Type=notify) it reports READY, STATUS, STOPPING and
     pings the watchdog.
     """
     from . import logs
@@ -59,9 +64,7 @@ def run(env_file: Path | None) -> None:
     except BaseException as exc:  # trio wraps errors of the run's tasks in exception groups
         problems = [p for error in _leaves(exc, ConfigError) for p in error.problems]
         if problems:
-            for problem in problems:
-                click.echo(f"molecule-box: {problem}", err=True)
-            sys.exit(2)
+            _refuse(problems)
         if _leaves(exc, KeyboardInterrupt):
             sys.exit(130)
         raise
