@@ -1,34 +1,47 @@
-"""Operator commands over the HTTP API: ``workspaces``, ``tokens``, ``secrets``, ``events``, ``logs``.
+"""Operator commands over the HTTP API: ``login``, ``workspaces``, ``tokens``, ``secrets``, ``events``, ``logs``.
 
-They talk to a running box like any other client (``MOLECULE_BOX_URL``,
-default http://127.0.0.1:8080) with the admin token from ``ADMIN_TOKEN`` or
-the file ``~/.config/molecule-box/admin-token`` (which must be mode 0600).
-Tables on a terminal, ``--json`` for scripts. Secret values are read from
-stdin or a hidden prompt, never from the command line, where they would land
-in shell history and ``ps``.
+They talk to a running box like any other client. Where the box is: ``--url``
+(on the group or the command), ``MOLECULE_BOX_URL``, else ``PORT`` and
+``BIND_ADDR`` read as the box reads them: the environment, then ``--env-file``
+or, once ``systemd install`` ran, the service's env file (as ``doctor`` and
+``backup`` do). The admin token: ``ADMIN_TOKEN``, else the file
+``~/.config/molecule-box/admin-token`` (mode 0600) that ``molecule-box login``
+writes. Tables on a terminal, ``--json`` for scripts. Secret values are read
+from stdin or a hidden prompt, never from the command line, where they would
+land in shell history and ``ps``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import httpx
 
+from .config import Settings, read_env_file
+from .errors import ConfigError
+from .ops import ports, systemd
+from .ops.fsutil import atomic_write
+
 TOKEN_FILE = Path("~/.config/molecule-box/admin-token").expanduser()
 TERMINAL_STATES = {"online", "failed", "removed", "paused", "awaiting_agent", "degraded"}
+_URL = "molecule_box.url"
+_ENV_FILE = "molecule_box.env_file"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Api:
-    def __init__(self, url: str, token: str | None) -> None:
+    def __init__(self, url: str, token: str | None, *, origin: str = "--url") -> None:
         self.url = url.rstrip("/")
+        self.origin = origin
         self.token = token
         self.http = httpx.Client(base_url=self.url, timeout=30,
                                  headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -37,14 +50,15 @@ class Api:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise click.ClickException(f"cannot reach the box at {self.url} ({exc}); is `molecule-box run` "
-                                       "running? (set MOLECULE_BOX_URL to point elsewhere)") from None
+            raise click.ClickException(
+                f"cannot reach the box at {self.url} ({self.origin}): {exc}; is `molecule-box run` running? "
+                "Point the CLI at it with --url or MOLECULE_BOX_URL") from None
         if response.status_code >= 400:
             try:
                 message = response.json().get("error", response.text)
             except ValueError:
                 message = response.text
-            hint = " (set ADMIN_TOKEN or write the token to ~/.config/molecule-box/admin-token)" \
+            hint = " (run `molecule-box login` with the admin token, or set ADMIN_TOKEN)" \
                 if response.status_code == 401 else ""
             raise click.ClickException(f"{method} {path}: HTTP {response.status_code}: {message}{hint}")
         return response.json() if response.content else None
@@ -60,6 +74,42 @@ class Api:
         return str(matches[0])
 
 
+def box_url(url: str | None = None, env_file: Path | None = None) -> tuple[str, str]:
+    """(the box's URL, where it came from): ``--url``, ``MOLECULE_BOX_URL``, else ``PORT`` and ``BIND_ADDR``.
+
+    ``PORT`` and ``BIND_ADDR`` are read as the box reads them: the environment first, then the env file
+    (``--env-file``, else the installed service's), so ``molecule-box run --env-file F`` and
+    ``molecule-box workspaces ls --env-file F`` meet, and so do the service and a root shell."""
+    if url:
+        return url.strip().rstrip("/"), "--url"
+    if os.environ.get("MOLECULE_BOX_URL", "").strip():
+        return os.environ["MOLECULE_BOX_URL"].strip().rstrip("/"), "MOLECULE_BOX_URL"
+    values = {key: os.environ[key] for key in ("PORT", "BIND_ADDR") if os.environ.get(key, "").strip()}
+    origin = "PORT and BIND_ADDR from the environment" if values else "the default"
+    path = env_file or systemd.installed_env_file()
+    if path is not None:
+        try:
+            from_file = read_env_file(path)
+        except ConfigError as exc:
+            if env_file is not None:
+                raise click.ClickException("; ".join(exc.problems)) from None
+            from_file = {}  # the service's, unreadable to this user: the defaults (the error names them)
+            origin += f"; {path} is not readable by this user"
+        if {"PORT", "BIND_ADDR"} & {key for key, value in from_file.items() if value.strip()} - set(values):
+            origin = f"PORT and BIND_ADDR from {path}"
+        for key in ("PORT", "BIND_ADDR"):
+            values.setdefault(key, from_file.get(key, ""))
+    try:
+        settings = Settings.from_mapping(values, environ={})
+    except ConfigError as exc:
+        raise click.ClickException("; ".join(exc.problems) + " (or set MOLECULE_BOX_URL)") from None
+    if settings.port == 0:
+        raise click.ClickException("PORT=0: the box picked a free port at start; set MOLECULE_BOX_URL to the "
+                                   "address it logged")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.bind_addr, settings.bind_addr)
+    return f"http://{ports.where(host, settings.port)}", origin
+
+
 def admin_token() -> str | None:
     token = os.environ.get("ADMIN_TOKEN")
     if token:
@@ -72,18 +122,85 @@ def admin_token() -> str | None:
     return None
 
 
-pass_api = click.make_pass_decorator(Api)
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Keep a box option for :func:`connect`; the command's own wins over its group's (parsed later)."""
+    if value is not None:
+        ctx.meta[_URL if param.name == "box_url" else _ENV_FILE] = value
+    return value
+
+
+def box_options(f: F) -> F:
+    """``--url`` and ``--env-file``, accepted on a group and on each of its commands."""
+    f = click.option("--url", "box_url", metavar="URL", expose_value=False, callback=_remember,
+                     help="The box's address. Default: MOLECULE_BOX_URL, else PORT and BIND_ADDR as the box "
+                          "reads them.")(f)
+    return click.option("--env-file", "env_file", type=click.Path(dir_okay=False, path_type=Path),
+                        expose_value=False, callback=_remember,
+                        help="The box's env file, for its PORT and BIND_ADDR. Default, once `systemd install` "
+                             "ran: the service's.")(f)
+
+
+def _located() -> tuple[str, str]:
+    meta = click.get_current_context().meta
+    return box_url(meta.get(_URL), meta.get(_ENV_FILE))
+
+
+def pass_api(f: F) -> F:
+    """Call the command with an :class:`Api` for the box its options point at (and accept those options)."""
+    @functools.wraps(f)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        url, origin = _located()
+        return f(Api(url, admin_token(), origin=origin), *args, **kwargs)
+
+    return box_options(command)  # type: ignore[return-value]
 
 
 def _api_group(name: str, help: str) -> click.Group:
     @click.group(name=name, help=help)
-    @click.option("--url", envvar="MOLECULE_BOX_URL", default="http://127.0.0.1:8080", show_default=True,
-                  help="The box's address.")
-    @click.pass_context
-    def group(ctx: click.Context, url: str) -> None:
-        ctx.obj = Api(url, admin_token())
+    @box_options
+    def group() -> None:
+        pass
 
     return group
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+@click.command("login")
+@box_options
+@json_option
+def login(as_json: bool) -> None:
+    """Check the admin token against the box, then keep it for the CLI in ~/.config/molecule-box/admin-token.
+
+    The token is asked for without echo on a terminal, else read from stdin (a leading ADMIN_TOKEN= is
+    accepted). A token the box refuses is not saved. The file is mode 0600 in a 0700 directory. After
+    `systemd install`:
+
+    \b
+      sudo grep ^ADMIN_TOKEN= /etc/molecule-box/molecule-box.env | molecule-box login
+    """
+    if sys.stdin.isatty():
+        raw = click.prompt("admin token", hide_input=True, err=True)
+    else:
+        raw = sys.stdin.read()
+    token = raw.strip().removeprefix("ADMIN_TOKEN=").strip().strip("'\"")
+    if not token:
+        raise click.ClickException("no token given; nothing saved")
+    url, origin = _located()
+    api = Api(url, token, origin=origin)
+    try:
+        api.call("GET", "/settings/secrets")  # admin-only and small: proves the token is the box's admin token
+    except click.ClickException as exc:
+        raise click.ClickException(f"{exc.message}; nothing saved") from None
+    TOKEN_FILE.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    atomic_write(TOKEN_FILE, f"{token}\n".encode(), mode=0o600)
+    if as_json:
+        emit({"status": "saved", "url": url, "token_file": str(TOKEN_FILE)}, True)
+        return
+    click.echo(f"logged in to the box at {url}; the admin token is in {TOKEN_FILE} (mode 0600)")
+    if os.environ.get("ADMIN_TOKEN"):
+        click.echo("note: ADMIN_TOKEN is set in this shell and wins over the file; unset it to use the file",
+                   err=True)
 
 
 def emit(data: Any, as_json: bool, columns: list[tuple[str, str]] | None = None) -> None:
@@ -105,8 +222,6 @@ def _cell(value: Any) -> str:
         return "yes" if value else "no"
     return str(value)
 
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 WS_COLUMNS = [("id", "ID"), ("name", "NAME"), ("status", "STATUS"), ("backend", "BACKEND"), ("runtime", "RUNTIME"),
               ("last_heartbeat_at", "LAST HEARTBEAT")]
@@ -143,7 +258,7 @@ def ws_show(api: Api, workspace: str, as_json: bool) -> None:
 @workspaces.command("create")
 @click.argument("name")
 @click.option("--external", is_flag=True, help="A remote agent (laptop, CI runner) that registers itself.")
-@click.option("--url", "agent_url", help="The remote agent's A2A URL, if it has one.")
+@click.option("--agent-url", "agent_url", help="The remote agent's A2A URL, if it has one.")
 @click.option("--runtime", help="Agent runtime (image) for box-run workspaces.")
 @click.option("--tier", type=click.IntRange(1, 4))
 @click.option("--parent", help="Parent workspace (id, prefix or name).")
@@ -330,13 +445,12 @@ def secrets_rm(api: Api, key: str, workspace: str | None, as_json: bool) -> None
 
 
 @click.command("events")
-@click.option("--url", envvar="MOLECULE_BOX_URL", default="http://127.0.0.1:8080", show_default=True)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they happen.")
 @click.option("--workspace", "-w", help="Only this workspace.")
 @json_option
-def events(url: str, follow: bool, workspace: str | None, as_json: bool) -> None:
+@pass_api
+def events(api: Api, follow: bool, workspace: str | None, as_json: bool) -> None:
     """Recent events, or a live feed with --follow."""
-    api = Api(url, admin_token())
     wid = api.resolve(workspace) if workspace else None
     if not follow:
         rows = list(reversed(api.call("GET", f"/events/{wid}" if wid else "/events")))
@@ -372,12 +486,11 @@ def _event_line(when: str, kind: str, wid: str | None, payload: Any) -> str:
 
 @click.command("logs")
 @click.argument("workspace")
-@click.option("--url", envvar="MOLECULE_BOX_URL", default="http://127.0.0.1:8080", show_default=True)
 @click.option("--tail", "-n", default=200, show_default=True, help="Lines to show.")
 @json_option
-def logs(workspace: str, url: str, tail: int, as_json: bool) -> None:
+@pass_api
+def logs(api: Api, workspace: str, tail: int, as_json: bool) -> None:
     """A workspace's container output (backends that keep logs, e.g. docker)."""
-    api = Api(url, admin_token())
     data = api.call("GET", f"/workspaces/{api.resolve(workspace)}/logs", params={"tail": tail})
     if as_json:
         emit(data, True)
@@ -385,7 +498,7 @@ def logs(workspace: str, url: str, tail: int, as_json: bool) -> None:
         click.echo(data["logs"], nl=False)
 
 
-COMMANDS = (workspaces, tokens, secrets, events, logs)
+COMMANDS = (login, workspaces, tokens, secrets, events, logs)
 
 
 def register(main: click.Group) -> None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +95,94 @@ async def test_events_follow(box_url: str) -> None:
         follower.kill()
         follower.wait(10)
         follower.stdout.close()  # type: ignore[union-attr]
+
+
+def bare_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of an operator's shell: no box address, no token, nothing of the box's."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MOLECULE_BOX_URL", "ADMIN_TOKEN", "PORT", "BIND_ADDR", "MOLECULE_BOX_DATA")}
+    return {**env, "HOME": str(home), **extra}
+
+
+def run_cli(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "molecule_box", *args], input=stdin, env=env, text=True,
+                          capture_output=True, timeout=60)
+
+
+def login_on_a_terminal(env: dict[str, str], typed: str) -> tuple[int, str]:
+    """``molecule-box login`` with a terminal as stdin, stdout and stderr; types ``typed`` at its prompt."""
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "molecule_box", "login"], env=env, stdin=terminal,
+                            stdout=terminal, stderr=terminal, start_new_session=True)  # no other /dev/tty
+    os.close(terminal)
+    shown = b""
+    deadline = time.monotonic() + 30
+    try:
+        while b"admin token" not in shown:
+            if select.select([controller], [], [], max(0.0, deadline - time.monotonic()))[0] == []:
+                raise AssertionError(f"no prompt within 30 s: {shown!r}")
+            shown += os.read(controller, 4096)
+        os.write(controller, typed.encode() + b"\n")
+        code = proc.wait(30)
+        while select.select([controller], [], [], 0)[0]:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        proc.kill()
+        os.close(controller)
+    return code, shown.decode(errors="replace")
+
+
+async def test_login_on_a_terminal_keeps_the_token_0600_without_echo(box_url: str, tmp_path: Path) -> None:
+    env = bare_env(tmp_path, MOLECULE_BOX_URL=box_url)
+    code, shown = await trio.to_thread.run_sync(lambda: login_on_a_terminal(env, ADMIN_TOKEN))
+    assert code == 0, shown
+    assert ADMIN_TOKEN not in shown  # not echoed
+    token_file = tmp_path / ".config" / "molecule-box" / "admin-token"
+    assert token_file.read_text().strip() == ADMIN_TOKEN
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
+    # Every command now finds the token by itself.
+    assert ok(await trio.to_thread.run_sync(lambda: run_cli("workspaces", "ls", "--json", env=env))) == []
+
+
+async def test_login_from_stdin_refuses_a_wrong_token_and_accepts_an_env_file_line(box_url: str,
+                                                                                   tmp_path: Path) -> None:
+    env = bare_env(tmp_path, MOLECULE_BOX_URL=box_url)
+    token_file = tmp_path / ".config" / "molecule-box" / "admin-token"
+    wrong = await trio.to_thread.run_sync(lambda: run_cli("login", env=env, stdin="not-the-admin-token-0123\n"))
+    assert wrong.returncode != 0 and "HTTP 401" in wrong.stderr and "nothing saved" in wrong.stderr
+    assert not token_file.exists()
+    # What `sudo grep ^ADMIN_TOKEN= /etc/molecule-box/molecule-box.env | molecule-box login` sends.
+    piped = await trio.to_thread.run_sync(lambda: run_cli("login", "--json", env=env,
+                                                          stdin=f"ADMIN_TOKEN={ADMIN_TOKEN}\n"))
+    assert ok(piped)["token_file"] == str(token_file)
+    assert token_file.read_text().strip() == ADMIN_TOKEN and stat.S_IMODE(token_file.stat().st_mode) == 0o600
+
+
+async def test_the_cli_finds_the_box_from_url_port_and_env_file_before_or_after_the_subcommand(
+        box_url: str, tmp_path: Path) -> None:
+    port = box_url.rsplit(":", 1)[1]
+    env_file = tmp_path / "box.env"
+    env_file.write_text(f"PORT={port}\nBIND_ADDR=127.0.0.1\n")
+    home = bare_env(tmp_path, ADMIN_TOKEN=ADMIN_TOKEN)
+    ways = [
+        (("workspaces", "ls", "--json"), {"PORT": port}),  # the PORT the box was started with
+        (("workspaces", "ls", "--json", "--env-file", str(env_file)), {}),  # the box's env file
+        (("workspaces", "--env-file", str(env_file), "ls", "--json"), {}),
+        (("workspaces", "ls", "--json", "--url", box_url), {}),  # --url after the subcommand
+        (("workspaces", "--url", box_url, "ls", "--json"), {}),  # and before it
+        (("events", "--json", "--url", box_url), {}),
+        (("workspaces", "ls", "--json", "--url", box_url), {"MOLECULE_BOX_URL": "http://127.0.0.1:9"}),
+    ]
+    for args, extra in ways:
+        result = await trio.to_thread.run_sync(lambda: run_cli(*args, env={**home, **extra}))
+        assert result.returncode == 0, (args, extra, result.stderr)
+    # Nothing points anywhere: the default address, and the error says where it looked.
+    lost = await trio.to_thread.run_sync(lambda: run_cli("workspaces", "ls", env={**home, "PORT": "9"}))
+    assert lost.returncode != 0 and "127.0.0.1:9 (PORT and BIND_ADDR from the environment)" in lost.stderr

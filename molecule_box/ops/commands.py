@@ -36,8 +36,8 @@ def _service_defaults(env_file: Path | None) -> tuple[dict[str, str], Path | Non
     environ = dict(os.environ)
     if not (systemd.UNIT_DIR / f"{systemd.SERVICE}.service").is_file():
         return environ, env_file
-    installed = systemd.ENV_DIR / systemd.ENV_NAME
-    if env_file is None and installed.is_file():
+    installed = systemd.installed_env_file()
+    if env_file is None and installed is not None:
         env_file = installed
         click.echo(f"(using the service's env file {installed})", err=True)
     if not environ.get("MOLECULE_BOX_DATA") and not environ.get("STATE_DIRECTORY"):
@@ -86,6 +86,8 @@ def install(dry_run: bool, unit_dir: Path, env_dir: Path, no_user: bool) -> None
     if dry_run:
         click.echo(f"\nThe unit:\n\n{report.unit_text}")
     click.echo("\nThen:\n" + "".join(f"  {command}\n" for command in systemd.NEXT_STEPS), nl=False)
+    click.echo("\nAnd give the admin token to the CLI (run it as the user who will use the CLI):\n"
+               f"  {systemd.login_command(env_dir)}")
 
 
 @systemd_group.command("unit")
