@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import signal
 import sys
@@ -169,8 +170,13 @@ async def _signals(state: _Lifecycle, notifier: Notifier, scope: trio.CancelScop
 
 @main.command("config")
 @click.option("--markdown", is_flag=True, help="Print the table of docs/configuration.md instead.")
-def show_config(markdown: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def show_config(markdown: bool, as_json: bool) -> None:
     """List every setting with its default and meaning."""
+    if as_json:
+        click.echo(json.dumps([{"env": s.env, "default": None if s.default in (None, ()) else str(s.default),
+                                "help": s.help} for s in SETTINGS], indent=2))
+        return
     if markdown:
         from .config import markdown_table
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import stat
 import sys
 import time
@@ -32,7 +33,9 @@ from .ops import ports, systemd
 from .ops.fsutil import atomic_write
 
 TOKEN_FILE = Path("~/.config/molecule-box/admin-token").expanduser()
-TERMINAL_STATES = {"online", "failed", "removed", "paused", "awaiting_agent", "degraded"}
+#: Where ``create --wait`` stops: up (online, degraded), or a state it will not leave by itself.
+SETTLED_STATES = {"online", "degraded", "failed", "removed", "paused", "hibernated"}
+UP_STATES = {"online", "degraded"}
 _URL = "molecule_box.url"
 _ENV_FILE = "molecule_box.env_file"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -223,8 +226,61 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def done(data: Any, as_json: bool, sentence: str) -> None:
+    """What an action command prints: the API's answer for scripts, a sentence for people."""
+    if as_json:
+        emit(data, True)
+    else:
+        click.echo(sentence)
+
+
 WS_COLUMNS = [("id", "ID"), ("name", "NAME"), ("status", "STATUS"), ("backend", "BACKEND"), ("runtime", "RUNTIME"),
               ("last_heartbeat_at", "LAST HEARTBEAT")]
+#: Columns ``workspaces ls`` shortens, in this order, to fit the terminal: (key, narrowest it gets).
+WS_SHRINK = (("name", 12), ("runtime", 8), ("backend", 8))
+SHORT_ID = 8
+
+
+def ago(timestamp: str | None, now: float | None = None) -> str:
+    """An RFC 3339 timestamp as ``docker ps`` shows one: ``12s ago``, ``5m ago``, ``3h ago``, ``2d ago``."""
+    if not timestamp:
+        return "-"
+    seconds = max(0, int((time.time() if now is None else now) - _parse_time(timestamp)))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _parse_time(timestamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def short_rows(rows: list[dict[str, Any]], width: int | None) -> list[dict[str, Any]]:
+    """``workspaces ls`` as people read it: short ids, relative times, and (``width``) no line wider than that.
+
+    The id prefix still selects the workspace (every command takes a unique prefix)."""
+    shown = [{**row, "id": row["id"][:SHORT_ID], "last_heartbeat_at": ago(row.get("last_heartbeat_at"))}
+             for row in rows]
+    if width is None or not shown:
+        return shown
+    widths = {key: max([len(title)] + [len(_cell(row.get(key))) for row in shown]) for key, title in WS_COLUMNS}
+    excess = sum(widths.values()) + 2 * (len(WS_COLUMNS) - 1) - width
+    for key, narrowest in WS_SHRINK:
+        if excess <= 0:
+            break
+        cut = min(excess, max(0, widths[key] - narrowest))
+        widths[key] -= cut
+        excess -= cut
+        for row in shown:
+            row[key] = _shorten(_cell(row.get(key)), widths[key])
+    return shown
 
 # -- workspaces -------------------------------------------------------------------------------------
 
@@ -232,11 +288,15 @@ workspaces = _api_group("workspaces", "List, create and manage workspaces.")
 
 
 @workspaces.command("ls")
+@click.option("--no-trunc", is_flag=True, help="Full ids and timestamps, however wide the lines get.")
 @json_option
 @pass_api
-def ws_ls(api: Api, as_json: bool) -> None:
-    """List workspaces."""
-    emit(api.call("GET", "/workspaces"), as_json, WS_COLUMNS)
+def ws_ls(api: Api, no_trunc: bool, as_json: bool) -> None:
+    """List workspaces: short ids (any unique prefix selects one) and relative times, fitted to the terminal."""
+    rows = api.call("GET", "/workspaces")
+    if not as_json and not no_trunc:
+        rows = short_rows(rows, shutil.get_terminal_size().columns if sys.stdout.isatty() else None)
+    emit(rows, as_json, WS_COLUMNS)
 
 
 @workspaces.command("show")
@@ -263,7 +323,10 @@ def ws_show(api: Api, workspace: str, as_json: bool) -> None:
 @click.option("--tier", type=click.IntRange(1, 4))
 @click.option("--parent", help="Parent workspace (id, prefix or name).")
 @click.option("--backend", help="Backend plugin to use instead of the default.")
-@click.option("--wait", is_flag=True, help="Wait until the workspace is online (or fails).")
+@click.option("--wait", is_flag=True,
+              help="Wait until the workspace is online, for every runtime: a box-run one once its workload is up, "
+                   "an external one once its agent registers or heartbeats (start it with the token printed first). "
+                   "Exit status 1 if it fails, is removed, paused or hibernated instead, or --timeout passes.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds --wait waits.")
 @json_option
 @pass_api
@@ -277,9 +340,9 @@ def ws_create(api: Api, name: str, external: bool, agent_url: str | None, runtim
     if parent:
         body["parent_id"] = api.resolve(parent)
     created = api.call("POST", "/workspaces", json=body)
-    if wait and created["status"] not in TERMINAL_STATES:
-        created["status"] = _wait(api, created["id"], timeout, quiet=as_json)
     if as_json:
+        if wait:
+            created["status"] = _wait(api, created["id"], timeout, quiet=True)
         emit(created, True)
         return
     click.echo(f"created {created['id']} ({created['status']})")
@@ -289,9 +352,12 @@ def ws_create(api: Api, name: str, external: bool, agent_url: str | None, runtim
         click.echo(f"  WORKSPACE_ID={connection['workspace_id']}")
         click.echo(f"  MOLECULE_TOKEN={connection['auth_token']}")
         click.echo(f"  PLATFORM_URL={connection['platform_url']}")
+    if wait:
+        click.echo(f"{name} is {_wait(api, created['id'], timeout, quiet=False)}")
 
 
 def _wait(api: Api, wid: str, timeout: float, *, quiet: bool) -> str:
+    """Poll until the workspace is up or settled elsewhere; anything but up is an error (exit status 1)."""
     deadline = time.monotonic() + timeout
     spinner = "|/-\\"
     status = "provisioning"
@@ -299,19 +365,22 @@ def _wait(api: Api, wid: str, timeout: float, *, quiet: bool) -> str:
     show = not quiet and sys.stderr.isatty()
     while time.monotonic() < deadline:
         status = api.call("GET", f"/workspaces/{wid}")["status"]
-        if status in TERMINAL_STATES:
+        if status in SETTLED_STATES:
             break
         if show:
-            click.echo(f"\r{spinner[tick % 4]} {status} ({int(deadline - time.monotonic())}s left) ", nl=False,
+            doing = "waiting for its agent to register" if status == "awaiting_agent" else status
+            click.echo(f"\r{spinner[tick % 4]} {doing} ({int(deadline - time.monotonic())}s left) ", nl=False,
                        err=True)
         tick += 1
         time.sleep(0.5)
     if show:
-        click.echo("\r" + " " * 40 + "\r", nl=False, err=True)
+        click.echo("\r" + " " * 60 + "\r", nl=False, err=True)
     if status == "failed":
         reason = api.call("GET", f"/workspaces/{wid}/failures").get("failure_reason")
         raise click.ClickException(f"workspace {wid} failed: {reason}")
-    if status not in TERMINAL_STATES:
+    if status in SETTLED_STATES - UP_STATES:
+        raise click.ClickException(f"workspace {wid} is {status}, not online")
+    if status not in UP_STATES:
         raise click.ClickException(f"workspace {wid} still {status} after {timeout:g}s")
     return str(status)
 
@@ -320,11 +389,16 @@ def _wait(api: Api, wid: str, timeout: float, *, quiet: bool) -> str:
 @click.argument("workspace")
 @click.option("--cascade", is_flag=True, help="Also delete its descendants.")
 @click.option("--purge", is_flag=True, help="Remove the rows too, not just mark them removed.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask first (it asks only on a terminal).")
 @json_option
 @pass_api
-def ws_rm(api: Api, workspace: str, cascade: bool, purge: bool, as_json: bool) -> None:
-    """Delete a workspace (its workload and volumes too)."""
+def ws_rm(api: Api, workspace: str, cascade: bool, purge: bool, yes: bool, as_json: bool) -> None:
+    """Delete a workspace (its workload and volumes too); on a terminal it asks first."""
     wid = api.resolve(workspace)
+    if sys.stdin.isatty() and not yes:
+        family = " and all its descendants" if cascade else ""
+        click.confirm(f"Delete workspace {workspace} ({wid[:SHORT_ID]}){family}, with its workload and volumes?",
+                      abort=True, err=True)
     params = {"confirm": "true"} if cascade else {}
     if purge:
         params["purge"] = "true"
@@ -334,7 +408,10 @@ def ws_rm(api: Api, workspace: str, cascade: bool, purge: bool, as_json: bool) -
         raise click.ClickException(f"workspace has children ({kids}); pass --cascade to delete them too")
     if response.status_code >= 400:
         raise click.ClickException(f"DELETE: HTTP {response.status_code}: {response.json().get('error')}")
-    emit(response.json(), as_json, [("status", "STATUS"), ("cascade_deleted", "DESCENDANTS")])
+    data = response.json()
+    descendants = data.get("cascade_deleted") or 0
+    done(data, as_json, f"{data['status']} workspace {workspace}" +
+         (f" and {descendants} descendant{'s' if descendants != 1 else ''}" if descendants else ""))
 
 
 def _verb(name: str, help: str) -> None:
@@ -343,8 +420,18 @@ def _verb(name: str, help: str) -> None:
     @json_option
     @pass_api
     def command(api: Api, workspace: str, as_json: bool) -> None:
-        wid = api.resolve(workspace)
-        emit(api.call("POST", f"/workspaces/{wid}/{name}"), as_json, [("status", "STATUS")])
+        data = api.call("POST", f"/workspaces/{api.resolve(workspace)}/{name}")
+        done(data, as_json, _verb_sentence(name, workspace, data))
+
+
+def _verb_sentence(verb: str, workspace: str, data: dict[str, Any]) -> str:
+    count = data.get("paused_count") or data.get("resumed_count") or 1
+    also = f" (and {count - 1} descendant{'s' if count > 2 else ''})" if count > 1 else ""
+    status = data.get("status")
+    now = f"; it is {status}" if status else ""
+    return {"restart": f"restarting workspace {workspace}{now}", "pause": f"paused workspace {workspace}{also}",
+            "resume": f"resumed workspace {workspace}{also}{now}", "hibernate": f"workspace {workspace}{now}",
+            "wake": f"waking workspace {workspace}{now}"}[verb]
 
 
 for _name, _help in (("restart", "Restart a box-run workspace's workload."),
@@ -390,8 +477,8 @@ def tokens_create(api: Api, workspace: str, as_json: bool) -> None:
 @pass_api
 def tokens_revoke(api: Api, workspace: str, token_id: str, as_json: bool) -> None:
     """Revoke a token by its id."""
-    emit(api.call("DELETE", f"/workspaces/{api.resolve(workspace)}/tokens/{token_id}"), as_json,
-         [("status", "STATUS")])
+    data = api.call("DELETE", f"/workspaces/{api.resolve(workspace)}/tokens/{token_id}")
+    done(data, as_json, f"revoked token {token_id} of workspace {workspace}")
 
 # -- secrets ----------------------------------------------------------------------------------------
 
@@ -402,6 +489,10 @@ workspace_option = click.option("--workspace", "-w", help="A workspace (id, pref
 
 def _secrets_path(api: Api, workspace: str | None) -> str:
     return f"/workspaces/{api.resolve(workspace)}/secrets" if workspace else "/settings/secrets"
+
+
+def _scope(workspace: str | None) -> str:
+    return f"of workspace {workspace}" if workspace else "(global)"
 
 
 @secrets.command("set")
@@ -417,8 +508,8 @@ def secrets_set(api: Api, key: str, workspace: str | None, as_json: bool) -> Non
         value = sys.stdin.read().rstrip("\n")
     if not value:
         raise click.ClickException("empty value; nothing saved")
-    emit(api.call("PUT", _secrets_path(api, workspace), json={"key": key, "value": value}), as_json,
-         [("status", "STATUS"), ("key", "KEY")])
+    data = api.call("PUT", _secrets_path(api, workspace), json={"key": key, "value": value})
+    done(data, as_json, f"saved secret {key} {_scope(workspace)}")
 
 
 @secrets.command("ls")
@@ -438,8 +529,8 @@ def secrets_ls(api: Api, workspace: str | None, as_json: bool) -> None:
 @pass_api
 def secrets_rm(api: Api, key: str, workspace: str | None, as_json: bool) -> None:
     """Delete a secret."""
-    emit(api.call("DELETE", f"{_secrets_path(api, workspace)}/{key}"), as_json,
-         [("status", "STATUS"), ("key", "KEY")])
+    data = api.call("DELETE", f"{_secrets_path(api, workspace)}/{key}")
+    done(data, as_json, f"deleted secret {key} {_scope(workspace)}")
 
 # -- events and logs ---------------------------------------------------------------------------------
 
