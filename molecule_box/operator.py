@@ -98,7 +98,7 @@ def box_url(url: str | None = None, env_file: Path | None = None) -> tuple[str, 
                 raise click.ClickException("; ".join(exc.problems)) from None
             from_file = {}  # the service's, unreadable to this user: the defaults (the error names them)
             origin += f"; {path} is not readable by this user"
-        if {"PORT", "BIND_ADDR"} & {key for key, value in from_file.items() if value.strip()} - set(values):
+        if {"PORT", "BIND_ADDR"} & ({key for key, value in from_file.items() if value.strip()} - set(values)):
             origin = f"PORT and BIND_ADDR from {path}"
         for key in ("PORT", "BIND_ADDR"):
             values.setdefault(key, from_file.get(key, ""))
