@@ -182,7 +182,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", "MOLECULE_BOX_DATA", lambda raw: Path(raw).expanduser(), None,
             "Data directory (SQLite store, secrets key). Default: $STATE_DIRECTORY under systemd, else $XDG_DATA_HOME/molecule-box."),
     Setting("admin_token", "ADMIN_TOKEN", _admin_token, None,
-            "Admin bearer token. Unset: one is generated on first start, printed once, and stored only as a hash."),
+            "Admin bearer token; it replaces the stored one, which is how a lost token is recovered. Unset: one is "
+            "generated on first start, shown once, and stored only as a hash."),
     Setting("secrets_encryption_key", "SECRETS_ENCRYPTION_KEY", parse_encryption_key, None,
             "32-byte AES-256-GCM key for secrets at rest (base64 or raw). Unset: a key file is generated in the data dir (mode 0600)."),
     Setting("container_backend", "CONTAINER_BACKEND", _backend_name, "docker",
