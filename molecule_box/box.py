@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sqlite3
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,10 @@ from .actors.commands import Observed
 from .backends.base import BackendContext, BackendEvent, BackendFactory
 from .backends.loader import BackendRegistry
 from .config import Settings
-from .errors import BackendError, BackendNotInstalled, ConfigError
+from .errors import BackendError, BackendNotInstalled, ConfigError, leaves
 from .events import EventBus
 from .metrics import BoxMetrics
+from .ops import ports
 from .ops.fsutil import atomic_write
 from .ops.lock import DataDirLock
 from .proxy.service import A2AProxy
@@ -84,17 +86,27 @@ class Box:
         self.shutdown_requested = trio.Event()
         self.metrics.bind_sampler(self._sample)
 
-    async def _init_identity(self, announce: Callable[[str], None]) -> None:
-        db = self.store.db
-        box_id = box_settings.get(db, "box_id")
+    async def _init_box_id(self) -> None:
+        box_id = box_settings.get(self.store.db, "box_id")
         if box_id is None:
             box_id = secrets.token_hex(6)
             await self.store.write(box_settings.put("box_id", box_id))
         self.box_id = box_id
+
+    async def _init_admin(self, announce: Callable[[str], None]) -> None:
+        """The admin credential; generated (and shown) only once nothing else can fail the start.
+
+        Called last by ``_open_box``, after the port is bound, the backends are loaded and every actor is
+        restored: a start that fails after the token was shown would leave it shown, stored, and lost.
+        ``ADMIN_TOKEN`` replaces the stored hash, so it is also how a lost token is recovered: the lost one
+        does not come back when ``ADMIN_TOKEN`` is later removed from the environment."""
+        stored = box_settings.get(self.store.db, "admin_token_sha256")
         if self.settings.admin_token is not None:
-            self.admin = AdminAuth(tk.hash_token(self.settings.admin_token))
+            digest = tk.hash_token(self.settings.admin_token)
+            if stored != digest.hex():
+                await self.store.write(box_settings.put("admin_token_sha256", digest.hex()))
+            self.admin = AdminAuth(digest)
             return
-        stored = box_settings.get(db, "admin_token_sha256")
         if stored is None:
             token = tk.mint()
             announce(token.plaintext)  # first: a token that could not be shown must not be the one kept
@@ -203,7 +215,8 @@ def _announce_admin_token(data_dir: Path, token: str) -> None:
         print(
             "\n  molecule-box generated an admin token (shown only this once; only its hash is stored):\n\n"
             f"    ADMIN_TOKEN={token}\n\n"
-            "  Keep it in your env file or password manager.\n",
+            "  Keep it in your env file or password manager, and give it to the CLI in another terminal:\n"
+            "  molecule-box login   (paste it when asked; it is kept in ~/.config/molecule-box/admin-token)\n",
             file=sys.stderr,
             flush=True,
         )
@@ -211,7 +224,8 @@ def _announce_admin_token(data_dir: Path, token: str) -> None:
     path = data_dir / ADMIN_TOKEN_FILE
     atomic_write(path, f"{token}\n".encode(), mode=0o600)
     log.warning("generated an admin token (stderr is not a terminal, so it is not shown): it is in %s (mode 0600); "
-                "keep it in your env file or password manager, then delete that file", path)
+                "give it to the CLI with `molecule-box login < %s`, keep it in your env file or password manager, "
+                "then delete that file", path, path)
 
 
 @asynccontextmanager
@@ -228,18 +242,27 @@ async def open_box(
     ``molecule-box restore`` on the same directory is refused with :class:`ConfigError`. ``announce``
     receives a generated admin token (default: the terminal, else a 0600 file in the data directory).
     """
-    _private_data_dir(settings.data_dir)
-    if announce is None:
-        announce = partial(_announce_admin_token, settings.data_dir)
-    with DataDirLock.acquire(settings.data_dir):
+    with _claim_data_dir(settings.data_dir):
         async with _open_box(settings, extra_backends=extra_backends, now=now, announce=announce) as box:
             yield box
+
+
+@contextmanager
+def _claim_data_dir(data_dir: Path) -> Iterator[None]:
+    """Make the data directory owner-only and hold its lock for the box's life."""
+    _private_data_dir(data_dir)
+    with DataDirLock.acquire(data_dir):
+        yield
 
 
 def _private_data_dir(data_dir: Path) -> None:
     """The data directory is the owner's alone (0700) whatever the umask, also when it existed already
     (systemd's ``StateDirectory=`` makes it 0755 unless told otherwise)."""
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError([f"cannot create the data directory {data_dir} ({exc.strerror}): set MOLECULE_BOX_DATA "
+                           "to a directory this user can write"]) from None
     if stat.S_IMODE(data_dir.stat().st_mode) != 0o700:
         try:
             data_dir.chmod(0o700)
@@ -248,20 +271,42 @@ def _private_data_dir(data_dir: Path) -> None:
                                "chmod 700 it"]) from None
 
 
+@contextmanager
+def _bound(settings: Settings, config: Any) -> Iterator[Any]:
+    """The API's listening sockets, bound before the store opens.
+
+    A port that is taken (or a ``BIND_ADDR`` that does not resolve) then fails the start before anything is
+    written, in one line that says what to change; the sockets start listening once the box serves."""
+    try:
+        sockets = config.create_sockets()
+    except OSError as exc:
+        problem, fix = ports.bind_problem(settings.bind_addr, settings.port, exc)
+        raise ConfigError([f"{problem}: {fix}"]) from None
+    try:
+        yield sockets
+    finally:
+        for sock in sockets.insecure_sockets:
+            sock.close()
+
+
 @asynccontextmanager
 async def _open_box(
     settings: Settings,
     *,
     extra_backends: Mapping[str, BackendFactory] | None,
     now: Callable[[], float],
-    announce: Callable[[str], None],
+    announce: Callable[[str], None] | None,
 ) -> AsyncIterator[Box]:
-    store = Store.open(settings.store_path)
+    try:
+        store = Store.open(settings.store_path)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError([f"cannot open the store {settings.store_path} ({exc}): make the data directory "
+                           "writable by this user, or set MOLECULE_BOX_DATA to one that is"]) from None
     try:
         async with trio.open_nursery() as writer_nursery:
             await writer_nursery.start(store.run)
             box = Box(settings, store, now=now)
-            await box._init_identity(announce)
+            await box._init_box_id()
             await box.vault.seal_plaintext()
             async with trio.open_nursery() as core:
                 context = BackendContext(box_id=box.box_id, settings=settings, report=box.report)
@@ -276,6 +321,7 @@ async def _open_box(
                 await core.start(box.proxy.run)
                 core.start_soon(box._orphan_sweep)
                 core.start_soon(retention.run, store, settings)
+                await box._init_admin(announce or partial(_announce_admin_token, settings.data_dir))
                 yield box
                 core.cancel_scope.cancel()
             writer_nursery.cancel_scope.cancel()
@@ -293,6 +339,16 @@ async def _load_backends_in_use(box: Box) -> None:
             await box.backends.get(name)
         except BackendNotInstalled as exc:
             log.warning("%s", exc.message)
+        except Exception as exc:  # an installed plugin that does not import, or whose serve() fails to start
+            # A backend's own settings problem (from its serve(), so inside an exception group) is said as is.
+            problems = [problem for error in leaves(exc, ConfigError) for problem in error.problems]
+            if problems:
+                raise ConfigError(problems) from None
+            log.debug("backend %s failed to load", name, exc_info=True)
+            fix = "reinstall or remove the plugin (`molecule-box doctor` lists every backend)"
+            if name == box.settings.default_backend:
+                fix += ", or set CONTAINER_BACKEND to another backend"
+            raise ConfigError([f"backend plugin {name!r} fails to load ({type(exc).__name__}: {exc}): {fix}"]) from None
 
 
 async def serve(
@@ -307,17 +363,19 @@ async def serve(
     """Run the box until ``box.shutdown_requested`` is set; ``task_status.started(box)`` once it serves."""
     from .api import create_asgi, server
 
-    async with open_box(settings, extra_backends=extra_backends, now=now, announce=announce) as box:
-        app = create_asgi(box)
-        intake = server.Intake(settings.connection_intake, head_timeout=settings.head_timeout_seconds)
-        async with trio.open_nursery() as nursery:
-            box.urls = await nursery.start(partial(
-                server.serve, app, server.hypercorn_config(settings), intake=intake,
-                shutdown_trigger=box.shutdown_requested.wait,
-            ))
-            log.info("molecule-box %s serving on %s (data: %s, pid %d)", __version__, ", ".join(box.urls),
-                     settings.data_dir, os.getpid())
-            if on_ready is not None:
-                on_ready(box)
-            task_status.started(box)
-        log.info("HTTP server stopped; closing the store")
+    config = server.hypercorn_config(settings)
+    with _claim_data_dir(settings.data_dir), _bound(settings, config) as sockets:
+        async with _open_box(settings, extra_backends=extra_backends, now=now, announce=announce) as box:
+            app = create_asgi(box)
+            intake = server.Intake(settings.connection_intake, head_timeout=settings.head_timeout_seconds)
+            async with trio.open_nursery() as nursery:
+                box.urls = await nursery.start(partial(
+                    server.serve, app, config, intake=intake, sockets=sockets,
+                    shutdown_trigger=box.shutdown_requested.wait,
+                ))
+                log.info("molecule-box %s serving on %s (data: %s, pid %d)", __version__, ", ".join(box.urls),
+                         settings.data_dir, os.getpid())
+                if on_ready is not None:
+                    on_ready(box)
+                task_status.started(box)
+            log.info("HTTP server stopped; closing the store")

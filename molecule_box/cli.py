@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 import trio
 
 from . import __version__
 from .config import SETTINGS, Settings
-from .errors import ConfigError
+from .errors import ConfigError, leaves
 
 if TYPE_CHECKING:
     from .box import Box
@@ -34,10 +35,14 @@ def load_settings(env_file: Path | None) -> Settings:
     try:
         return Settings.from_env(env_file=env_file)
     except ConfigError as exc:
-        click.echo("molecule-box: invalid configuration:", err=True)
-        for problem in exc.problems:
-            click.echo(f"  - {problem}", err=True)
-        sys.exit(2)
+        _refuse(exc.problems)
+
+
+def _refuse(problems: list[str]) -> NoReturn:
+    """A start that cannot go ahead: one line per problem, each with its fix, and exit status 2."""
+    for problem in problems:
+        click.echo(f"molecule-box: {problem}", err=True)
+    sys.exit(2)
 
 
 @main.command()
@@ -46,8 +51,9 @@ def load_settings(env_file: Path | None) -> Settings:
 def run(env_file: Path | None) -> None:
     """Serve the API and run every workspace until SIGTERM/SIGINT (a second signal exits at once).
 
-    Exit status: 0 after a graceful stop, 2 for a configuration problem, 128+signal when a second
-    signal cut the drain short. Under systemd (Type=notify) it reports READY, STATUS, STOPPING and
+    Stays in the foreground. Exit status: 0 after a graceful stop, 2 when it cannot start (a bad setting,
+    the port taken, the data dir not writable or in use, a backend plugin that fails to load: one line each,
+    with the fix), 128+signal when a second signal cut the drain short. Under systemd (Type=notify) it reports READY, STATUS, STOPPING and
     pings the watchdog.
     """
     from . import logs
@@ -57,25 +63,13 @@ def run(env_file: Path | None) -> None:
     try:
         code = trio.run(_run, settings)
     except BaseException as exc:  # trio wraps errors of the run's tasks in exception groups
-        problems = [p for error in _leaves(exc, ConfigError) for p in error.problems]
+        problems = [p for error in leaves(exc, ConfigError) for p in error.problems]
         if problems:
-            for problem in problems:
-                click.echo(f"molecule-box: {problem}", err=True)
-            sys.exit(2)
-        if _leaves(exc, KeyboardInterrupt):
+            _refuse(problems)
+        if leaves(exc, KeyboardInterrupt):
             sys.exit(130)
         raise
     sys.exit(code)
-
-
-E = TypeVar("E", bound=BaseException)
-
-
-def _leaves(exc: BaseException, kind: type[E]) -> list[E]:
-    """The exceptions of type ``kind`` in ``exc``, however deep in exception groups."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner, kind)]
-    return [exc] if isinstance(exc, kind) else []
 
 
 class _Lifecycle:
@@ -166,8 +160,13 @@ async def _signals(state: _Lifecycle, notifier: Notifier, scope: trio.CancelScop
 
 @main.command("config")
 @click.option("--markdown", is_flag=True, help="Print the table of docs/configuration.md instead.")
-def show_config(markdown: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def show_config(markdown: bool, as_json: bool) -> None:
     """List every setting with its default and meaning."""
+    if as_json:
+        click.echo(json.dumps([{"env": s.env, "default": None if s.default in (None, ()) else str(s.default),
+                                "help": s.help} for s in SETTINGS], indent=2))
+        return
     if markdown:
         from .config import markdown_table
 

@@ -17,29 +17,40 @@ import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
+
+
+def _number(kind: Callable[[str], T], raw: str, wanted: str) -> T:
+    """``kind(raw)``, failing with ``wanted`` rather than Python's message ("invalid literal for int() ...")."""
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        raise ValueError(wanted) from None
 
 
 def _port(raw: str) -> int:
-    value = int(raw)
+    wanted = "must be an integer between 1 and 65535 (or 0 for a free port)"
+    value = _number(int, raw, wanted)
     if not 0 <= value <= 65535:
-        raise ValueError("must be a TCP port between 0 and 65535")
+        raise ValueError(wanted)
     return value
 
 
 def _positive_float(raw: str) -> float:
-    value = float(raw)
+    wanted = "must be a positive number of seconds (fractions allowed)"
+    value = _number(float, raw, wanted)
     if not value > 0 or value != value or value == float("inf"):
-        raise ValueError("must be a positive number of seconds (fractions allowed)")
+        raise ValueError(wanted)
     return value
 
 
 def _positive_int(raw: str) -> int:
-    value = int(raw)
+    value = _number(int, raw, "must be a positive whole number")
     if value <= 0:
         raise ValueError("must be a positive whole number")
     return value
@@ -114,7 +125,7 @@ def _bool(raw: str) -> bool:
 
 
 def _non_negative_float(raw: str) -> float:
-    value = float(raw)
+    value = _number(float, raw, "must be zero or a positive number of seconds")
     if not value >= 0 or value == float("inf"):
         raise ValueError("must be zero or a positive number of seconds")
     return value
@@ -172,7 +183,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", "MOLECULE_BOX_DATA", lambda raw: Path(raw).expanduser(), None,
             "Data directory (SQLite store, secrets key). Default: $STATE_DIRECTORY under systemd, else $XDG_DATA_HOME/molecule-box."),
     Setting("admin_token", "ADMIN_TOKEN", _admin_token, None,
-            "Admin bearer token. Unset: one is generated on first start, printed once, and stored only as a hash."),
+            "Admin bearer token; it replaces the stored one, which is how a lost token is recovered. Unset: one is "
+            "generated on first start, shown once, and stored only as a hash."),
     Setting("secrets_encryption_key", "SECRETS_ENCRYPTION_KEY", parse_encryption_key, None,
             "32-byte AES-256-GCM key for secrets at rest (base64 or raw). Unset: a key file is generated in the data dir (mode 0600)."),
     Setting("container_backend", "CONTAINER_BACKEND", _backend_name, "docker",
@@ -432,7 +444,7 @@ class Settings:
                 parsed[setting.field] = setting.parse(raw)
             except ValueError as exc:
                 shown = "<hidden>" if setting.env in {"ADMIN_TOKEN", "SECRETS_ENCRYPTION_KEY"} else repr(raw)
-                problems.append(f"{setting.env}={shown}: {exc}")
+                problems.append(f"{setting.env} {exc}, not {shown}")
         if problems:
             raise ConfigError(problems)
         if parsed["data_dir"] is None:

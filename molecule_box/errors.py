@@ -9,11 +9,22 @@ catches ``trio.Cancelled``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 
 class MoleculeBoxError(Exception):
     """Root of every error the box raises on purpose."""
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def leaves(exc: BaseException, kind: type[E]) -> list[E]:
+    """The exceptions of type ``kind`` in ``exc``, however deep in exception groups (trio wraps a task's error in
+    one for every nursery it passes through)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner, kind)]
+    return [exc] if isinstance(exc, kind) else []
 
 
 class ConfigError(MoleculeBoxError):

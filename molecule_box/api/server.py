@@ -298,9 +298,12 @@ async def serve(
     *,
     intake: Intake,
     shutdown_trigger: Callable[[], Awaitable[object]],
+    sockets: hypercorn.config.Sockets | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the ASGI ``app`` until ``shutdown_trigger`` returns; ``task_status.started(urls)`` once listening.
+
+    ``sockets``: already bound by the caller (the box binds before it opens the store), else bound here.
 
     On shutdown the listeners close first (new connections are refused, not left
     hanging in the backlog), then open connections get ``config.graceful_timeout``."""
@@ -339,7 +342,7 @@ async def serve(
         async with trio.open_nursery() as server_nursery:
             listeners: list[trio.SocketListener] = []
             urls: list[str] = []
-            for sock in config.create_sockets().insecure_sockets:
+            for sock in (sockets or config.create_sockets()).insecure_sockets:
                 sock.listen(config.backlog)
                 listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
                 urls.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")

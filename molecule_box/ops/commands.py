@@ -26,6 +26,7 @@ from . import systemd
 
 STATE_DIR = Path("/var/lib/molecule-box")
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 env_file_option = click.option(
     "--env-file", type=click.Path(dir_okay=False, path_type=Path),
     help="KEY=VALUE file, as for `run`. Default, once `systemd install` ran: the service's env file.")
@@ -36,8 +37,8 @@ def _service_defaults(env_file: Path | None) -> tuple[dict[str, str], Path | Non
     environ = dict(os.environ)
     if not (systemd.UNIT_DIR / f"{systemd.SERVICE}.service").is_file():
         return environ, env_file
-    installed = systemd.ENV_DIR / systemd.ENV_NAME
-    if env_file is None and installed.is_file():
+    installed = systemd.installed_env_file()
+    if env_file is None and installed is not None:
         env_file = installed
         click.echo(f"(using the service's env file {installed})", err=True)
     if not environ.get("MOLECULE_BOX_DATA") and not environ.get("STATE_DIRECTORY"):
@@ -68,7 +69,8 @@ def systemd_group() -> None:
 @click.option("--env-dir", type=click.Path(file_okay=False, path_type=Path), default=systemd.ENV_DIR,
               show_default=True)
 @click.option("--no-user", is_flag=True, help=f"Do not create the system user {systemd.USER}.")
-def install(dry_run: bool, unit_dir: Path, env_dir: Path, no_user: bool) -> None:
+@json_option
+def install(dry_run: bool, unit_dir: Path, env_dir: Path, no_user: bool, as_json: bool) -> None:
     """Write the unit (with this installation's ExecStart) and the env file (never overwritten); create the user."""
     try:
         report = systemd.install(unit_dir=unit_dir, env_dir=env_dir, dry_run=dry_run, create_user=not no_user)
@@ -77,6 +79,11 @@ def install(dry_run: bool, unit_dir: Path, env_dir: Path, no_user: bool) -> None
         if isinstance(exc, PermissionError) or (hasattr(os, "geteuid") and os.geteuid() != 0):
             click.echo("  (run it as root: sudo molecule-box systemd install)", err=True)
         sys.exit(1)
+    if as_json:
+        click.echo(json.dumps({"dry_run": dry_run, "actions": report.actions, "warnings": report.warnings,
+                               "unit": report.unit_text, "next_steps": list(systemd.NEXT_STEPS),
+                               "login": systemd.login_command(env_dir)}, indent=2))
+        return
     if dry_run:
         click.echo("dry run: nothing was changed.\n")
     for action in report.actions:
@@ -86,6 +93,8 @@ def install(dry_run: bool, unit_dir: Path, env_dir: Path, no_user: bool) -> None
     if dry_run:
         click.echo(f"\nThe unit:\n\n{report.unit_text}")
     click.echo("\nThen:\n" + "".join(f"  {command}\n" for command in systemd.NEXT_STEPS), nl=False)
+    click.echo("\nAnd give the admin token to the CLI (run it as the user who will use the CLI):\n"
+               f"  {systemd.login_command(env_dir)}")
 
 
 @systemd_group.command("unit")
@@ -104,7 +113,8 @@ def env_example() -> None:
 @click.command("backup")
 @click.argument("path", type=click.Path(file_okay=False, path_type=Path))
 @env_file_option
-def backup(path: Path, env_file: Path | None) -> None:
+@json_option
+def backup(path: Path, env_file: Path | None, as_json: bool) -> None:
     """Copy the store and its secrets key into the new directory PATH; safe while the box runs.
 
     PATH gets molecule-box.db, secrets.key (mode 0600, when the box uses a key file) and manifest.json.
@@ -115,6 +125,10 @@ def backup(path: Path, env_file: Path | None) -> None:
     except backups.BackupError as exc:
         click.echo(f"molecule-box backup: {exc}", err=True)
         sys.exit(1)
+    if as_json:
+        click.echo(json.dumps({"path": str(Path(path).absolute()), "store": str(settings.store_path),
+                               "manifest": manifest}, indent=2))
+        return
     key = {"included": "secrets.key included",
            "environment": "secrets key NOT included: it is SECRETS_ENCRYPTION_KEY in the environment; keep it too",
            "absent": "no secrets key yet"}[manifest["secrets_key"]]
@@ -126,7 +140,8 @@ def backup(path: Path, env_file: Path | None) -> None:
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Replace an existing store and key (they are kept beside, renamed).")
 @env_file_option
-def restore(path: Path, force: bool, env_file: Path | None) -> None:
+@json_option
+def restore(path: Path, force: bool, env_file: Path | None, as_json: bool) -> None:
     """Put backup PATH back as the store of a stopped box (checked first: checksums, integrity, schema)."""
     settings = _settings(env_file)
     try:
@@ -139,6 +154,11 @@ def restore(path: Path, force: bool, env_file: Path | None) -> None:
             click.echo(f"molecule-box restore: refused: {problem}", err=True)
         sys.exit(1)
     manifest = report.manifest
+    if as_json:
+        click.echo(json.dumps({"data_dir": str(settings.data_dir), "manifest": manifest,
+                               "kept_aside": [str(p) for p in report.kept_aside], "notes": list(report.notes)},
+                              indent=2))
+        return
     click.echo(f"restored the backup of {manifest['created_at']} (molecule-box {manifest['box_version']}, schema "
                f"version {manifest['schema_version']}, {manifest['workspaces']} workspaces) into {settings.data_dir}")
     for path_ in report.kept_aside:
@@ -150,7 +170,7 @@ def restore(path: Path, force: bool, env_file: Path | None) -> None:
 
 @click.command("doctor")
 @env_file_option
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 def doctor(env_file: Path | None, as_json: bool) -> None:
     """Check configuration, data dir, store, secrets key, port, Docker and backends; explain each fix.
 

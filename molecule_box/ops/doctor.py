@@ -33,6 +33,7 @@ from ..config import Settings, parse_encryption_key, read_env_file
 from ..errors import ConfigError
 from ..security.crypto import KEY_FILE, DecryptError, SecretBox, secret_aad
 from ..store import migrations
+from . import ports
 from .backup import inspect_store
 from .fsutil import match_owner
 from .lock import holder
@@ -83,7 +84,7 @@ def load(env_file: Path | None, environ: Mapping[str, str]) -> tuple[Context, li
     except ConfigError as exc:
         bad = set()
         for problem in exc.problems:
-            name = problem.split("=", 1)[0]
+            name = problem.split(" ", 1)[0]  # "NAME must be ..., not 'value'"
             bad.add(name)
             findings.append(Finding("config", "fail", problem,
                                     f"set {name} to a valid value in {where}, or remove it to use the default "
@@ -218,7 +219,7 @@ def check_port(ctx: Context) -> list[Finding]:
     if port == 0:
         return [Finding("port", "ok", "PORT=0: a free port is picked at start")]
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    where = f"{addr}:{port}" if family == socket.AF_INET else f"[{addr}]:{port}"
+    where = ports.where(addr, port)
     try:
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as hypercorn binds
@@ -229,16 +230,7 @@ def check_port(ctx: Context) -> list[Finding]:
             if box is not None:
                 return [Finding("port", "ok", f"{where} is served by a running molecule-box "
                                 f"(version {box.get('version')}, box {box.get('box_id')})")]
-            return [Finding("port", "fail", f"{where} is in use by another program",
-                            f"stop it or choose another PORT; `ss -ltnp 'sport = :{port}'` shows which program")]
-        if exc.errno == errno.EACCES:
-            return [Finding("port", "fail", f"binding {where} is not permitted ({exc.strerror})",
-                            "use a PORT of 1024 or above (the unit drops every capability) and front the box with "
-                            "a TLS proxy")]
-        if exc.errno == errno.EADDRNOTAVAIL:
-            return [Finding("port", "fail", f"BIND_ADDR={addr} is not an address of this host",
-                            "use 127.0.0.1 (with a TLS proxy in front) or an address `ip addr` lists")]
-        return [Finding("port", "fail", f"cannot bind {where}: {exc.strerror}", "check BIND_ADDR and PORT")]
+        return [Finding("port", "fail", *ports.bind_problem(addr, port, exc))]
     if port < 1024:
         unit = (UNIT_DIR / f"{SERVICE}.service").is_file()
         return [Finding("port", "fail" if unit else "warn",

@@ -54,7 +54,9 @@ class DataDirLock:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise ConfigError([f"{path}: cannot open the data directory's lock file ({exc.strerror})"]) from None
+            raise ConfigError([f"{path}: cannot open the data directory's lock file ({exc.strerror}): make "
+                               f"{Path(data_dir)} writable by this user (chown it), or set MOLECULE_BOX_DATA to a "
+                               "directory that is"]) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -245,6 +245,20 @@ def install(*, unit_dir: Path = UNIT_DIR, env_dir: Path = ENV_DIR, dry_run: bool
     return report
 
 
+def installed_env_file() -> Path | None:
+    """The service's env file, when ``systemd install`` ran here: what the box under systemd reads."""
+    if not (UNIT_DIR / f"{SERVICE}.service").is_file():
+        return None
+    path = ENV_DIR / ENV_NAME
+    return path if path.is_file() else None
+
+
+def login_command(env_dir: Path = ENV_DIR) -> str:
+    """How the operator gives the CLI the token ``install`` wrote (``molecule-box login`` keeps it for them)."""
+    script = "molecule-box" if shutil.which("molecule-box") else console_script()
+    return f"sudo grep ^ADMIN_TOKEN= {Path(env_dir) / ENV_NAME} | {script} login"
+
+
 NEXT_STEPS = (
     "systemctl daemon-reload",
     f"systemctl enable --now {SERVICE}",

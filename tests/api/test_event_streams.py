@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import pytest
 import trio
 import wsproto
 import wsproto.events as we

@@ -64,13 +64,13 @@ def test_broken_setup_lists_every_problem_with_its_fix(tmp_path: Path) -> None:
     assert result.returncode == 1 and human.returncode == 1
     found = checks(result.stdout)
     config = [c for c in found["config"] if c["status"] == "fail"]
-    assert {c["message"].split("=")[0] for c in config} == {"PORT", "REMOTE_LIVENESS_STALE_AFTER"}
+    assert {c["message"].split(" ")[0] for c in config} == {"PORT", "REMOTE_LIVENESS_STALE_AFTER"}
     assert all("fix" in c and c["fix"] for c in config)
     assert any(c["status"] == "fail" and c["fix"] == f"chmod 600 {key}" for c in found["secrets key"])
     assert any(c["status"] == "fail" and c["fix"] == f"chmod 700 {data}" for c in found["data dir"])
     # The human form says the same, each problem followed by its fix.
     assert "FAIL" in human.stdout and f"fix: chmod 600 {key}" in human.stdout
-    assert f"fix: chmod 700 {data}" in human.stdout and "PORT='http'" in human.stdout
+    assert f"fix: chmod 700 {data}" in human.stdout and "PORT must be an integer between 1 and 65535" in human.stdout
 
 
 def test_port_held_by_another_program_and_docker_required(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ async def test_without_a_terminal_the_generated_admin_token_goes_to_a_0600_file_
         token = token_file.read_text().strip()
         assert len(token) == 43 and token not in box.log()
         assert str(token_file) in box.log()
+        assert f"molecule-box login < {token_file}" in box.log()
         assert await admin_works(box, token)
     finally:
         await box.kill()
@@ -63,6 +64,12 @@ async def test_on_a_terminal_the_generated_admin_token_is_shown_and_no_file_is_w
         assert match is not None
         assert await admin_works(box, match.group(1))
         assert not (data / "admin-token").exists()
+        with trio.fail_after(10):  # and how to hand it to the CLI (issue #11 item 3)
+            while "molecule-box login" not in shown.decode(errors="replace"):
+                try:
+                    shown += os.read(controller, 65536)
+                except BlockingIOError:
+                    await trio.sleep(0.05)
     finally:
         await box.kill()
         os.close(controller)

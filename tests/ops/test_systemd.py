@@ -97,6 +97,8 @@ def test_install_writes_unit_and_env_and_never_overwrites_the_env(tmp_path: Path
     assert settings.admin_token not in result.stdout + result.stderr
     for command in systemd.NEXT_STEPS:
         assert command in result.stdout
+    # How to give the token it wrote to the CLI (issue #11 item 3).
+    assert f"sudo grep ^ADMIN_TOKEN= {env_file} | " in result.stdout and " login" in result.stdout
 
     env_file.write_text("PORT=9999\n")
     again = cli(*args, env=box_env(tmp_path / "data", free_port()))
