@@ -41,6 +41,7 @@ from .security import tokens as tk
 from .security.crypto import SecretBox, load_key
 from .store import Store, retention
 from .store import settings as box_settings
+from .store import workspaces as workspace_rows
 from .vault import Vault
 
 log = logging.getLogger(__name__)
@@ -332,8 +333,7 @@ async def _open_box(
 async def _load_backends_in_use(box: Box) -> None:
     """Start every backend some workspace uses, plus the default one; a missing plugin is logged, not fatal."""
     wanted = {box.settings.default_backend}
-    wanted.update(row[0] for row in box.store.db.execute(
-        "SELECT DISTINCT backend FROM workspaces WHERE status != 'removed'"))
+    wanted.update(workspace_rows.backends_in_use(box.store.db))
     for name in sorted(wanted):
         try:
             await box.backends.get(name)

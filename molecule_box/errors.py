@@ -2,9 +2,10 @@
 
 Every error a client can see is an :class:`HTTPError` subclass carrying its
 status code and JSON body; ``molecule_box.api.errors`` turns them into
-responses in exactly one place. Code deeper down (store, actors, backends)
-raises these or its own subclasses of :class:`MoleculeBoxError`, and never
-catches ``trio.Cancelled``.
+responses in exactly one place. Code deeper down (actors, backends) raises
+these or its own subclasses of :class:`MoleculeBoxError`, and never catches
+``trio.Cancelled``. The store raises only its own (``store/errors.py``), which
+say what happened to the rows and leave the status to the API.
 """
 
 from __future__ import annotations
@@ -164,14 +165,3 @@ class BackendNotInstalled(BadRequest):
             backend=name,
         )
 
-
-class StoreUnavailable(ServiceUnavailable):
-    """The SQLite write failed (disk full, I/O error): nothing was acknowledged."""
-
-    def __init__(self, detail: str = "") -> None:
-        super().__init__(
-            "platform datastore unavailable — retry shortly",
-            retry_after=5,
-            code="platform_unavailable",
-        )
-        self.detail = detail

@@ -12,8 +12,9 @@ from typing import Any
 
 from .errors import HTTPError
 from .models import Workspace, rfc3339
-from .security.crypto import DecryptError, SecretBox, secret_aad
+from .security.crypto import CURRENT_VERSION, DecryptError, SecretBox, secret_aad
 from .store import Store
+from .store.db import Op
 from .store import secrets as secret_rows
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,33 @@ class Vault:
         self.store = store
         self.box = box
 
+    def put(self, workspace_id: str | None, key: str, value: str) -> Op[None]:
+        """The op that stores ``value`` encrypted, bound to its row. Encrypted now (on the loop, cheap) so the
+        op in the writer thread only stores bytes."""
+        return secret_rows.put(workspace_id, key, self.box.encrypt(value, secret_aad(workspace_id, key)),
+                               CURRENT_VERSION)
+
     async def seal_plaintext(self) -> None:
         """Encrypt the plaintext (version-0) rows a store may carry from the platform, once, at start:
-        after it no secret is ever read as plaintext (:meth:`SecretBox.decrypt` refuses version 0)."""
-        if not secret_rows.has_plaintext(self.store.db):
+        after it no secret is ever read as plaintext (:meth:`SecretBox.decrypt` refuses version 0).
+
+        A row that is not UTF-8 text was never readable as a secret: it is left as it is, and is refused like
+        any row that does not decrypt."""
+        plaintext = secret_rows.plaintext_rows(self.store.db)
+        if not plaintext:
             return  # the usual start: no write, no commit
-        sealed = await self.store.write(secret_rows.seal_plaintext(self.box), bulk=True)
+        rows = []
+        for row in plaintext:
+            value = row["value"]
+            try:
+                text = value if isinstance(value, str) else bytes(value).decode()
+            except UnicodeDecodeError:
+                log.warning("secret %r of %s is plaintext but not UTF-8 text: left unreadable; set it again",
+                            row["key"], row["workspace_id"] or "the box (global)")
+                continue
+            aad = secret_aad(row["workspace_id"] or None, row["key"])
+            rows.append((row["workspace_id"], row["key"], self.box.encrypt(text, aad)))
+        sealed = await self.store.write(secret_rows.seal(rows, CURRENT_VERSION), bulk=True)
         if sealed:
             log.info("encrypted %d plaintext (version 0) secret rows", sealed)
 

@@ -24,6 +24,7 @@ from ..backends.base import Backend, BackendEvent, Handle, Workload, WorkloadSpe
 from ..errors import BackendError, Conflict, MoleculeBoxError, NotFound
 from ..events import REMOVED, REVOKED
 from ..models import BROADCAST_ONLY, LIVE_STATES, Workspace, WorkspaceStatus
+from ..security import tokens as tk
 from ..store import events as event_rows
 from ..store import secrets as secret_rows
 from ..store import tokens as token_rows
@@ -406,7 +407,8 @@ class WorkspaceActor:
         backend = await self._backend()
         # Rotate: the new workload gets a fresh token; the old ones die with the old workload. Every box-run
         # workload gets one from the box, so none waits for a bearer-less register anyone could win (#10).
-        token, mint = token_rows.mint(ws.id)
+        token = tk.mint()
+        mint = token_rows.insert(ws.id, token.digest, token.prefix)
         await self.box.store.write(lambda db: [token_rows.revoke_all([ws.id])(db), mint(db)])
         self.box.bus.end_streams(REVOKED, workspace_id=ws.id)
         spec_token = token.plaintext
@@ -483,8 +485,8 @@ class WorkspaceActor:
             outcome = t.Outcome(outcome.workspace, [("WORKSPACE_BOOTSTRAPPED", {"remote_addr": cmd.bootstrap_from}),
                                                     *outcome.events])
         if cmd.mint_token or cmd.bootstrap_from is not None:
-            token, mint = token_rows.mint(ws.id)
-            extra.append(mint)
+            token = tk.mint()
+            extra.append(token_rows.insert(ws.id, token.digest, token.prefix))
         await self._commit(outcome, *extra)
         if cmd.bootstrap_from is not None:
             log.info("workspace %s: bootstrap register from %s minted its first token", ws.id, cmd.bootstrap_from)

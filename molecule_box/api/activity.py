@@ -17,6 +17,7 @@ from ..models import rfc3339
 from ..proxy.normalize import message_text
 from ..schemas import Delegate, Notify, ReportActivity
 from ..store import activity as activity_rows
+from ..store import delegations as delegation_rows
 from ..store import inbox
 from ..store import queue as queue_rows
 from .auth import require_caller, require_workspace
@@ -98,8 +99,7 @@ async def list_activity(raw_id: str) -> Any:
     since = None
     if since_id:
         since = query_int("since_id", 0, low=0, high=2**62)
-        if since and since <= activity_rows.pruned_below(b.store.db) and not b.store.db.execute(
-                "SELECT 1 FROM activity WHERE id = ?", [since]).fetchone():
+        if since and since <= activity_rows.pruned_below(b.store.db) and not activity_rows.exists(b.store.db, since):
             raise Gone("activity cursor was pruned; reset since_id", code="cursor_pruned")
     before = None
     raw_before = request.args.get("before_ts")
@@ -205,31 +205,23 @@ async def delegate(raw_id: str) -> Any:
     if not can_communicate(b.supervisor.record, source, target):
         raise Forbidden("access denied: workspaces cannot communicate per hierarchy rules")
     if body.idempotency_key:
-        row = b.store.db.execute(
-            "SELECT id, status FROM delegations WHERE source_id = ? AND target_id = ? AND idempotency_key = ?",
-            [source, target, body.idempotency_key]).fetchone()
+        row = delegation_rows.by_key(b.store.db, source, target, body.idempotency_key)
         if row is not None and row["status"] != "failed":
             return respond({"delegation_id": row["id"], "status": row["status"], "target_id": target,
                             "idempotent_hit": True})
         if row is not None:
-            await b.store.write(lambda db: db.execute("DELETE FROM delegations WHERE id = ?", [row["id"]]))
+            await b.store.write(delegation_rows.delete(row["id"]))
     delegation_id = str(uuid.uuid4())
     message = {"jsonrpc": "2.0", "id": delegation_id, "method": "message/send", "params": {"message": {
         "role": "user", "messageId": delegation_id, "parts": [{"kind": "text", "text": body.task}],
         "metadata": {"delegation_id": delegation_id, "source_workspace_id": source}}}}
     encoded = json.dumps(message, separators=(",", ":")).encode()
     now = time.time()
+    record = delegation_rows.insert(delegation_id, source, target, body.task, body.idempotency_key, now)
     enqueue = queue_rows.enqueue(target, source, delegation_id, "message/send", encoded,
                                  {"content-type": "application/json"}, b.settings.a2a_queue_limit,
                                  delegation_id=delegation_id)
-
-    def op(db: Any) -> Any:
-        db.execute("""INSERT INTO delegations (id, source_id, target_id, task, idempotency_key, status, created_at,
-                      updated_at) VALUES (?, ?, ?, ?, ?, 'delegated', ?, ?)""",
-                   [delegation_id, source, target, body.task, body.idempotency_key, now, now])
-        return enqueue(db)
-
-    await b.store.write(op)
+    await b.store.write(lambda db: (record(db), enqueue(db)))
     b.proxy.pending[target] = b.proxy.pending.get(target, 0) + 1
     b.proxy.request_drain(target)
     b.bus.publish(b.bus.make("DELEGATION_SENT", source, {"delegation_id": delegation_id, "target_id": target,
@@ -244,9 +236,7 @@ async def list_delegations(raw_id: str) -> Any:
     b = box()
     wid = workspace_id(raw_id)
     await require_workspace(b, wid)
-    rows = b.store.db.execute(
-        "SELECT * FROM delegations WHERE source_id = ? OR target_id = ? ORDER BY created_at DESC LIMIT 200",
-        [wid, wid]).fetchall()
+    rows = delegation_rows.listing(b.store.db, wid)
     return respond([{"delegation_id": r["id"], "source_id": r["source_id"], "target_id": r["target_id"],
                      "task": r["task"], "status": r["status"], "result": _json(r["result"]),
                      "created_at": rfc3339(r["created_at"]), "updated_at": rfc3339(r["updated_at"])} for r in rows])
@@ -258,10 +248,8 @@ async def list_queue(raw_id: str) -> Any:
     b = box()
     wid = workspace_id(raw_id)
     await require_workspace(b, wid)
-    rows = b.store.db.execute(
-        """SELECT id, caller_id, message_id, method, status, attempts, last_error, enqueued_at, completed_at
-           FROM a2a_queue WHERE workspace_id = ? ORDER BY id DESC LIMIT 200""", [wid]).fetchall()
-    return respond([{**dict(r), "enqueued_at": rfc3339(r["enqueued_at"]), "completed_at": rfc3339(r["completed_at"])}
+    rows = queue_rows.listing(b.store.db, wid)
+    return respond([{**r, "enqueued_at": rfc3339(r["enqueued_at"]), "completed_at": rfc3339(r["completed_at"])}
                     for r in rows])
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from quart import request
 
 from ..errors import Forbidden, Unauthorized
-from ..security.tokens import parse_bearer
+from ..security.tokens import hash_token, parse_bearer
 from ..store import tokens as token_rows
 
 SYSTEM_PREFIXES = ("webhook:", "system:", "channel:", "test:")
@@ -54,7 +54,7 @@ async def identify(box: Any, token: str | None, *, proof_of_life: bool = True) -
         return None
     if box.admin.check(token):
         return ADMIN
-    row = token_rows.lookup(box.store.db, token)
+    row = token_rows.lookup(box.store.db, hash_token(token))
     if row is None:
         return None
     now = time.time()

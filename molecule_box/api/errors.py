@@ -9,16 +9,44 @@ from typing import Any
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException as WerkzeugHTTPException
 
-from ..errors import BadRequest, ConfigError, HTTPError, PayloadTooLarge
+from ..errors import (
+    BadRequest,
+    ConfigError,
+    HTTPError,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
 from ..schemas import describe_error
+from ..store.errors import BootstrapClosed, QueueFull, StoreError, StoreUnavailable, TooManyTokens
 
 log = logging.getLogger(__name__)
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
+#: Retry-After of a write refused because the store is unavailable, and of a call refused by a full queue.
+STORE_RETRY_AFTER = 5
+QUEUE_FULL_RETRY_AFTER = 30
+
+
+def _from_store(exc: StoreError) -> HTTPError | StoreError:
+    """The store says what happened to the rows; this says what the client hears."""
+    if isinstance(exc, QueueFull):
+        return TooManyRequests(str(exc), headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER)}, queued=False,
+                               queue_depth=exc.queued, retry_after=QUEUE_FULL_RETRY_AFTER)
+    if isinstance(exc, TooManyTokens):
+        return TooManyRequests(str(exc))
+    if isinstance(exc, BootstrapClosed):  # a register that lost the race for the bootstrap, like one without any
+        return Unauthorized("missing workspace auth token")
+    if isinstance(exc, StoreUnavailable):  # exc.detail is for the log, never the client
+        return ServiceUnavailable(str(exc), retry_after=STORE_RETRY_AFTER, code="platform_unavailable")
+    return exc  # unmapped: a 500 below, with its traceback in the log
 
 
 def error_response(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
     """(status, JSON body, extra headers) for any exception a handler let out."""
+    if isinstance(exc, StoreError):
+        exc = _from_store(exc)
     if isinstance(exc, HTTPError):
         return exc.status, exc.body(), exc.headers
     if isinstance(exc, ValidationError):

@@ -18,14 +18,13 @@ from .workspaces import live, workspace_id
 bp = Blueprint("secrets", __name__)
 
 
-async def _restart_inheritors(key: str | None, only: str | None = None) -> None:
+async def _restart_inheritors(key: str, only: str | None = None) -> None:
     """Restart the box-run workspaces that see this secret (a global one unless overridden)."""
     b = box()
     if only is not None:
         targets = [only]
     else:
-        overriding = {row[0] for row in b.store.db.execute(
-            "SELECT workspace_id FROM secrets WHERE key = ? AND workspace_id != ''", [key])}
+        overriding = secret_rows.overriding(b.store.db, key)
         targets = [ws.id for ws in b.supervisor.records() if ws.id not in overriding]
     async with trio.open_nursery() as nursery:
         for wid in targets:
@@ -67,7 +66,7 @@ async def _put_workspace_secret(raw_id: str) -> Any:
     await require_workspace(b, wid)
     body: PutSecret = await parse(PutSecret)
     live(wid)
-    await b.store.write(secret_rows.put(b.vault.box, wid, body.key, body.value))
+    await b.store.write(b.vault.put(wid, body.key, body.value))
     await _restart_inheritors(body.key, only=wid)
     return respond({"status": "saved", "key": body.key})
 
@@ -102,7 +101,7 @@ async def _put_global() -> Any:
     b = box()
     await require_admin(b)
     body: PutSecret = await parse(PutSecret)
-    await b.store.write(secret_rows.put(b.vault.box, None, body.key, body.value))
+    await b.store.write(b.vault.put(None, body.key, body.value))
     await _restart_inheritors(body.key)
     return respond({"status": "saved", "key": body.key, "scope": "global"})
 
@@ -150,7 +149,7 @@ async def put_model(raw_id: str) -> Any:
     body: PutModel = await parse(PutModel)
     live(wid)
     if body.model:
-        await b.store.write(secret_rows.put(b.vault.box, wid, "MODEL_PROVIDER", body.model))
+        await b.store.write(b.vault.put(wid, "MODEL_PROVIDER", body.model))
         result = {"status": "saved", "model": body.model}
     else:
         await b.store.write(secret_rows.delete(wid, "MODEL_PROVIDER"))

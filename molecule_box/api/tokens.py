@@ -10,6 +10,7 @@ from ..errors import NotFound
 from ..events import REVOKED
 from ..models import rfc3339
 from ..schemas import Empty
+from ..security import tokens as tk
 from ..store import tokens as token_rows
 from .auth import require_workspace
 from .routing import box, parse, query_int, respond, route
@@ -26,8 +27,8 @@ async def mint_token(raw_id: str) -> Any:
     await require_workspace(b, wid)
     await parse(Empty)
     live(wid)
-    token, op = token_rows.mint(wid)
-    token_id = await b.store.write(op)
+    token = tk.mint()
+    token_id = await b.store.write(token_rows.insert(wid, token.digest, token.prefix))
     return respond({"auth_token": token.plaintext, "workspace_id": wid, "id": token_id, "prefix": token.prefix,
                     "message": "store this token now: it is shown only once"}, 201)
 

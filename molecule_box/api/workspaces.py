@@ -14,9 +14,9 @@ from ..actors import commands as c
 from ..errors import BackendError, BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
 from ..models import Workspace, WorkspaceStatus
 from ..schemas import CreateWorkspace, Empty, PatchWorkspace, Restart
+from ..security import tokens as tk
 from ..security.ssrf import check_agent_url
 from ..store import events as event_rows
-from ..store import secrets as secret_rows
 from ..store import tokens as token_rows
 from ..store import workspaces as workspace_rows
 from .auth import require_admin, require_workspace
@@ -197,7 +197,7 @@ async def create_workspace() -> Any:
     )
     ops: list[Any] = [workspace_rows.insert(ws)]
     for key, value in (body.secrets or {}).items():
-        ops.append(secret_rows.put(b.vault.box, wid, key, value))
+        ops.append(b.vault.put(wid, key, value))
     token = None
     bootstrap_expires_at = None
     # A box-run workload gets its token from the box at each start; a remote workspace, with or without a URL,
@@ -206,8 +206,8 @@ async def create_workspace() -> Any:
         bootstrap_expires_at = now + (body.bootstrap_expires_in or BOOTSTRAP_EXPIRES_IN)
         ops.append(token_rows.open_bootstrap(wid, bootstrap_expires_at))
     elif not caps.lifecycle:
-        token, mint = token_rows.mint(wid)
-        ops.append(mint)
+        token = tk.mint()
+        ops.append(token_rows.insert(wid, token.digest, token.prefix))
     event_type = {S.ONLINE: "WORKSPACE_ONLINE", S.AWAITING_AGENT: "WORKSPACE_AWAITING_AGENT"}.get(
         status, "WORKSPACE_PROVISIONING")
     payload: dict[str, Any] = {"name": ws.name, "tier": tier, "runtime": runtime}
@@ -317,16 +317,7 @@ async def _purge(family: list[str]) -> None:
             await trio.sleep(0.05)
     if any(member in b.supervisor.slots for member in family):
         raise ServiceUnavailable("workloads are still being cleaned up; retry the purge", retry_after=10)
-
-    def op(db: Any) -> None:
-        marks = ",".join("?" for _ in family)
-        db.execute(f"UPDATE workspaces SET parent_id = NULL WHERE parent_id IN ({marks})", family)
-        for table in ("tokens", "register_bootstrap", "secrets", "activity", "inbox_cursors", "events",
-                      "actor_failures"):
-            db.execute(f"DELETE FROM {table} WHERE workspace_id IN ({marks})", family)
-        db.execute(f"DELETE FROM workspaces WHERE id IN ({marks})", family)
-
-    await b.store.write(op, bulk=True)  # a workspace's activity and events can be many rows
+    await b.store.write(workspace_rows.purge(family), bulk=True)  # a workspace's activity and events can be many rows
 
 
 @route(bp, "/workspaces/<raw_id>/state", "GET", summary="Status poll for remote agents", auth="workspace",
@@ -350,11 +341,9 @@ async def workspace_state(raw_id: str) -> Any:
 
 async def require_admin_or_any_token(wid: str) -> None:
     """For a deleted workspace: the admin, or any token (even revoked) that belonged to it."""
-    from ..security.tokens import parse_bearer
-
     b = box()
-    token = parse_bearer(request.headers.get("Authorization"))
-    if token is not None and (b.admin.check(token) or token_rows.belonged_to(b.store.db, token, wid)):
+    token = tk.parse_bearer(request.headers.get("Authorization"))
+    if token is not None and (b.admin.check(token) or token_rows.belonged_to(b.store.db, tk.hash_token(token), wid)):
         return
     await require_workspace(b, wid)
 

@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import shutil
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from .. import __version__
 from ..config import Settings
 from ..errors import MoleculeBoxError
 from ..security.crypto import KEY_FILE
-from ..store import migrations
+from ..store import migrations, snapshot
 from .fsutil import atomic_write, fsync_dir, match_owner
 from .lock import DataDirBusy, DataDirLock
 
@@ -68,28 +67,6 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _open_ro(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    conn.execute("PRAGMA busy_timeout = 5000")
-    return conn
-
-
-def inspect_store(path: Path) -> dict[str, Any]:
-    """Integrity, schema version and workspace count of a store file, read-only."""
-    conn = _open_ro(path)
-    try:
-        integrity = [row[0] for row in conn.execute("PRAGMA integrity_check").fetchall()]
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        try:
-            workspaces = int(conn.execute("SELECT count(*) FROM workspaces WHERE status != 'removed'").fetchone()[0])
-        except sqlite3.Error:
-            workspaces = None
-    finally:
-        conn.close()
-    return {"integrity": "ok" if integrity == ["ok"] else "; ".join(integrity[:5]),
-            "schema_version": version, "workspaces": workspaces}
-
-
 def backup(settings: Settings, dest: Path) -> dict[str, Any]:
     """Copy the store (and key file) of ``settings.data_dir`` into the new directory ``dest``; return the manifest."""
     data_dir = Path(settings.data_dir)
@@ -106,22 +83,13 @@ def backup(settings: Settings, dest: Path) -> dict[str, Any]:
     work.mkdir(mode=0o700)
     try:
         copy = work / DB_FILE
-        source = _open_ro(store)
         try:
-            target = sqlite3.connect(copy)
-            try:
-                # pages=-1: the whole file in one step, under one read transaction: a consistent snapshot
-                # while the box's writer carries on (WAL lets it).
-                source.backup(target, pages=-1)
-                target.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
-            finally:
-                target.close()
+            snapshot.copy(store, copy)
         finally:
-            source.close()
             match_owner(data_dir, Path(f"{store}-wal"), Path(f"{store}-shm"))
         os.chmod(copy, 0o600)
         _fsync_file(copy)
-        found = inspect_store(copy)
+        found = snapshot.inspect(copy)
         if found["integrity"] != "ok":
             raise BackupError(f"the copy fails PRAGMA integrity_check ({found['integrity']}): "
                               "the store itself may be damaged; run molecule-box doctor")
@@ -179,7 +147,7 @@ def read_backup(src: Path) -> dict[str, Any]:
             raise BackupError(f"{path} does not match its checksum in the manifest: the backup is damaged")
     if DB_FILE not in manifest.get("files", {}):
         raise BackupError(f"{src}: the manifest lists no {DB_FILE}")
-    found = inspect_store(src / DB_FILE)
+    found = snapshot.inspect(src / DB_FILE)
     if found["integrity"] != "ok":
         raise BackupError(f"{src / DB_FILE} fails PRAGMA integrity_check ({found['integrity']})")
     migrations.check_version(found["schema_version"])  # a newer schema: ConfigError saying to upgrade first

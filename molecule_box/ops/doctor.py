@@ -32,9 +32,8 @@ from ..backends.docker import spec as sp
 from ..config import Settings, parse_encryption_key, read_env_file
 from ..errors import ConfigError
 from ..security.crypto import KEY_FILE, DecryptError, SecretBox, secret_aad
-from ..store import migrations
+from ..store import migrations, snapshot
 from . import ports
-from .backup import inspect_store
 from .fsutil import match_owner
 from .lock import holder
 from .systemd import SERVICE, UNIT_DIR
@@ -135,7 +134,7 @@ def check_store(ctx: Context) -> list[Finding]:
     if not store.exists():
         return [Finding("store", "ok", f"no store yet at {store}; created at first start{live}")]
     try:
-        found = inspect_store(store)
+        found = snapshot.inspect(store)
     except sqlite3.Error as exc:
         return [Finding("store", "fail", f"{store} cannot be read as SQLite ({exc})",
                         "restore the last backup: molecule-box restore --force PATH (docs/operations.md)")]
@@ -158,27 +157,11 @@ def check_store(ctx: Context) -> list[Finding]:
     return out
 
 
-def _stored_secret(store: Path) -> dict[str, Any] | None:
-    if not store.exists():
-        return None
-    conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
-    try:
-        conn.row_factory = sqlite3.Row
-        # A plaintext (version 0) row needs no key (the box encrypts it at start): try the key on another.
-        row = conn.execute("SELECT workspace_id, key, value, encryption_version FROM secrets "
-                           "WHERE encryption_version != 0 LIMIT 1").fetchone()
-        count = conn.execute("SELECT count(*) FROM secrets").fetchone()[0]
-        return dict(row) | {"count": count} if row else None
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
-
-
 def check_secrets_key(ctx: Context) -> list[Finding]:
     settings = ctx.settings
     path = settings.data_dir / KEY_FILE
-    stored = _stored_secret(settings.store_path)
+    # A plaintext (version 0) row needs no key (the box encrypts it at start): the key is tried on another.
+    stored = snapshot.encrypted_secret(settings.store_path)
     match_owner(settings.data_dir, Path(f"{settings.store_path}-wal"), Path(f"{settings.store_path}-shm"))
     if settings.secrets_encryption_key is not None:
         key, origin = settings.secrets_encryption_key, "SECRETS_ENCRYPTION_KEY"

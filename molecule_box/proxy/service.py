@@ -14,7 +14,6 @@ import ipaddress
 import json
 import logging
 import math
-import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -44,6 +43,7 @@ from ..models import LIVE_STATES, Event, Workspace, WorkspaceStatus, rfc3339
 from ..security.ssrf import NO_INBOUND, UnsafeAgentURL, resolve_checked, split_agent_url
 from ..security.tokens import parse_bearer
 from ..store import activity as activity_rows
+from ..store import delegations as delegation_rows
 from ..store import inbox
 from ..store import queue as queue_rows
 from .admission import Admission
@@ -512,18 +512,7 @@ class A2AProxy:
             self.box.supervisor.tell(caller, c.Outbound(at=at))
         if not ops:
             return
-
-        def insert_all(db: Any) -> int:
-            written = 0
-            for op in ops:
-                try:
-                    op(db)
-                    written += 1
-                except sqlite3.Error as exc:  # one bad row (its workspace just deleted) must not drop the rest
-                    log.warning("activity row not written: %s", exc)
-            return written
-
-        self.box.store.submit(insert_all)
+        self.box.store.submit(activity_rows.insert_each(ops))
 
     def _activity_event(self, ws: Workspace, caller: str | None, method: str, status: str, duration: int) -> None:
         self.box.bus.publish(self.box.bus.make("ACTIVITY_LOGGED", ws.id, {
@@ -637,16 +626,13 @@ class A2AProxy:
         nothing (any caller may reuse a delegation id, and DELEGATION_SENT broadcasts them)."""
         if final == "queued" or item["caller_id"] is None or item["delegation_id"] is None:
             return
-        row = self.box.store.db.execute(
-            "SELECT id, source_id FROM delegations WHERE id = ? AND source_id = ? AND target_id = ?",
-            [item["delegation_id"], item["caller_id"], item["workspace_id"]]).fetchone()
+        row = delegation_rows.sent_as(self.box.store.db, item["delegation_id"], item["caller_id"],
+                                      item["workspace_id"])
         if row is None:
             return
         status = "completed" if final == "completed" else "failed"
         result = json.dumps(_json_or_text(body)) if body else json.dumps({"error": error})
-        await self.box.store.write(lambda db: db.execute(
-            "UPDATE delegations SET status = ?, result = ?, updated_at = ? WHERE id = ?",
-            [status, result, time.time(), row["id"]]))
+        await self.box.store.write(delegation_rows.settle(row["id"], status, result))
         kind = "DELEGATION_COMPLETE" if status == "completed" else "DELEGATION_FAILED"
         self.box.bus.publish(self.box.bus.make(kind, row["source_id"], {
             "delegation_id": row["id"], "target_id": item["workspace_id"], "via": "queue_drain",

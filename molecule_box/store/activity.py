@@ -8,6 +8,8 @@ watermark is answered 410 instead of silently restarting from zero.
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +21,8 @@ from . import settings as box_settings
 COLUMNS = ("workspace_id", "activity_type", "source_id", "target_id", "method", "summary", "request_body",
            "response_body", "duration_ms", "status", "error_detail", "created_at", "inbox")
 WATERMARK = "activity_pruned_below"
+
+log = logging.getLogger(__name__)
 
 
 #: How much of a request or response body a log row keeps (an inbox row keeps its message whole).
@@ -46,6 +50,22 @@ def insert(*, body_limit: int | None = LOGGED_BODY_LIMIT, **fields: Any) -> Call
         cursor = db.execute(f"INSERT INTO activity ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                             values)
         return int(cursor.lastrowid or 0)
+
+    return op
+
+
+def insert_each(ops: list[Callable[[sqlite_utils.Database], int]]) -> Callable[[sqlite_utils.Database], int]:
+    """One op for many ``insert`` ops, each on its own: a bad row (its workspace just deleted) is logged and
+    skipped, never dropping the rest. Returns how many were written."""
+    def op(db: sqlite_utils.Database) -> int:
+        written = 0
+        for insert_row in ops:
+            try:
+                insert_row(db)
+                written += 1
+            except sqlite3.Error as exc:
+                log.warning("activity row not written: %s", exc)
+        return written
 
     return op
 
@@ -84,6 +104,10 @@ def query(db: sqlite_utils.Database, workspace_id: str, *, activity_type: str | 
     if since_id is None and not newest_first:
         rows.reverse()  # the newest ``limit`` rows, handed over oldest first
     return rows
+
+
+def exists(db: sqlite_utils.Database, activity_id: int) -> bool:
+    return db.execute("SELECT 1 FROM activity WHERE id = ?", [activity_id]).fetchone() is not None
 
 
 def pruned_below(db: sqlite_utils.Database) -> int:

@@ -44,7 +44,7 @@ from typing import Any, Generic, TypeVar
 import sqlite_utils
 import trio
 
-from ..errors import StoreUnavailable
+from .errors import StoreUnavailable
 from . import migrations
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Op = Callable[[sqlite_utils.Database], T]
 
-#: Longest a submitter waits for its commit before answering 503.
+#: Longest a submitter waits for its commit before it is told StoreUnavailable.
 WRITE_DEADLINE = 30.0
 #: How long a connection waits for a lock another process holds (for the writer: its thread path only).
 BUSY_TIMEOUT_MS = 5000

@@ -7,7 +7,7 @@ write into a newer schema).
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from .errors import SchemaTooNew
 
 STATUSES = ("provisioning", "online", "offline", "degraded", "failed", "removed", "paused",
             "hibernating", "hibernated", "awaiting_agent")
@@ -160,7 +160,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE a2a_queue ADD COLUMN delegation_id TEXT;
     """,
     # 5: a bearer-less register (the SDK's bootstrap) only where the operator opened one at create; the row
-    # goes with the workspace's first token, so rotation or revocation never reopens it (tokens.mint).
+    # goes with the workspace's first token, so rotation or revocation never reopens it (tokens.insert).
     """
     CREATE TABLE register_bootstrap (
         workspace_id TEXT PRIMARY KEY REFERENCES workspaces(id),
@@ -190,7 +190,4 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 def check_version(found: int) -> None:
     if found > SCHEMA_VERSION:
-        raise ConfigError([
-            f"the store has schema version {found}, newer than this molecule-box understands ({SCHEMA_VERSION}); "
-            "upgrade molecule-box, or restore a backup taken by this version"
-        ])
+        raise SchemaTooNew(found, SCHEMA_VERSION)

@@ -14,11 +14,11 @@ from typing import Any
 
 import sqlite_utils
 
-from ..errors import TooManyRequests
+from .errors import QueueFull
 
 MAX_ATTEMPTS = 5
-#: Retry-After of a call refused because the workspace's queue is full.
-FULL_RETRY_AFTER = 30
+#: Most rows one listing of a workspace's queue returns (newest first).
+LISTED = 200
 
 
 def enqueue(workspace_id: str, caller_id: str | None, message_id: str, method: str, body: bytes,
@@ -26,7 +26,7 @@ def enqueue(workspace_id: str, caller_id: str | None, message_id: str, method: s
             delegation_id: str | None = None) -> Callable[[sqlite_utils.Database], tuple[int, int, bool]]:
     """Returns (queue id, queue depth, whether it was already queued).
 
-    A workspace holds at most ``limit`` queued messages: beyond that a new one is refused with 429 (a caller
+    A workspace holds at most ``limit`` queued messages: beyond that a new one raises QueueFull (a caller
     looping on a stuck agent must not fill the disk); a retry of one already queued still finds it.
     ``delegation_id`` marks the row a delegation enqueued: its delivery, and no other, settles the delegation."""
     encoded = json.dumps(headers)
@@ -42,10 +42,7 @@ def enqueue(workspace_id: str, caller_id: str | None, message_id: str, method: s
             queued = db.execute("SELECT count(*) FROM a2a_queue WHERE workspace_id = ? AND status = 'queued'",
                                 [workspace_id]).fetchone()[0]
             if queued >= limit:
-                raise TooManyRequests(
-                    f"the workspace's queue is full ({queued} messages waiting); retry later",
-                    headers={"Retry-After": str(FULL_RETRY_AFTER)}, queued=False, queue_depth=int(queued),
-                    retry_after=FULL_RETRY_AFTER)
+                raise QueueFull(int(queued))
             cursor = db.execute(
                 """INSERT INTO a2a_queue (workspace_id, caller_id, message_id, method, body, headers, status,
                    enqueued_at, delegation_id) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)""",
@@ -104,6 +101,14 @@ def requeue_dispatched(db: sqlite_utils.Database) -> None:
 def pending_counts(db: sqlite_utils.Database) -> dict[str, int]:
     rows = db.execute("SELECT workspace_id, count(*) FROM a2a_queue WHERE status = 'queued' GROUP BY workspace_id")
     return {row[0]: int(row[1]) for row in rows}
+
+
+def listing(db: sqlite_utils.Database, workspace_id: str) -> list[dict[str, Any]]:
+    """A workspace's queue and each message's delivery state, newest first (bodies and headers left out)."""
+    rows = db.execute(
+        """SELECT id, caller_id, message_id, method, status, attempts, last_error, enqueued_at, completed_at
+           FROM a2a_queue WHERE workspace_id = ? ORDER BY id DESC LIMIT ?""", [workspace_id, LISTED]).fetchall()
+    return [dict(row) for row in rows]
 
 
 def get(db: sqlite_utils.Database, queue_id: int) -> dict[str, Any] | None:

@@ -13,13 +13,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import sqlite_utils
 import trio
 
-from ..config import Settings
 from . import activity as activity_rows
 from .db import Store
+
+if TYPE_CHECKING:  # the ages only: the store never loads the settings module
+    from ..config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ DAY = 86400.0
 RULES = (
     ("events", "events", "created_at < ?", "event_retention_days"),
     ("actor failures", "actor_failures", "created_at < ?", "event_retention_days"),
-    # Nothing depends on an old revoked row: the bootstrap's door is closed by its own row (tokens.mint).
+    # Nothing depends on an old revoked row: the bootstrap's door is closed by its own row (tokens.insert).
     ("revoked tokens", "tokens", "revoked_at IS NOT NULL AND revoked_at < ?", "revoked_token_retention_days"),
     ("queue rows", "a2a_queue", "status IN ('completed', 'failed', 'dropped') AND coalesce(completed_at, enqueued_at)"
      " < ?", "queue_retention_days"),

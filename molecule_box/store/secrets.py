@@ -1,19 +1,18 @@
-"""Secret rows (workspace and global; a global row has ``workspace_id = ''``). Values are ciphertext only."""
+"""Secret rows (workspace and global; a global row has ``workspace_id = ''``). Values are ciphertext only.
+
+The store keeps bytes and the version of the cipher that made them; only the vault knows the cipher, so it
+encrypts before a row comes here and decrypts after it leaves.
+"""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import sqlite_utils
 
-from ..security.crypto import CURRENT_VERSION, SecretBox, secret_aad
-
 GLOBAL = ""
-
-log = logging.getLogger(__name__)
 
 
 def listing(db: sqlite_utils.Database, workspace_id: str | None) -> list[dict[str, Any]]:
@@ -32,9 +31,14 @@ def encrypted_rows(db: sqlite_utils.Database, workspace_id: str | None) -> list[
     return [dict(row) for row in rows]
 
 
-def put(box: SecretBox, workspace_id: str | None, key: str, value: str) -> Callable[[sqlite_utils.Database], None]:
-    """Encrypt now (on the loop, cheap) so the op in the writer thread only stores bytes."""
-    blob = box.encrypt(value, secret_aad(workspace_id, key))
+def overriding(db: sqlite_utils.Database, key: str) -> set[str]:
+    """The workspaces with a secret ``key`` of their own, which a global ``key`` does not reach."""
+    rows = db.execute("SELECT workspace_id FROM secrets WHERE key = ? AND workspace_id != ?", [key, GLOBAL])
+    return {row[0] for row in rows}
+
+
+def put(workspace_id: str | None, key: str, ciphertext: bytes,
+        version: int) -> Callable[[sqlite_utils.Database], None]:
     now = time.time()
 
     def op(db: sqlite_utils.Database) -> None:
@@ -43,7 +47,7 @@ def put(box: SecretBox, workspace_id: str | None, key: str, value: str) -> Calla
                VALUES (?, ?, ?, ?, ?, ?)
                ON CONFLICT (workspace_id, key) DO UPDATE SET value = excluded.value,
                    encryption_version = excluded.encryption_version, updated_at = excluded.updated_at""",
-            [workspace_id or GLOBAL, key, blob, CURRENT_VERSION, now, now],
+            [workspace_id or GLOBAL, key, ciphertext, version, now, now],
         )
 
     return op
@@ -65,31 +69,30 @@ def delete_workspace(workspace_ids: list[str]) -> Callable[[sqlite_utils.Databas
     return op
 
 
-def has_plaintext(db: sqlite_utils.Database) -> bool:
-    return db.execute("SELECT 1 FROM secrets WHERE encryption_version = 0 LIMIT 1").fetchone() is not None
+def plaintext_rows(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """The version-0 rows (plaintext, as the platform stored them without a key)."""
+    return [dict(row) for row in db.execute(
+        "SELECT workspace_id, key, value FROM secrets WHERE encryption_version = 0").fetchall()]
 
 
-def seal_plaintext(box: SecretBox) -> Callable[[sqlite_utils.Database], int]:
-    """Encrypt every version-0 (plaintext) row in place, bound to its row; returns how many.
-
-    A row that is not UTF-8 text was never readable as a secret: it is left as it is, and is refused like
-    any row that does not decrypt."""
+def seal(rows: list[tuple[str, str, bytes]], version: int) -> Callable[[sqlite_utils.Database], int]:
+    """The op that replaces version-0 rows, given as (stored workspace_id, key, ciphertext), by their
+    ciphertext; returns how many it replaced."""
 
     def op(db: sqlite_utils.Database) -> int:
         sealed = 0
-        rows = db.execute("SELECT workspace_id, key, value FROM secrets WHERE encryption_version = 0").fetchall()
-        for row in rows:
-            value = row["value"]
-            try:
-                plaintext = value if isinstance(value, str) else bytes(value).decode()
-            except UnicodeDecodeError:
-                log.warning("secret %r of %s is plaintext but not UTF-8 text: left unreadable; set it again",
-                            row["key"], row["workspace_id"] or "the box (global)")
-                continue
-            blob = box.encrypt(plaintext, secret_aad(row["workspace_id"] or None, row["key"]))
-            db.execute("UPDATE secrets SET value = ?, encryption_version = ? WHERE workspace_id = ? AND key = ?",
-                       [blob, CURRENT_VERSION, row["workspace_id"], row["key"]])
-            sealed += 1
+        for workspace_id, key, ciphertext in rows:
+            sealed += db.execute("UPDATE secrets SET value = ?, encryption_version = ? "
+                                 "WHERE workspace_id = ? AND key = ? AND encryption_version = 0",
+                                 [ciphertext, version, workspace_id, key]).rowcount
         return sealed
 
     return op
+
+
+def first_encrypted(db: sqlite_utils.Database) -> dict[str, Any] | None:
+    """One encrypted row, to try a key on (a plaintext row needs none), and how many rows there are."""
+    row = db.execute("SELECT workspace_id, key, value, encryption_version FROM secrets "
+                     "WHERE encryption_version != 0 LIMIT 1").fetchone()
+    count = db.execute("SELECT count(*) FROM secrets").fetchone()[0]
+    return dict(row) | {"count": count} if row else None

@@ -1,4 +1,5 @@
-"""Workspace bearer tokens: only digests are stored; plaintext is returned once, by the op that mints it."""
+"""Workspace bearer tokens: only digests are stored. The store never sees a plaintext: its callers hash
+what was presented (``security.tokens``) and mint the token whose digest it keeps."""
 
 from __future__ import annotations
 
@@ -9,20 +10,19 @@ from typing import Any
 
 import sqlite_utils
 
-from ..errors import TooManyRequests, Unauthorized
-from ..security import tokens as tk
+from .errors import BootstrapClosed, TooManyTokens
 
 MAX_LIVE_PER_WORKSPACE = 50
 
 
-def lookup(db: sqlite_utils.Database, token: str) -> dict[str, Any] | None:
-    """The live token row for a presented plaintext, joined to a non-removed workspace."""
+def lookup(db: sqlite_utils.Database, digest: bytes) -> dict[str, Any] | None:
+    """The live token row of a presented token's digest, joined to a non-removed workspace."""
     row = db.execute(
         """
         SELECT t.id, t.workspace_id, t.last_used_at FROM tokens t JOIN workspaces w ON w.id = t.workspace_id
         WHERE t.digest = ? AND t.revoked_at IS NULL AND w.status != 'removed'
         """,
-        [tk.hash_token(token)],
+        [digest],
     ).fetchone()
     return dict(row) if row else None
 
@@ -36,10 +36,10 @@ def is_live(db: sqlite_utils.Database, token_id: str) -> bool:
     ).fetchone() is not None
 
 
-def belonged_to(db: sqlite_utils.Database, token: str, workspace_id: str) -> bool:
-    """Whether a presented plaintext is, or was before its revocation, a token of ``workspace_id``."""
+def belonged_to(db: sqlite_utils.Database, digest: bytes, workspace_id: str) -> bool:
+    """Whether a presented token's digest is, or was before its revocation, a token of ``workspace_id``."""
     return db.execute(
-        "SELECT 1 FROM tokens WHERE digest = ? AND workspace_id = ?", [tk.hash_token(token), workspace_id]
+        "SELECT 1 FROM tokens WHERE digest = ? AND workspace_id = ?", [digest, workspace_id]
     ).fetchone() is not None
 
 
@@ -67,12 +67,13 @@ def open_bootstrap(workspace_id: str, expires_at: float) -> Callable[[sqlite_uti
 
 def claim_bootstrap(workspace_id: str, now: float) -> Callable[[sqlite_utils.Database], None]:
     """The op that closes the bootstrap for good, in the transaction of the register it lets in; raising
-    401 when it is closed already, so of two racing bearer-less registers only the first gets a token."""
+    BootstrapClosed when it is closed already, so of two racing bearer-less registers only the first gets a
+    token."""
     def op(db: sqlite_utils.Database) -> None:
         cursor = db.execute("DELETE FROM register_bootstrap WHERE workspace_id = ? AND expires_at > ?",
                             [workspace_id, now])
         if cursor.rowcount == 0:
-            raise Unauthorized("missing workspace auth token")
+            raise BootstrapClosed()
 
     return op
 
@@ -86,23 +87,24 @@ def list_live(db: sqlite_utils.Database, workspace_id: str, limit: int, offset: 
     return [dict(row) for row in rows]
 
 
-def mint(workspace_id: str, *, cap: int = MAX_LIVE_PER_WORKSPACE) -> tuple[tk.MintedToken, Callable[[sqlite_utils.Database], str]]:
-    """A new token and the op that stores its digest (raising 429 past ``cap`` live tokens)."""
-    token = tk.mint()
+def insert(workspace_id: str, digest: bytes, prefix: str, *,
+           cap: int = MAX_LIVE_PER_WORKSPACE) -> Callable[[sqlite_utils.Database], str]:
+    """The op that stores a newly minted token's digest and display prefix (raising TooManyTokens past ``cap``
+    live tokens); returns the token's id."""
     token_id = str(uuid.uuid4())
 
     def op(db: sqlite_utils.Database) -> str:
         if live_count(db, workspace_id) >= cap:
-            raise TooManyRequests(f"workspace already has {cap} live tokens; revoke one first")
+            raise TooManyTokens(cap)
         db.execute(
             "INSERT INTO tokens (id, workspace_id, digest, prefix, created_at) VALUES (?, ?, ?, ?, ?)",
-            [token_id, workspace_id, token.digest, token.prefix, time.time()],
+            [token_id, workspace_id, digest, prefix, time.time()],
         )
         # A workspace that has had a token is never claimed without one again (rotation, revocation).
         db.execute("DELETE FROM register_bootstrap WHERE workspace_id = ?", [workspace_id])
         return token_id
 
-    return token, op
+    return op
 
 
 def touch(token_id: str, when: float) -> Callable[[sqlite_utils.Database], None]:

@@ -42,6 +42,11 @@ def descendants(db: sqlite_utils.Database, workspace_id: str) -> list[str]:
     return list(seen)
 
 
+def backends_in_use(db: sqlite_utils.Database) -> set[str]:
+    """The backends some workspace not removed runs on (each is started with the box)."""
+    return {row[0] for row in db.execute("SELECT DISTINCT backend FROM workspaces WHERE status != 'removed'")}
+
+
 def children(db: sqlite_utils.Database, workspace_id: str) -> list[dict[str, Any]]:
     rows = db.execute(
         "SELECT id, name FROM workspaces WHERE parent_id = ? AND status != 'removed' ORDER BY created_at",
@@ -69,5 +74,23 @@ def save(workspace: Workspace) -> Callable[[sqlite_utils.Database], None]:
     def op(db: sqlite_utils.Database) -> None:
         assignments = ", ".join(f"{name} = ?" for name in row)
         db.execute(f"UPDATE workspaces SET {assignments} WHERE id = ?", [*row.values(), wid])
+
+    return op
+
+
+#: The tables whose rows belong to one workspace (``workspace_id``) and go with it when it is purged.
+OWNED_BY_WORKSPACE = ("tokens", "register_bootstrap", "secrets", "activity", "inbox_cursors", "events",
+                      "actor_failures")
+
+
+def purge(family: list[str]) -> Callable[[sqlite_utils.Database], None]:
+    """The op that hard-deletes the workspaces of ``family`` and every row they own (their children outside it
+    become roots). Their actors must have exited: nothing may write for them while it runs."""
+    def op(db: sqlite_utils.Database) -> None:
+        marks = ",".join("?" for _ in family)
+        db.execute(f"UPDATE workspaces SET parent_id = NULL WHERE parent_id IN ({marks})", family)
+        for table in OWNED_BY_WORKSPACE:
+            db.execute(f"DELETE FROM {table} WHERE workspace_id IN ({marks})", family)
+        db.execute(f"DELETE FROM workspaces WHERE id IN ({marks})", family)
 
     return op

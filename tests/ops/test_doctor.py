@@ -88,14 +88,14 @@ def test_port_held_by_another_program_and_docker_required(tmp_path: Path) -> Non
 
 
 def test_wrong_key_for_stored_secrets(tmp_path: Path) -> None:
-    from molecule_box.security.crypto import SecretBox, secret_aad
+    from molecule_box.security.crypto import CURRENT_VERSION, SecretBox, secret_aad
     from molecule_box.store import secrets as secret_rows
 
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
     store = Store.open(data / "molecule-box.db")
     right = SecretBox(b"r" * 32)
-    op = secret_rows.put(right, None, "API_KEY", "value")
+    op = secret_rows.put(None, "API_KEY", right.encrypt("value", secret_aad(None, "API_KEY")), CURRENT_VERSION)
     with store._wconn:  # a test writing one row without running the writer task
         op(store._wdb)
     store.close()
