@@ -193,7 +193,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("platform_url", "PLATFORM_URL", _url, None,
             "URL of this box as workloads reach it. Default: http://<BIND_ADDR>:<PORT> (127.0.0.1 for 0.0.0.0); "
             "on a bridge network with BIND_ADDR 0.0.0.0, http://host.docker.internal:<PORT>. A loopback BIND_ADDR "
-            "cannot be reached from a bridge network: the docker backend then refuses to start (docs/docker.md)."),
+            "cannot be reached from a bridge network: the docker backend then refuses docker workspaces, saying what to "
+            "change (docs/docker.md)."),
     Setting("external_platform_url", "EXTERNAL_PLATFORM_URL", _url, None,
             "URL of this box shown to remote agents in connection snippets. Default: the request's own scheme and host."),
     Setting("remote_liveness_stale_after", "REMOTE_LIVENESS_STALE_AFTER", _positive_float, 90.0,
@@ -319,7 +320,7 @@ def default_platform_url(network: str, bind_addr: str, port: int) -> str:
     A host-network container shares the host's addresses, loopback included. A bridge one reaches the host
     only at one of its other addresses, and ``host.docker.internal`` (the engine's host gateway) is the one
     that needs no configuration when the box listens on every address; with a loopback-only box no URL works
-    there, and the docker backend refuses to start (``backends.docker.spec.reach_problem``)."""
+    there, and the docker backend refuses docker workspaces (``backends.docker.spec.reach_problem``)."""
     scope, host = bind_scope(bind_addr)
     if network != "host" and scope != "address":
         host = "host.docker.internal"

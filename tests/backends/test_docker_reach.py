@@ -1,7 +1,7 @@
 """Docker workspaces reach the box with the defaults (issue #11 item 4), against a real engine and the test image.
 
-With ``WORKSPACE_NETWORK=host`` and no ``PLATFORM_URL`` a workspace comes online; a bridge network that cannot
-reach a loopback-only box is refused at start, in one line naming the settings; ``molecule-box doctor`` fetches
+With ``WORKSPACE_NETWORK=host`` and no ``PLATFORM_URL`` a workspace comes online; with a bridge network that cannot
+reach a loopback-only box the box starts and refuses each docker workspace, naming the settings to change; ``molecule-box doctor`` fetches
 ``PLATFORM_URL`` from a real container on the configured network and fails when nothing answers there.
 Everything listens on 127.0.0.1 only.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 from pathlib import Path
 
 import httpx
@@ -54,33 +53,31 @@ def _doctor_env(data: Path, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
-async def test_bridge_network_and_loopback_box_refuse_to_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("default_backend", ["docker", "external"])
+async def test_bridge_network_and_loopback_box_starts_and_refuses_docker_workspaces(
+        runner: BoxRunner, default_backend: str) -> None:
+    """The box starts (its remote agents need no bridge) and says once why docker workspaces cannot work; each
+    docker create is refused with the settings to change, whether docker is the default backend or is loaded by
+    the first create that asks for it."""
     network = f"molecule-box-test-refused-{secrets.token_hex(4)}"
     port = free_port()
-    env = _doctor_env(tmp_path / "data", port, WORKSPACE_NETWORK=network)
-    done = await trio.to_thread.run_sync(lambda: cli("run", env=env, timeout=60))
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "Traceback" not in done.stderr
-    line = done.stderr.strip().splitlines()[-1]
-    assert line.startswith("molecule-box: ") and f"WORKSPACE_NETWORK={network}" in line, done.stderr
-    for setting in ("BIND_ADDR=127.0.0.1", f"PLATFORM_URL=http://host.docker.internal:{port}",
-                    "WORKSPACE_NETWORK=host"):
-        assert setting in line
-    # It stopped before listening or creating anything.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", port))
+    env = docker_env(port, WORKSPACE_NETWORK=network, CONTAINER_BACKEND=default_backend)
+    del env["PLATFORM_URL"]
+    await runner.start(**env)
+    try:
+        async with httpx.AsyncClient(base_url=runner.url, timeout=15) as client:
+            refused = await client.post("/workspaces", headers=ADMIN,
+                                        json={"name": "w", "runtime": RUNTIME, "backend": "docker"})
+            assert refused.status_code == 400, refused.text
+            body = refused.json()
+            assert body["code"] == "workload_refused"
+            for setting in (f"WORKSPACE_NETWORK={network}", "BIND_ADDR=127.0.0.1", "WORKSPACE_NETWORK=host"):
+                assert setting in body["error"]
+            remote = await client.post("/workspaces", headers=ADMIN, json={"name": "laptop", "external": True})
+            assert remote.status_code == 201, remote.text
+    finally:
+        await runner.stop()
     assert network not in docker("network", "ls", "--format", "{{.Name}}").split()
-
-
-async def test_docker_backend_loaded_at_first_use_answers_503(runner: BoxRunner) -> None:
-    """A box of external workspaces loads docker at the first create that asks for it: its refusal is an answer."""
-    await runner.start(DOCKER_HOST=ENGINE, WORKSPACE_NETWORK=f"molecule-box-test-refused-{secrets.token_hex(4)}",
-                       WORKSPACE_IMAGE_PREFIX=IMAGE_PREFIX)
-    async with httpx.AsyncClient(base_url=runner.url, timeout=15) as client:
-        response = await client.post("/workspaces", json={"name": "w", "runtime": RUNTIME, "backend": "docker"},
-                                     headers=ADMIN)
-    assert response.status_code == 503, response.text
-    assert response.json()["code"] == "backend_misconfigured" and "WORKSPACE_NETWORK=host" in response.json()["error"]
 
 
 def _platform_check(data: Path, port: int, **extra: str) -> tuple[int, dict[str, str]]:

@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from ... import __version__
-from ...errors import BackendError, ConfigError
+from ...errors import BackendError
 from ..base import (
     BackendContext,
     BackendEvent,
@@ -63,8 +63,6 @@ DESTROY_GRACE = 10.0
 START_RETRY_EVERY = 5.0
 #: Server errors (5xx) a start retries while the engine keeps answering, before it fails the workspace.
 START_SERVER_ERRORS = 2
-#: How long the start-up refusal waits for the engine to say it is there.
-REACH_CHECK_DEADLINE = 5.0
 #: How long an image lookup is trusted (a removed image is noticed at create and looked up again).
 IMAGE_CACHE_SECONDS = 60.0
 
@@ -116,15 +114,13 @@ class DockerBackend(BaseBackend):
     # -- the engine connection ----------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the engine connection; refuse to start (ConfigError) when a reachable engine would run containers
-        that cannot reach the box. Without an engine the box still starts (external workspaces need none) and
-        ``admit`` refuses docker workspaces with the same reason."""
+        """Run the engine connection. Settings whose containers could not reach the box are said once here, and
+        ``admit`` refuses docker workspaces with the same reason; the box itself still starts, because its remote
+        agents need none of it (refusing the whole start over a backend they do not use broke the first run
+        of everyone with Docker installed and only remote agents in mind)."""
         async with open_client(self.settings.docker_host) as client:
             problem = sp.reach_problem(self.settings)
             if problem is not None:
-                with trio.move_on_after(REACH_CHECK_DEADLINE):
-                    if await self._engine_answers(client):
-                        raise ConfigError([problem])
                 log.warning("docker: %s; docker workspaces are refused until it is fixed", problem)
             self._client = client
             send, receive = trio.open_memory_channel[dict[str, Any]](math.inf)
