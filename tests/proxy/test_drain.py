@@ -151,13 +151,17 @@ async def test_an_answer_that_is_not_a_success_stops_the_drain_until_the_next_he
     assert sum(q["status"] == "queued" for q in rows) == 15
 
     agent.ok_left = None
+    first = len(agent.arrived)
     await heartbeat(client, wid, token, active_tasks=CAPACITY)  # no spare capacity: still stopped
     await heartbeat(client, wid, token, active_tasks=0)
     rows = await drain_ended(box, client, wid)
     assert [q["status"] for q in rows] == ["completed"] * 20
     assert sorted(agent.answered) == sorted(f"m-{n}" for n in range(20))
     assert agent.peak <= CAPACITY
-    assert fifo_within(agent.answered, CAPACITY), agent.answered
+    # The second drain sends what is left oldest first (answers may pass each other: a slow one is overtaken
+    # by any number of others, so the order of answers proves nothing).
+    again = [int(mid.split("-")[1]) for mid in agent.arrived[first:]]
+    assert all(abs(n - expected) < CAPACITY for n, expected in zip(again, sorted(again))), again
 
 
 async def test_a_drain_ends_with_the_box_and_its_messages_go_out_after_a_restart(
