@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import trio
+
 from molecule_box.backends import BaseBackend, Capabilities, WorkloadState, WorkloadStatus
 
 
@@ -22,3 +26,10 @@ class LifecycleStub(BaseBackend):
 
     async def list_managed(self) -> list[dict[str, object]]:
         return []
+
+
+async def receive(events: trio.MemoryReceiveChannel[Any], within: float = 3600) -> Any:
+    """The next event, or TooSlowError after ``within`` seconds of (mock) time: a lost event fails the test
+    instead of hanging the run."""
+    with trio.fail_after(within):
+        return await events.receive()

@@ -31,6 +31,7 @@ from molecule_box.schemas import Heartbeat
 from molecule_box.store import workspaces as workspace_rows
 
 from ..conftest import make_settings
+from .stubs import receive
 
 BASE = 1_700_000_000.0
 S = WorkspaceStatus
@@ -144,7 +145,7 @@ async def test_exit_is_restarted_with_backoff_until_the_limit(tmp_path: Path,
             with box.bus.subscribe(lambda e: e.type == "WORKSPACE_PROVISIONING") as events:
                 crashed_at = trio.current_time()
                 backend.crash(ws.id)
-                event = await events.receive()
+                event = await receive(events)
             assert event.payload["restart"] is True and event.payload["exit_code"] == 3
             assert event.payload["attempt"] == attempt
             while len(backend.starts) < attempt:
@@ -154,7 +155,7 @@ async def test_exit_is_restarted_with_backoff_until_the_limit(tmp_path: Path,
         assert delays == [pytest.approx(1, abs=0.01), pytest.approx(2, abs=0.01)]  # exponential backoff
         with box.bus.subscribe(lambda e: e.type == "WORKSPACE_PROVISION_FAILED") as events:
             backend.crash(ws.id, oom=True)
-            failed = await events.receive()
+            failed = await receive(events)
         record = box.supervisor.record(ws.id)
         assert record is not None and record.status is S.FAILED
         assert failed.payload["source"] == "restart_policy" and failed.payload["oom_killed"] is True

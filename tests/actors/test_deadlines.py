@@ -17,7 +17,7 @@ from molecule_box.schemas import Heartbeat
 from molecule_box.store import workspaces as workspace_rows
 
 from ..conftest import make_settings
-from .stubs import LifecycleStub
+from .stubs import LifecycleStub, receive
 
 BASE = 1_700_000_000.0
 
@@ -52,7 +52,7 @@ async def test_offline_exactly_at_deadline(tmp_path: Path, autojump_clock: trio.
         await box.supervisor.ask(ws.id, c.Heartbeat(Heartbeat(workspace_id=ws.id)))
         beat = trio.current_time()
         with box.bus.subscribe(lambda e: e.type == "WORKSPACE_OFFLINE") as events:
-            event = await events.receive()
+            event = await receive(events)
         assert trio.current_time() - beat == pytest.approx(90, abs=0.01)
         assert event.workspace_id == ws.id
         assert box.supervisor.record(ws.id).status is WorkspaceStatus.OFFLINE  # type: ignore[union-attr]
@@ -70,7 +70,7 @@ async def test_deadline_rearmed_from_stored_heartbeat(tmp_path: Path, autojump_c
     async with open_box(settings, now=wall, announce=lambda t: None) as box:
         start = trio.current_time()
         with box.bus.subscribe(lambda e: e.type == "WORKSPACE_OFFLINE") as events:
-            await events.receive()
+            await receive(events)
         assert trio.current_time() - start == pytest.approx(40, abs=0.01)
 
 
@@ -82,7 +82,7 @@ async def test_deadline_long_past_goes_offline_at_once(tmp_path: Path,
         with box.bus.subscribe(lambda e: e.type == "WORKSPACE_OFFLINE") as events:
             start = trio.current_time()
             await add(box, ws)
-            await events.receive()
+            await receive(events)
         assert trio.current_time() - start < 0.01
 
 
@@ -102,7 +102,7 @@ async def test_provision_timeout_fails_workspace(tmp_path: Path, autojump_clock:
                        backend="never", created_at=now, updated_at=now, status_changed_at=now)
         with box.bus.subscribe(lambda e: e.type == "WORKSPACE_PROVISION_FAILED") as events:
             await add(box, ws)
-            event = await events.receive()
+            event = await receive(events)
         assert trio.current_time() == pytest.approx(600, abs=0.5)
         assert event.payload["source"] == "provision_timeout"
         record = box.supervisor.record(ws.id)
