@@ -45,6 +45,13 @@ def bearer_from(headers: Any) -> str | None:
     return parse_bearer(headers.get("Authorization"))
 
 
+def may_learn_removal(box: Any, token: str | None, workspace_id: str) -> bool:
+    """Whether a token may be told that a workspace is gone: the admin's, or one (revoked on delete) that
+    belonged to it, so its agent shuts down. Anyone else gets the refusal a live workspace gives."""
+    return token is not None and (box.admin.check(token)
+                                  or token_rows.belonged_to(box.store.db, hash_token(token), workspace_id))
+
+
 async def identify(box: Any, token: str | None, *, proof_of_life: bool = True) -> Principal | None:
     """Who a presented token belongs to (admin, a live workspace) or None; marks the token used.
 

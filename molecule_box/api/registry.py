@@ -12,10 +12,9 @@ from ..errors import Forbidden, NotFound, Unauthorized
 from ..models import WorkspaceStatus
 from ..schemas import CheckAccess, Register, UpdateCard
 from ..security.ssrf import NO_INBOUND, check_agent_url
-from ..security.tokens import hash_token
 from ..store import tokens as token_rows
 from ..store import workspaces as workspace_rows
-from .auth import bearer_from, identify, require_caller, require_workspace
+from .auth import bearer_from, identify, may_learn_removal, require_caller, require_workspace
 from .routing import box, parse, respond, route
 from .workspaces import workspace_id
 
@@ -35,7 +34,7 @@ async def register() -> Any:
     if ws is None or ws.status is WorkspaceStatus.REMOVED:
         # Only the admin and the workspace's own (revoked) token learn that it is unknown or gone; anyone else
         # gets the refusal a known workspace gives, so register is no existence check (#10 item 11).
-        if token is not None and (b.admin.check(token) or token_rows.belonged_to(b.store.db, hash_token(token), wid)):
+        if may_learn_removal(b, token, wid):
             raise NotFound("workspace not found", deleted=ws is not None)
         b.metrics.auth_failures.inc()
         raise Unauthorized("missing workspace auth token" if token is None else "invalid workspace auth token")

@@ -19,7 +19,7 @@ from ..security.ssrf import check_agent_url
 from ..store import events as event_rows
 from ..store import tokens as token_rows
 from ..store import workspaces as workspace_rows
-from .auth import require_admin, require_workspace
+from .auth import bearer_from, may_learn_removal, require_admin, require_workspace
 from .routing import box, parse, query_bool, respond, route
 
 bp = Blueprint("workspaces", __name__)
@@ -342,10 +342,8 @@ async def workspace_state(raw_id: str) -> Any:
 async def require_admin_or_any_token(wid: str) -> None:
     """For a deleted workspace: the admin, or any token (even revoked) that belonged to it."""
     b = box()
-    token = tk.parse_bearer(request.headers.get("Authorization"))
-    if token is not None and (b.admin.check(token) or token_rows.belonged_to(b.store.db, tk.hash_token(token), wid)):
-        return
-    await require_workspace(b, wid)
+    if not may_learn_removal(b, bearer_from(request.headers), wid):
+        await require_workspace(b, wid)
 
 
 async def _fan_out(ids: list[str], make: Any) -> int:
