@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 import click
 import httpx
 
-from .config import Settings, read_env_file
-from .errors import ConfigError
-from .ops import ports, systemd
-from .ops.fsutil import atomic_write
+from ..config import Settings, read_env_file
+from ..errors import ConfigError
+from ..ops import ports, systemd
+from ..ops.fsutil import atomic_write
 
 TOKEN_FILE = Path("~/.config/molecule-box/admin-token").expanduser()
 #: Where ``create --wait`` stops: up (online, degraded), or a state it will not leave by itself.

@@ -1,4 +1,4 @@
-"""The ``molecule-box`` command."""
+"""``molecule-box run`` (the box itself, in the foreground) and ``molecule-box config`` (its settings)."""
 
 from __future__ import annotations
 
@@ -14,21 +14,14 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 import trio
 
-from . import __version__
-from .config import SETTINGS, Settings
-from .errors import ConfigError, leaves
+from ..config import SETTINGS, Settings
+from ..errors import ConfigError, leaves
 
 if TYPE_CHECKING:
-    from .box import Box
-    from .ops.notify import Notifier
+    from ..box import Box
+    from ..ops.notify import Notifier
 
 log = logging.getLogger("molecule_box")
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="molecule-box")
-def main() -> None:
-    """molecule-box: AI-agent workspaces on one box."""
 
 
 def load_settings(env_file: Path | None) -> Settings:
@@ -45,7 +38,7 @@ def _refuse(problems: list[str]) -> NoReturn:
     sys.exit(2)
 
 
-@main.command()
+@click.command()
 @click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path),
               help="KEY=VALUE file; the process environment wins over it.")
 def run(env_file: Path | None) -> None:
@@ -56,7 +49,7 @@ def run(env_file: Path | None) -> None:
     with the fix), 128+signal when a second signal cut the drain short. Under systemd (Type=notify) it reports READY, STATUS, STOPPING and
     pings the watchdog.
     """
-    from . import logs
+    from .. import logs
 
     settings = load_settings(env_file)
     logs.setup(settings.log_level)
@@ -82,7 +75,7 @@ class _Lifecycle:
 
 async def _run(settings: Settings) -> int:
     """The run nursery: signal watcher, watchdog, the box, then its status reporter; returns the exit status."""
-    from .ops.notify import Notifier, status_line
+    from ..ops.notify import Notifier, status_line
 
     state = _Lifecycle()
     with Notifier.from_environ() as notifier:
@@ -122,7 +115,7 @@ async def _collect_garbage() -> None:
 
 async def _serve_then_stop(settings: Settings, state: _Lifecycle, scope: trio.CancelScope,
                            task_status: trio.TaskStatus[Box] = trio.TASK_STATUS_IGNORED) -> None:
-    from .box import serve
+    from ..box import serve
 
     def ready(box: Box) -> None:
         state.box = box  # before started(): a signal from now on drains instead of aborting start-up
@@ -134,7 +127,7 @@ async def _serve_then_stop(settings: Settings, state: _Lifecycle, scope: trio.Ca
 async def _signals(state: _Lifecycle, notifier: Notifier, scope: trio.CancelScope,
                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """First signal: drain (or, during start-up, abandon it); second signal: cancel everything now."""
-    from .ops.notify import stopping_line
+    from ..ops.notify import stopping_line
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
@@ -158,7 +151,7 @@ async def _signals(state: _Lifecycle, notifier: Notifier, scope: trio.CancelScop
             return
 
 
-@main.command("config")
+@click.command("config")
 @click.option("--markdown", is_flag=True, help="Print the table of docs/configuration.md instead.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def show_config(markdown: bool, as_json: bool) -> None:
@@ -168,26 +161,10 @@ def show_config(markdown: bool, as_json: bool) -> None:
                                 "help": s.help} for s in SETTINGS], indent=2))
         return
     if markdown:
-        from .config import markdown_table
+        from ..config import markdown_table
 
         click.echo(markdown_table())
         return
     for setting in SETTINGS:
         default = "" if setting.default in (None, ()) else f" (default: {setting.default})"
         click.echo(f"{setting.env}{default}\n    {setting.help}")
-
-
-def _register_operator_commands() -> None:
-    from .operator import register
-
-    register(main)
-
-
-def _register_ops_commands() -> None:
-    from .ops.commands import register
-
-    register(main)
-
-
-_register_operator_commands()
-_register_ops_commands()

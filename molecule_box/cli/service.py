@@ -20,9 +20,9 @@ import click
 
 from ..config import Settings
 from ..errors import ConfigError
-from . import backup as backups
-from . import doctor as doctors
-from . import systemd
+from ..ops import backup as backups
+from ..ops import doctor as doctors
+from ..ops import systemd
 
 STATE_DIR = Path("/var/lib/molecule-box")
 
