@@ -20,8 +20,8 @@ import httpx
 import pytest
 import trio
 
-from .api.test_restart import _free_port, _spawn, _wait_healthy
-from .conftest import ADMIN_TOKEN
+from ..api.test_restart import _free_port, _spawn, _wait_healthy
+from ..conftest import ADMIN_TOKEN
 
 SECRET = "sk-canary-9f3b2c7d1e"
 
