@@ -299,7 +299,7 @@ async def _open_box(
     announce: Callable[[str], None] | None,
 ) -> AsyncIterator[Box]:
     try:
-        store = Store.open(settings.store_path)
+        store = Store(settings.store_path)
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError([f"cannot open the store {settings.store_path} ({exc}): make the data directory "
                            "writable by this user, or set MOLECULE_BOX_DATA to one that is"]) from None

@@ -142,10 +142,6 @@ class Store:
         self.observe_commit: Callable[[float], None] | None = None
         self.observe_checkpoint: Callable[[float], None] | None = None
 
-    @classmethod
-    def open(cls, path: Path) -> Store:
-        return cls(path)
-
     def _migrate(self) -> None:
         found = self._wconn.execute("PRAGMA user_version").fetchone()[0]
         migrations.check_version(found)

@@ -109,9 +109,3 @@ def listing(db: sqlite_utils.Database, workspace_id: str) -> list[dict[str, Any]
         """SELECT id, caller_id, message_id, method, status, attempts, last_error, enqueued_at, completed_at
            FROM a2a_queue WHERE workspace_id = ? ORDER BY id DESC LIMIT ?""", [workspace_id, LISTED]).fetchall()
     return [dict(row) for row in rows]
-
-
-def get(db: sqlite_utils.Database, queue_id: int) -> dict[str, Any] | None:
-    row = db.execute("SELECT id, workspace_id, message_id, status, attempts, last_error FROM a2a_queue WHERE id = ?",
-                     [queue_id]).fetchone()
-    return dict(row) if row else None

@@ -122,7 +122,7 @@ async def test_backup_under_load_restores_every_acknowledged_workspace(tmp_path:
 
 def _stored(data: Path) -> None:
     data.mkdir(mode=0o700)
-    Store.open(data / "molecule-box.db").close()
+    Store(data / "molecule-box.db").close()
     (data / "secrets.key").write_text("A" * 43 + "=\n")
     os.chmod(data / "secrets.key", 0o600)
 

@@ -47,7 +47,7 @@ def test_broken_setup_lists_every_problem_with_its_fix(tmp_path: Path) -> None:
     """Bad PORT and another bad value, a key file readable by others, a data dir its owner cannot write."""
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
-    Store.open(data / "molecule-box.db").close()
+    Store(data / "molecule-box.db").close()
     key = data / "secrets.key"
     key.write_text(GOOD_KEY + "\n")
     os.chmod(key, 0o644)
@@ -93,7 +93,7 @@ def test_wrong_key_for_stored_secrets(tmp_path: Path) -> None:
 
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
-    store = Store.open(data / "molecule-box.db")
+    store = Store(data / "molecule-box.db")
     right = SecretBox(b"r" * 32)
     op = secret_rows.put(None, "API_KEY", right.encrypt("value", secret_aad(None, "API_KEY")), CURRENT_VERSION)
     with store._wconn:  # a test writing one row without running the writer task
@@ -127,7 +127,7 @@ def test_newer_schema_fails_with_its_fix(tmp_path: Path) -> None:
 
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
-    Store.open(data / "molecule-box.db").close()
+    Store(data / "molecule-box.db").close()
     with closing(sqlite3.connect(data / "molecule-box.db")) as conn:
         conn.execute("PRAGMA user_version = 999")
     store = [f for f in doctor.diagnose(None, box_env(data, 0)) if f.check == "store"][0]

@@ -25,7 +25,7 @@ def test_the_poll_messages_of_an_older_box_join_the_inbox(tmp_path: Path) -> Non
         conn.execute("INSERT INTO activity (workspace_id, activity_type, source_id, status, duration_ms, created_at)"
                      " VALUES ('w1', 'a2a_receive', ?, ?, ?, 1.0)", [source, status, duration])
     conn.close()
-    store = Store.open(path)
+    store = Store(path)
     try:
         assert store.schema_version == SCHEMA_VERSION
         marked = [r[0] for r in store.db.execute("SELECT inbox FROM activity ORDER BY id").fetchall()]

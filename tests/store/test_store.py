@@ -15,7 +15,7 @@ from molecule_box.store.migrations import MIGRATIONS, SCHEMA_VERSION, STATUSES
 
 
 async def test_migrations_and_pragmas(tmp_path: Path, nursery: trio.Nursery) -> None:
-    store = Store.open(tmp_path / "box.db")
+    store = Store(tmp_path / "box.db")
     assert store.schema_version == SCHEMA_VERSION
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store._wconn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
@@ -24,7 +24,7 @@ async def test_migrations_and_pragmas(tmp_path: Path, nursery: trio.Nursery) -> 
 
 
 def test_status_check_constraint_has_all_ten_states(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "box.db")
+    store = Store(tmp_path / "box.db")
     sql = store.db.execute("SELECT sql FROM sqlite_master WHERE name = 'workspaces'").fetchone()[0]
     assert len(STATUSES) == 10 and all(f"'{s}'" in sql for s in STATUSES)
     with pytest.raises(sqlite3.IntegrityError):
@@ -49,7 +49,7 @@ def test_a_store_of_an_older_box_is_upgraded_in_place(tmp_path: Path) -> None:
     conn.execute("INSERT INTO workspaces (id, name, status, runtime, backend, last_heartbeat_at, created_at, "
                  "updated_at) VALUES ('w1', 'old', 'online', 'external', 'external', 5.0, 1.0, 2.0)")
     conn.close()
-    store = Store.open(path)
+    store = Store(path)
     assert store.schema_version == SCHEMA_VERSION
     old = workspace_rows.get(store.db, "w1")
     assert old is not None and old.name == "old" and old.last_heartbeat_at == 5.0 and old.last_seen_at is None
@@ -58,16 +58,16 @@ def test_a_store_of_an_older_box_is_upgraded_in_place(tmp_path: Path) -> None:
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "box.db"
-    Store.open(path).close()
+    Store(path).close()
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
     with pytest.raises(ConfigError, match="newer than this molecule-box"):
-        Store.open(path)
+        Store(path)
 
 
 async def test_group_commit_isolates_failing_ops(tmp_path: Path, nursery: trio.Nursery) -> None:
-    store = Store.open(tmp_path / "box.db")
+    store = Store(tmp_path / "box.db")
     await nursery.start(store.run)
 
     def put(key: str):  # type: ignore[no-untyped-def]
@@ -87,7 +87,7 @@ async def test_group_commit_isolates_failing_ops(tmp_path: Path, nursery: trio.N
 
 
 async def test_writer_commits_pending_writes_on_cancel(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "box.db")
+    store = Store(tmp_path / "box.db")
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         write = store.submit(lambda db: db.execute("INSERT INTO box_settings VALUES ('late', 'v')"))
@@ -102,7 +102,7 @@ async def test_ops_run_on_the_loop_and_bulk_ops_in_the_thread(tmp_path: Path, nu
     bulk runs, with its whole batch, in the worker thread so a large delete never stalls the loop."""
     import threading
 
-    store = Store.open(tmp_path / "box.db")
+    store = Store(tmp_path / "box.db")
     await nursery.start(store.run)
     loop_thread = threading.get_ident()
 
@@ -122,7 +122,7 @@ async def test_ops_run_on_the_loop_and_bulk_ops_in_the_thread(tmp_path: Path, nu
 async def test_write_lock_held_by_another_process_is_waited_for_off_the_loop(tmp_path: Path,
                                                                             nursery: trio.Nursery) -> None:
     """An operator's sqlite3 shell holding the write lock must neither stall the trio loop nor lose writes."""
-    store = Store.open(tmp_path / "box.db")
+    store = Store(tmp_path / "box.db")
     await nursery.start(store.run)
     other = sqlite3.connect(tmp_path / "box.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
@@ -147,7 +147,7 @@ async def test_wal_is_folded_back_by_the_checkpointer_not_by_commits(tmp_path: P
     """Commits never checkpoint (a write waiting for a checkpoint stalled heartbeats); the store's checkpointer
     moves the WAL's pages into the database file within about a second instead."""
     path = tmp_path / "box.db"
-    store = Store.open(path)
+    store = Store(path)
     await nursery.start(store.run)
     assert store._wconn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     size_before = path.stat().st_size
