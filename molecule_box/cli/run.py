@@ -49,7 +49,7 @@ def run(env_file: Path | None) -> None:
     with the fix), 128+signal when a second signal cut the drain short. Under systemd (Type=notify) it reports READY, STATUS, STOPPING and
     pings the watchdog.
     """
-    from .. import logs
+    from ..ops import logs
 
     settings = load_settings(env_file)
     logs.setup(settings.log_level)

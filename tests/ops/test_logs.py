@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from molecule_box import logs
+from molecule_box.ops import logs
 
 
 class Terminal(io.StringIO):
