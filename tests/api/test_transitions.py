@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import trio
 
 from ..conftest import ADMIN, bearer, create_external, joined
 
@@ -49,6 +50,27 @@ async def test_hibernate_and_wake(client: httpx.AsyncClient) -> None:
     assert (await client.post(f"/workspaces/{wid}/hibernate?force=true", headers=ADMIN)).status_code == 200
     assert (await client.post(f"/workspaces/{wid}/resume", headers=ADMIN)).json()["status"] == "online"
     assert (await client.post(f"/workspaces/{wid}/wake", headers=ADMIN)).status_code == 409
+
+
+async def test_a_paused_parent_blocks_every_wake(client: httpx.AsyncClient) -> None:
+    """The proxy's wake of a hibernated workspace and the API's wake pass the same tree rule as resume: a
+    workspace under a paused parent stays asleep, and the caller learns why."""
+    parent, _ = await joined(client, "parent")
+    assert (await client.post(f"/workspaces/{parent}/pause", headers=ADMIN)).status_code == 200
+    child, _ = await joined(client, "child", parent_id=parent)  # created under the paused parent
+    assert (await client.post(f"/workspaces/{child}/hibernate", headers=ADMIN)).json() == {"status": "hibernated"}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "message/send",
+            "params": {"message": {"role": "user", "parts": [{"kind": "text", "text": "hi"}]}}}
+    called = await client.post(f"/workspaces/{child}/a2a", json=call, headers=ADMIN)
+    assert called.status_code == 409 and 'parent workspace "parent" is paused' in called.json()["error"]
+    woken = await client.post(f"/workspaces/{child}/wake", headers=ADMIN)
+    assert woken.status_code == 409 and "resume it first" in woken.json()["error"]
+    assert await status(client, child) == "hibernated"
+    assert (await client.post(f"/workspaces/{parent}/resume", headers=ADMIN)).json()["resumed_count"] == 1
+    assert (await client.post(f"/workspaces/{child}/a2a", json=call, headers=ADMIN)).json()["waking"] is True
+    with trio.fail_after(5):
+        while await status(client, child) != "online":
+            await trio.sleep(0.05)
 
 
 async def test_restart_of_remote_agent_is_refused(client: httpx.AsyncClient) -> None:
