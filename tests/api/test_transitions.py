@@ -5,7 +5,10 @@ from __future__ import annotations
 import httpx
 import trio
 
-from ..conftest import ADMIN, bearer, create_external, joined
+from molecule_box.backends import Workload, WorkloadSpec
+
+from ..actors.stubs import LifecycleStub
+from ..conftest import ADMIN, BoxRunner, bearer, create_external, joined
 
 
 async def status(client: httpx.AsyncClient, wid: str) -> str:
@@ -71,6 +74,40 @@ async def test_a_paused_parent_blocks_every_wake(client: httpx.AsyncClient) -> N
     with trio.fail_after(5):
         while await status(client, child) != "online":
             await trio.sleep(0.05)
+
+
+class StartingBackend(LifecycleStub):
+    """A lifecycle backend whose workloads start at once (and never exist)."""
+
+    async def start(self, spec: WorkloadSpec) -> Workload:
+        return Workload(handle={"workspace_id": spec.workspace_id})
+
+
+async def test_a_paused_parent_blocks_the_secret_change_restart(runner: BoxRunner) -> None:
+    """A secret change restarts a box-run workload through the same tree rule as an operator's restart: not
+    one under a paused parent."""
+    box = await runner.start(extra_backends={"starting": StartingBackend})
+    async with httpx.AsyncClient(base_url=box.urls[0], timeout=10) as client:
+        parent, _ = await joined(client, "parent")
+        assert (await client.post(f"/workspaces/{parent}/pause", headers=ADMIN)).status_code == 200
+        created = {}
+        for name, fields in (("held", {"parent_id": parent}), ("free", {})):
+            response = await client.post("/workspaces", json={"name": name, "backend": "starting", **fields},
+                                         headers=ADMIN)
+            assert response.status_code == 201, response.text
+            created[name] = response.json()["id"]
+        for wid in created.values():
+            saved = await client.put(f"/workspaces/{wid}/secrets", json={"key": "K", "value": "v"}, headers=ADMIN)
+            assert saved.status_code == 200
+        blocked = await client.post(f"/workspaces/{created['held']}/restart", headers=ADMIN)
+        assert blocked.status_code == 409 and "resume it first" in blocked.json()["error"]
+
+        async def starts(wid: str) -> int:
+            events = (await client.get(f"/events/{wid}", headers=ADMIN)).json()
+            return sum(e["event_type"] == "WORKSPACE_PROVISIONING" for e in events)
+
+        assert await starts(created["free"]) == 2  # created, then restarted for the secret
+        assert await starts(created["held"]) == 1  # created only
 
 
 async def test_restart_of_remote_agent_is_refused(client: httpx.AsyncClient) -> None:
