@@ -181,6 +181,11 @@ class WorkspaceActor:
     async def _backend(self) -> Backend:
         return await self.deps.backends.get(self.record.backend)
 
+    def _handle(self) -> Handle:
+        """The workload's handle; without a stored one (the box died before its start op reported), the
+        backend finds the workload by the workspace id."""
+        return self.record.backend_state or {"workspace_id": self.record.id}
+
     async def _lifecycle(self) -> Backend | None:
         """The workspace's backend if the box drives its lifecycle, else None (remote agents)."""
         backend = await self._backend()
@@ -262,7 +267,7 @@ class WorkspaceActor:
             await trio.sleep(delay)
             backend = await self._backend()
             with trio.fail_after(CLEANUP_DEADLINE):
-                await backend.destroy(self.record.backend_state or {"workspace_id": self.record.id})
+                await backend.destroy(self._handle())
         return run
 
     # -- what the backend observed (Docker's events stream, reconciliation) -----------------------
@@ -328,7 +333,7 @@ class WorkspaceActor:
         if not decision.restart:
             output = ""
             with trio.move_on_after(OBSERVE_DEADLINE):
-                output = await backend.logs(ws.backend_state or {"workspace_id": ws.id}, tail=50)
+                output = await backend.logs(self._handle(), tail=50)
             reason = failure_reason(exits=decision.exits, window=self._restarts.window, exit_code=exit_code,
                                     oom_killed=oom_killed, log_tail=output)
             log.warning("workspace %s: %s", ws.id, reason.splitlines()[0])
@@ -445,8 +450,7 @@ class WorkspaceActor:
             # backend finds the workload by the workspace id.)
             backend = await self._lifecycle()
             if backend is not None:
-                handle = ws.backend_state or {"workspace_id": ws.id}
-                self._start_op("adopt", self._adopt(backend, handle), deadline=trio.current_time() + ADOPT_DEADLINE)
+                self._start_op("adopt", self._adopt(backend, self._handle()), deadline=trio.current_time() + ADOPT_DEADLINE)
 
     # -- commands -----------------------------------------------------------------------------
 
@@ -518,7 +522,7 @@ class WorkspaceActor:
         if backend is None:
             self._cancel_op()
             return
-        handle = self.record.backend_state or {"workspace_id": self.record.id}
+        handle = self._handle()
         self._start_op(kind, lambda: _stopped(backend.stop(handle)))
 
     async def _on_Pause(self, cmd: c.Pause) -> dict[str, Any]:
