@@ -27,6 +27,7 @@ import trio
 from . import __version__
 from .actors import Supervisor
 from .actors.commands import Observed
+from .actors.deps import ActorDeps
 from .backends.base import BackendContext, BackendEvent, BackendFactory
 from .backends.loader import BackendRegistry
 from .config import Settings
@@ -119,17 +120,6 @@ class Box:
         """Backends push what they observe to the workspace's actor; unknown workspaces are ignored."""
         if self.supervisor is not None:
             self.supervisor.tell(event.workspace_id, Observed(event))
-
-    def backend_for(self, *, runtime: str, external: bool, requested: str | None) -> str:
-        """Which backend a new workspace uses: its own choice, external for remote agents, else the default."""
-        if requested:
-            name = requested
-        elif external or runtime == "external":
-            name = "external"
-        else:
-            name = self.settings.default_backend
-        self.backends.check_installed(name)
-        return name
 
     def _sample(self) -> dict[str, dict[str, float]]:
         counts: dict[str, float] = {}
@@ -314,7 +304,9 @@ async def _open_box(
                 box.backends = BackendRegistry(context, core, extra=extra_backends)
                 await box.backends.get("external")
                 await _load_backends_in_use(box)
-                box.supervisor = Supervisor(box)
+                box.supervisor = Supervisor(ActorDeps(
+                    store=store, bus=box.bus, backends=box.backends, settings=settings, metrics=box.metrics,
+                    vault=box.vault, now=now, request_drain=box.proxy.request_drain))
                 began = time.perf_counter()
                 box.restored = await core.start(box.supervisor.run)
                 box.restore_seconds = time.perf_counter() - began

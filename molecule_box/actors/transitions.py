@@ -1,8 +1,11 @@
 """The workspace state machine as pure functions: record in, (new record, events) out.
 
-No I/O and no clock reads here (``now`` is passed in), so every rule of
-reference §2.2 is tested without sockets; the actor only persists what these
-functions decide and publishes the events after the commit.
+No I/O and no clock reads here (``now`` is passed in), so every status a
+workspace can reach is decided here and tested without sockets; the actor
+only persists what these functions decide, publishes the events after the
+commit and runs the backend operation that goes with it. A verb that does not
+apply raises a domain refusal (:mod:`molecule_box.errors`), which the API maps
+to its status.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..errors import Conflict, NotFound
 from ..models import LIVE_STATES, Workspace, WorkspaceStatus
 from ..schemas import Heartbeat
 
@@ -29,6 +33,136 @@ def set_status(ws: Workspace, status: WorkspaceStatus, now: float, **changes: An
     if status is not ws.status:
         changes["status_changed_at"] = now
     return dataclasses.replace(ws, status=status, updated_at=now, **changes)
+
+
+def cleared_url(ws: Workspace) -> dict[str, Any]:
+    """Stopping a box-driven workload drops the URL the backend gave it; a remote agent keeps its own."""
+    return {"url": None, "url_from_backend": False} if ws.url_from_backend else {}
+
+
+def require_not_removed(ws: Workspace) -> Workspace:
+    if ws.status is S.REMOVED:
+        raise NotFound("workspace not found", deleted=True)
+    return ws
+
+
+# -- one payload builder per lifecycle event ------------------------------------------------------
+
+def provisioning_event(ws: Workspace, **extra: Any) -> EventSpec:
+    return ("WORKSPACE_PROVISIONING", {"name": ws.name, "tier": ws.tier, "runtime": ws.runtime, **extra})
+
+
+def hibernated_event(ws: Workspace) -> EventSpec:
+    return ("WORKSPACE_HIBERNATED", {"name": ws.name, "tier": ws.tier})
+
+
+def remote_up_event(ws: Workspace, status: WorkspaceStatus, **extra: Any) -> EventSpec:
+    """A remote workspace reached ``online`` (it has a URL) or ``awaiting_agent`` without the box starting
+    anything."""
+    kind = "WORKSPACE_ONLINE" if status is S.ONLINE else "WORKSPACE_AWAITING_AGENT"
+    return (kind, {"name": ws.name, "external": True, **extra})
+
+
+# -- the lifecycle verbs ------------------------------------------------------------------------
+
+def created(ws: Workspace, *, lifecycle: bool) -> Outcome:
+    """The initial status of a new workspace: a box-run one is ``provisioning`` (its actor starts it); a
+    remote one is ``online`` when its URL is known, else ``awaiting_agent`` until its agent registers."""
+    if lifecycle:
+        return Outcome(dataclasses.replace(ws, status=S.PROVISIONING), [provisioning_event(ws)])
+    status = S.ONLINE if ws.url else S.AWAITING_AGENT
+    return Outcome(dataclasses.replace(ws, status=status), [remote_up_event(ws, status)])
+
+
+def pause(ws: Workspace, now: float) -> Outcome:
+    """Any live state → paused; the actor then stops the workload.
+
+    Pausing a paused workspace is a 404 ("not found or already paused"), not a 409: the platform answers
+    so and its clients rely on it."""
+    require_not_removed(ws)
+    if ws.status is S.PAUSED:
+        raise NotFound("workspace not found or already paused")
+    return Outcome(set_status(ws, S.PAUSED, now, active_tasks=0, **cleared_url(ws)),
+                   [("WORKSPACE_PAUSED", {"name": ws.name})])
+
+
+def bring_up(ws: Workspace, now: float, *, lifecycle: bool, remote_status: WorkspaceStatus,
+             woken: bool = False) -> Outcome:
+    """Start a stopped workspace again: a box-run one → provisioning (the actor starts its workload); a
+    remote one → ``remote_status`` with its liveness deadline re-armed from now, so the agent gets a full
+    interval to show it is still there."""
+    if not lifecycle:
+        extra = {"woken": True} if woken else {}
+        return Outcome(set_status(ws, remote_status, now, last_heartbeat_at=now),
+                       [remote_up_event(ws, remote_status, **extra)])
+    return Outcome(set_status(ws, S.PROVISIONING, now, failure_reason=None), [provisioning_event(ws)])
+
+
+def resume(ws: Workspace, now: float, *, lifecycle: bool) -> Outcome:
+    """paused → up again (a hibernated workspace is woken). Anything else is a 404 "not found or not
+    paused", as the platform answers."""
+    require_not_removed(ws)
+    if ws.status is S.HIBERNATED:
+        return wake(ws, now, lifecycle=lifecycle)
+    if ws.status is not S.PAUSED:
+        raise NotFound("workspace not found or not paused")
+    return bring_up(ws, now, lifecycle=lifecycle, remote_status=S.AWAITING_AGENT)
+
+
+def wake(ws: Workspace, now: float, *, lifecycle: bool) -> Outcome:
+    """hibernated → up again. A remote agent kept heartbeating while hibernated (the SDK only stops on
+    pause or delete), so one with a URL is online at once."""
+    require_not_removed(ws)
+    if ws.status is not S.HIBERNATED:
+        raise Conflict(f"workspace is {ws.status.value}, not hibernated")
+    return bring_up(ws, now, lifecycle=lifecycle, remote_status=S.ONLINE if ws.url else S.AWAITING_AGENT,
+                    woken=True)
+
+
+def hibernate(ws: Workspace, now: float, *, lifecycle: bool, force: bool) -> Outcome:
+    """A live workspace → hibernating (the actor stops its workload, then :func:`hibernated`); a remote one
+    → hibernated at once. One with active tasks only with ``force``."""
+    require_not_removed(ws)
+    if ws.status not in LIVE_STATES:
+        raise NotFound(f"workspace not found or not online (status {ws.status.value})")
+    if ws.active_tasks > 0 and not force:
+        raise Conflict("workspace has active tasks; pass ?force=true to hibernate anyway",
+                       active_tasks=ws.active_tasks)
+    if not lifecycle:
+        return hibernated(ws, now)
+    return Outcome(set_status(ws, S.HIBERNATING, now))
+
+
+def hibernated(ws: Workspace, now: float) -> Outcome:
+    """The workload stopped (or there is none to stop): hibernated."""
+    return Outcome(set_status(ws, S.HIBERNATED, now, **cleared_url(ws)), [hibernated_event(ws)])
+
+
+def restart(ws: Workspace, now: float, *, lifecycle: bool) -> Outcome:
+    """An operator's restart: → provisioning (the actor replaces the workload). A remote agent runs
+    outside the box, so there is nothing the box could restart."""
+    require_not_removed(ws)
+    if not lifecycle:
+        raise Conflict(f"{ws.backend} workspaces run outside the box: restart the agent itself")
+    return Outcome(set_status(ws, S.PROVISIONING, now, failure_reason=None, **cleared_url(ws)),
+                   [provisioning_event(ws, restart=True)])
+
+
+def restarting(ws: Workspace, now: float, *, exit_code: int | None, oom_killed: bool, attempt: int,
+               delay: float) -> Outcome:
+    """The workload died on its own and the restart policy starts it again after ``delay``."""
+    return Outcome(
+        set_status(ws, S.PROVISIONING, now, failure_reason=None, **cleared_url(ws)),
+        [provisioning_event(ws, restart=True, reason="oom_killed" if oom_killed else "exited",
+                            exit_code=exit_code, oom_killed=oom_killed, attempt=attempt, delay_seconds=delay)],
+    )
+
+
+def delete(ws: Workspace, now: float, payload: dict[str, Any]) -> Outcome | None:
+    """Any state → removed (None: it already is; deleting twice is not an error)."""
+    if ws.status is S.REMOVED:
+        return None
+    return Outcome(set_status(ws, S.REMOVED, now, active_tasks=0), [("WORKSPACE_REMOVED", payload)])
 
 
 def heartbeat(ws: Workspace, hb: Heartbeat, now: float) -> Outcome:

@@ -16,14 +16,14 @@ import dataclasses
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from ..backends.base import Backend, BackendEvent, Handle, Workload, WorkloadSpec, WorkloadState
-from ..errors import BackendError, Conflict, MoleculeBoxError, NotFound
+from ..errors import BackendError, MoleculeBoxError
 from ..events import REMOVED, REVOKED
-from ..models import BROADCAST_ONLY, LIVE_STATES, Workspace, WorkspaceStatus
+from ..models import BROADCAST_ONLY, Workspace, WorkspaceStatus
 from ..security import tokens as tk
 from ..store import events as event_rows
 from ..store import secrets as secret_rows
@@ -31,10 +31,8 @@ from ..store import tokens as token_rows
 from ..store import workspaces as workspace_rows
 from . import commands as c
 from . import transitions as t
+from .deps import ActorDeps
 from .restart_policy import RestartPolicy, failure_reason
-
-if TYPE_CHECKING:
-    from ..box import Box
 
 log = logging.getLogger(__name__)
 S = WorkspaceStatus
@@ -66,9 +64,9 @@ class _Op:
 
 
 class WorkspaceActor:
-    def __init__(self, box: Box, record: Workspace, inbox: trio.MemoryReceiveChannel[c.Message],
+    def __init__(self, deps: ActorDeps, record: Workspace, inbox: trio.MemoryReceiveChannel[c.Message],
                  outbox: trio.MemorySendChannel[c.Message], *, crashes: int = 0, last_error: str = "") -> None:
-        self.box = box
+        self.deps = deps
         #: Consecutive crashes before this incarnation; past CRASH_LIMIT it parks the workspace as failed.
         self.crashes = crashes
         self.last_error = last_error
@@ -81,7 +79,7 @@ class WorkspaceActor:
         self.current: c.Message | None = None
         self._cleanup_attempts = 0
         #: Unexpected exits of the workload, for the restart policy (unit-tested in restart_policy).
-        self._restarts = RestartPolicy.from_settings(box.settings)
+        self._restarts = RestartPolicy.from_settings(deps.settings)
         #: The backend reported an OOM kill since the workload last started (Docker reports it before the exit).
         self._oom = False
         #: An exit reported while a start or adoption was in flight: checked once it finishes.
@@ -110,11 +108,11 @@ class WorkspaceActor:
             nursery.cancel_scope.cancel()
 
     def _trio_time(self, wall: float) -> float:
-        return trio.current_time() + (wall - self.box.now())
+        return trio.current_time() + (wall - self.deps.now())
 
     def _next_deadline(self) -> float:
         ws = self.record
-        settings = self.box.settings
+        settings = self.deps.settings
         wall = min(
             (d for d in (
                 t.liveness_deadline(ws, settings.liveness_deadline_for(remote=ws.is_external)),
@@ -125,12 +123,12 @@ class WorkspaceActor:
         return math.inf if wall is None else self._trio_time(wall)
 
     async def _fire_deadlines(self) -> None:
-        now = self.box.now()
+        now = self.deps.now()
         ws = self.record
-        settings = self.box.settings
+        settings = self.deps.settings
         live = t.liveness_deadline(ws, settings.liveness_deadline_for(remote=ws.is_external))
         if live is not None and now >= live:
-            self.box.metrics.offline_lateness.observe(max(0.0, now - live))
+            self.deps.metrics.offline_lateness.observe(max(0.0, now - live))
             log.info("workspace %s missed its heartbeat deadline: offline", ws.id)
             await self._commit(t.went_offline(ws, now))
             return
@@ -158,7 +156,7 @@ class WorkspaceActor:
     async def _commit(self, outcome: t.Outcome, *extra: Callable[[Any], Any]) -> list[Any]:
         """Persist the new record, its lifecycle events and ``extra`` ops in one transaction, then publish."""
         ws = outcome.workspace
-        events = [self.box.bus.make(kind, ws.id, payload) for kind, payload in outcome.events]
+        events = [self.deps.bus.make(kind, ws.id, payload) for kind, payload in outcome.events]
         persisted = [event_rows.insert(e) for e in events if e.type not in BROADCAST_ONLY]
         save = workspace_rows.save(ws)
 
@@ -168,20 +166,25 @@ class WorkspaceActor:
                 insert(db)
             return [fn(db) for fn in extra]
 
-        results = await self.box.store.write(op)
+        results = await self.deps.store.write(op)
         before = self.record.status
         self.record = ws
         if ws.status is not before:
-            self.box.metrics.transitions.labels(ws.status.value).inc()
+            self.deps.metrics.transitions.labels(ws.status.value).inc()
         for event in events:
-            self.box.bus.publish(event)
+            self.deps.bus.publish(event)
         return results
 
     def _now(self) -> float:
-        return self.box.now()
+        return self.deps.now()
 
     async def _backend(self) -> Backend:
-        return await self.box.backends.get(self.record.backend)
+        return await self.deps.backends.get(self.record.backend)
+
+    def _handle(self) -> Handle:
+        """The workload's handle; without a stored one (the box died before its start op reported), the
+        backend finds the workload by the workspace id."""
+        return self.record.backend_state or {"workspace_id": self.record.id}
 
     async def _lifecycle(self) -> Backend | None:
         """The workspace's backend if the box drives its lifecycle, else None (remote agents)."""
@@ -247,10 +250,7 @@ class WorkspaceActor:
             if done.error is not None:
                 await self._commit(t.failed(ws, now, f"hibernation failed: {done.error.reason}"))
                 return
-            await self._commit(t.Outcome(
-                t.set_status(ws, S.HIBERNATED, now, **self._cleared_url()),
-                [("WORKSPACE_HIBERNATED", {"name": ws.name, "tier": ws.tier})],
-            ))
+            await self._commit(t.hibernated(ws, now))
         elif done.kind == "stop":
             if done.error is not None:
                 log.warning("workspace %s: stop failed: %s", ws.id, done.error.reason)
@@ -267,7 +267,7 @@ class WorkspaceActor:
             await trio.sleep(delay)
             backend = await self._backend()
             with trio.fail_after(CLEANUP_DEADLINE):
-                await backend.destroy(self.record.backend_state or {"workspace_id": self.record.id})
+                await backend.destroy(self._handle())
         return run
 
     # -- what the backend observed (Docker's events stream, reconciliation) -----------------------
@@ -279,7 +279,7 @@ class WorkspaceActor:
         event = observed.event
         ws = self.record
         if event.kind == "progress":  # image pull progress: shown live, not kept
-            self.box.bus.publish(self.box.bus.make("WORKSPACE_PROVISION_PROGRESS", ws.id, {"detail": event.detail or ""}))
+            self.deps.bus.publish(self.deps.bus.make("WORKSPACE_PROVISION_PROGRESS", ws.id, {"detail": event.detail or ""}))
             return
         log.debug("workspace %s: backend reported %s", ws.id, event)
         if ws.status not in RUNNING_STATES:
@@ -333,7 +333,7 @@ class WorkspaceActor:
         if not decision.restart:
             output = ""
             with trio.move_on_after(OBSERVE_DEADLINE):
-                output = await backend.logs(ws.backend_state or {"workspace_id": ws.id}, tail=50)
+                output = await backend.logs(self._handle(), tail=50)
             reason = failure_reason(exits=decision.exits, window=self._restarts.window, exit_code=exit_code,
                                     oom_killed=oom_killed, log_tail=output)
             log.warning("workspace %s: %s", ws.id, reason.splitlines()[0])
@@ -342,13 +342,8 @@ class WorkspaceActor:
             return
         log.warning("workspace %s: workload stopped unexpectedly (%s, exit code %s%s); restart %d in %.1fs",
                     ws.id, what, exit_code, ", OOM-killed" if oom_killed else "", decision.exits, decision.delay)
-        await self._commit(t.Outcome(
-            t.set_status(ws, S.PROVISIONING, now, failure_reason=None, **self._cleared_url()),
-            [("WORKSPACE_PROVISIONING", {"name": ws.name, "tier": ws.tier, "runtime": ws.runtime, "restart": True,
-                                         "reason": "oom_killed" if oom_killed else "exited", "exit_code": exit_code,
-                                         "oom_killed": oom_killed, "attempt": decision.exits,
-                                         "delay_seconds": decision.delay})],
-        ))
+        await self._commit(t.restarting(ws, now, exit_code=exit_code, oom_killed=oom_killed,
+                                        attempt=decision.exits, delay=decision.delay))
         await self._provision(self.record, delay=decision.delay, automatic=True)
 
     def _adopt(self, backend: Backend, handle: Handle) -> Callable[[], Awaitable[Workload | None]]:
@@ -390,12 +385,6 @@ class WorkspaceActor:
         else:
             await self._restart_or_fail(backend, exit_code=None, oom_killed=False, what="gone after the box restarted")
 
-    def _cleared_url(self) -> dict[str, Any]:
-        """Stopping a box-driven workload drops the URL the backend gave it; a remote agent keeps its own."""
-        if self.record.url_from_backend:
-            return {"url": None, "url_from_backend": False}
-        return {}
-
     async def _provision(self, ws: Workspace, *, stop_first: dict[str, Any] | None = None, delay: float = 0.0,
                          automatic: bool = False) -> None:
         """Start the workload of a workspace that is now ``provisioning`` (stopping the old one first).
@@ -409,17 +398,17 @@ class WorkspaceActor:
         # workload gets one from the box, so none waits for a bearer-less register anyone could win (#10).
         token = tk.mint()
         mint = token_rows.insert(ws.id, token.digest, token.prefix)
-        await self.box.store.write(lambda db: [token_rows.revoke_all([ws.id])(db), mint(db)])
-        self.box.bus.end_streams(REVOKED, workspace_id=ws.id)
+        await self.deps.store.write(lambda db: [token_rows.revoke_all([ws.id])(db), mint(db)])
+        self.deps.bus.end_streams(REVOKED, workspace_id=ws.id)
         spec_token = token.plaintext
         try:
-            env = self.box.vault.workload_env(ws, self.box.settings.platform_url)
+            env = self.deps.vault.workload_env(ws, self.deps.settings.platform_url)
         except MoleculeBoxError as exc:
             await self._commit(t.failed(self.record, self._now(), str(exc)))
             return
         spec = WorkloadSpec(
             workspace_id=ws.id, name=ws.name, runtime=ws.runtime, tier=ws.tier, env=env,
-            platform_url=self.box.settings.platform_url, auth_token=spec_token,
+            platform_url=self.deps.settings.platform_url, auth_token=spec_token,
             config=ws.config if isinstance(ws.config, dict) else {}, previous=ws.backend_state,
         )
         async def start() -> Workload:
@@ -448,11 +437,9 @@ class WorkspaceActor:
         elif ws.status is S.HIBERNATING:
             backend = await self._lifecycle()
             if backend is None:
-                await self._commit(t.Outcome(t.set_status(ws, S.HIBERNATED, self._now()),
-                                             [("WORKSPACE_HIBERNATED", {"name": ws.name, "tier": ws.tier})]))
+                await self._commit(t.hibernated(ws, self._now()))
             else:
-                handle = ws.backend_state or {"workspace_id": ws.id}
-                self._start_op("hibernate", lambda: _stopped(backend.stop(handle)))
+                self._stop_op(backend, "hibernate")
         elif ws.status is S.PROVISIONING and ws.backend_state is None:
             backend = await self._lifecycle()
             if backend is not None:
@@ -463,21 +450,18 @@ class WorkspaceActor:
             # backend finds the workload by the workspace id.)
             backend = await self._lifecycle()
             if backend is not None:
-                handle = ws.backend_state or {"workspace_id": ws.id}
-                self._start_op("adopt", self._adopt(backend, handle), deadline=trio.current_time() + ADOPT_DEADLINE)
+                self._start_op("adopt", self._adopt(backend, self._handle()), deadline=trio.current_time() + ADOPT_DEADLINE)
 
     # -- commands -----------------------------------------------------------------------------
 
     def _require_not_removed(self) -> Workspace:
-        if self.record.status is S.REMOVED:
-            raise NotFound("workspace not found", deleted=True)
-        return self.record
+        return t.require_not_removed(self.record)
 
     async def _on_Register(self, cmd: c.Register) -> dict[str, Any]:
         ws = self._require_not_removed()
         now = self._now()
         outcome = t.register(ws, cmd.url, cmd.agent_card, now)
-        extra = []
+        extra: list[Callable[[Any], Any]] = []
         token = None
         if cmd.bootstrap_from is not None:
             # Claimed in the register's own transaction: a second bearer-less register finds it closed.
@@ -490,8 +474,8 @@ class WorkspaceActor:
         await self._commit(outcome, *extra)
         if cmd.bootstrap_from is not None:
             log.info("workspace %s: bootstrap register from %s minted its first token", ws.id, cmd.bootstrap_from)
-        self.box.metrics.registrations.inc()
-        self.box.proxy.request_drain(ws.id)
+        self.deps.metrics.registrations.inc()
+        self.deps.request_drain(ws.id)
         body: dict[str, Any] = {"status": "registered"}
         if token is not None:
             body["auth_token"] = token.plaintext
@@ -500,8 +484,8 @@ class WorkspaceActor:
     async def _on_Heartbeat(self, cmd: c.Heartbeat) -> dict[str, str]:
         self._require_not_removed()
         await self._commit(t.heartbeat(self.record, cmd.body, self._now()))
-        self.box.metrics.heartbeats.inc()
-        self.box.proxy.request_drain(self.record.id)  # the proxy tells whether it shows spare capacity
+        self.deps.metrics.heartbeats.inc()
+        self.deps.request_drain(self.record.id)  # the proxy tells whether it shows spare capacity
         return {"status": "ok"}
 
     async def _on_UpdateCard(self, cmd: c.UpdateCard) -> dict[str, str]:
@@ -511,7 +495,7 @@ class WorkspaceActor:
 
     async def _on_Seen(self, cmd: c.Seen) -> None:
         ws = self.record
-        outcome = t.seen(ws, cmd.at, self.box.settings.liveness_deadline_for(remote=ws.is_external))
+        outcome = t.seen(ws, cmd.at, self.deps.settings.liveness_deadline_for(remote=ws.is_external))
         if outcome is not None:
             await self._commit(outcome)
 
@@ -532,109 +516,68 @@ class WorkspaceActor:
             body["needs_restart"] = True
         return body
 
-    async def _on_Pause(self, cmd: c.Pause) -> dict[str, Any]:
-        ws = self._require_not_removed()
-        if ws.status is S.PAUSED:
-            raise NotFound("workspace not found or already paused")
-        backend = await self._lifecycle()
-        now = self._now()
-        await self._commit(t.Outcome(
-            t.set_status(ws, S.PAUSED, now, active_tasks=0, **self._cleared_url()),
-            [("WORKSPACE_PAUSED", {"name": ws.name})],
-        ))
-        if backend is not None:
-            handle = ws.backend_state or {"workspace_id": ws.id}
-            self._start_op("stop", lambda: _stopped(backend.stop(handle)))
-        else:
+    def _stop_op(self, backend: Backend | None, kind: str) -> None:
+        """Stop the workload in the background (pause, hibernate); without a lifecycle backend there is
+        none, and whatever was in flight is cancelled."""
+        if backend is None:
             self._cancel_op()
+            return
+        handle = self._handle()
+        self._start_op(kind, lambda: _stopped(backend.stop(handle)))
+
+    async def _on_Pause(self, cmd: c.Pause) -> dict[str, Any]:
+        backend = await self._lifecycle()
+        await self._commit(t.pause(self.record, self._now()))
+        self._stop_op(backend, "stop")
         return {"status": "paused"}
 
     async def _on_Resume(self, cmd: c.Resume) -> dict[str, Any]:
-        ws = self._require_not_removed()
-        if ws.status is S.HIBERNATED:
-            return await self._on_Wake(c.Wake())
-        if ws.status is not S.PAUSED:
-            raise NotFound("workspace not found or not paused")
-        return await self._bring_up(ws, remote_status=S.AWAITING_AGENT)
+        backend = await self._lifecycle()
+        return await self._bring_up(t.resume(self.record, self._now(), lifecycle=backend is not None))
 
     async def _on_Wake(self, cmd: c.Wake) -> dict[str, Any]:
-        ws = self._require_not_removed()
-        if ws.status is not S.HIBERNATED:
-            raise Conflict(f"workspace is {ws.status.value}, not hibernated")
-        # A remote agent kept heartbeating while hibernated (the SDK only stops on pause or delete).
-        return await self._bring_up(ws, remote_status=S.ONLINE if ws.url else S.AWAITING_AGENT, woken=True)
-
-    async def _bring_up(self, ws: Workspace, *, remote_status: WorkspaceStatus, woken: bool = False) -> dict[str, Any]:
         backend = await self._lifecycle()
-        now = self._now()
-        if backend is None:
-            event = "WORKSPACE_ONLINE" if remote_status is S.ONLINE else "WORKSPACE_AWAITING_AGENT"
-            payload: dict[str, Any] = {"name": ws.name, "external": True}
-            if woken:
-                payload["woken"] = True
-            # Re-arm the deadline from now: the agent gets a full interval to show it is still there.
-            await self._commit(t.Outcome(t.set_status(ws, remote_status, now, last_heartbeat_at=now), [(event, payload)]))
-            return {"status": remote_status.value}
-        new = t.set_status(ws, S.PROVISIONING, now, failure_reason=None)
-        await self._commit(t.Outcome(new, [("WORKSPACE_PROVISIONING", {"name": ws.name, "tier": ws.tier,
-                                                                     "runtime": ws.runtime})]))
-        await self._provision(self.record)
-        return {"status": "provisioning"}
+        return await self._bring_up(t.wake(self.record, self._now(), lifecycle=backend is not None))
+
+    async def _bring_up(self, outcome: t.Outcome, *, stop_first: Handle | None = None) -> dict[str, Any]:
+        """Commit a transition that (re)starts the workspace, and start its workload when the box runs it."""
+        await self._commit(outcome)
+        if self.record.status is S.PROVISIONING:
+            await self._provision(self.record, stop_first=stop_first)
+        return {"status": self.record.status.value}
 
     async def _on_Hibernate(self, cmd: c.Hibernate) -> dict[str, Any]:
-        ws = self._require_not_removed()
-        if ws.status not in LIVE_STATES:
-            raise NotFound(f"workspace not found or not online (status {ws.status.value})")
-        if ws.active_tasks > 0 and not cmd.force:
-            raise Conflict("workspace has active tasks; pass ?force=true to hibernate anyway",
-                           active_tasks=ws.active_tasks)
         backend = await self._lifecycle()
-        now = self._now()
-        if backend is None:
-            await self._commit(t.Outcome(
-                t.set_status(ws, S.HIBERNATED, now),
-                [("WORKSPACE_HIBERNATED", {"name": ws.name, "tier": ws.tier})],
-            ))
-            return {"status": "hibernated"}
-        await self._commit(t.Outcome(t.set_status(ws, S.HIBERNATING, now)))
-        handle = ws.backend_state or {"workspace_id": ws.id}
-        self._start_op("hibernate", lambda: _stopped(backend.stop(handle)))
-        return {"status": "hibernating"}
+        await self._commit(t.hibernate(self.record, self._now(), lifecycle=backend is not None, force=cmd.force))
+        if backend is not None:
+            self._stop_op(backend, "hibernate")
+        return {"status": self.record.status.value}
 
     async def _on_Restart(self, cmd: c.Restart) -> dict[str, Any]:
-        ws = self._require_not_removed()
         backend = await self._lifecycle()
-        if backend is None:
-            raise Conflict(f"{ws.backend} workspaces run outside the box: restart the agent itself")
-        now = self._now()
-        handle = ws.backend_state
-        new = t.set_status(ws, S.PROVISIONING, now, failure_reason=None, **self._cleared_url())
-        await self._commit(t.Outcome(new, [("WORKSPACE_PROVISIONING", {"name": ws.name, "tier": ws.tier,
-                                                                     "runtime": ws.runtime, "restart": True})]))
-        await self._provision(self.record, stop_first=handle)
+        handle = self.record.backend_state
+        await self._bring_up(t.restart(self.record, self._now(), lifecycle=backend is not None), stop_first=handle)
         return {"status": "provisioning", "config_dir": "existing-volume", "reset_session": False}
 
     async def _on_SecretsChanged(self, cmd: c.SecretsChanged) -> dict[str, Any]:
         ws = self.record
-        if ws.status in (S.REMOVED, S.PAUSED, S.HIBERNATED, S.HIBERNATING) or ws.is_external:
-            return {"restarted": False}
-        if not (await self._backend()).capabilities().lifecycle:
+        if ws.status in (S.REMOVED, S.PAUSED, S.HIBERNATED, S.HIBERNATING) or await self._lifecycle() is None:
             return {"restarted": False}
         await self._on_Restart(c.Restart())
         return {"restarted": True}
 
     async def _on_Delete(self, cmd: c.Delete) -> dict[str, Any]:
         ws = self.record
-        if ws.status is S.REMOVED:
+        outcome = t.delete(ws, self._now(), cmd.payload)
+        if outcome is None:
             return {"status": "removed"}
-        now = self._now()
         self._cancel_op()
         await self._commit(
-            t.Outcome(t.set_status(ws, S.REMOVED, now, active_tasks=0), [("WORKSPACE_REMOVED", cmd.payload)]),
+            outcome,
             token_rows.revoke_all([ws.id]),
             secret_rows.delete_workspace([ws.id]),
         )
-        self.box.bus.end_streams(REMOVED, workspace_id=ws.id)
+        self.deps.bus.end_streams(REMOVED, workspace_id=ws.id)
         self._start_op("destroy", self._destroy_after(0))
         return {"status": "removed"}
 

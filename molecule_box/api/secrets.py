@@ -7,7 +7,6 @@ from typing import Any
 import trio
 from quart import Blueprint
 
-from ..actors import commands as c
 from ..errors import NotFound
 from ..schemas import PutModel, PutSecret
 from ..store import secrets as secret_rows
@@ -33,10 +32,7 @@ async def _restart_inheritors(key: str, only: str | None = None) -> None:
 
 
 async def _tell_secrets_changed(wid: str) -> None:
-    try:
-        await box().supervisor.ask(wid, c.SecretsChanged())
-    except NotFound:
-        pass
+    await box().supervisor.secrets_changed(wid)
 
 
 @route(bp, "/workspaces/<raw_id>/secrets", "GET", summary="Secret keys a workspace sees (never values)",

@@ -11,13 +11,10 @@ import trio
 from quart import Blueprint, request
 
 from ..actors import commands as c
-from ..errors import BackendError, BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
+from ..errors import BadRequest, Conflict, Forbidden, NotFound
 from ..models import Workspace, WorkspaceStatus
 from ..schemas import CreateWorkspace, Empty, PatchWorkspace, Restart
-from ..security import tokens as tk
-from ..security.ssrf import check_agent_url
 from ..store import events as event_rows
-from ..store import tokens as token_rows
 from ..store import workspaces as workspace_rows
 from .auth import bearer_from, may_learn_removal, require_admin, require_workspace
 from .routing import box, parse, query_bool, respond, route
@@ -25,8 +22,6 @@ from .routing import box, parse, query_bool, respond, route
 bp = Blueprint("workspaces", __name__)
 S = WorkspaceStatus
 
-#: How long a bootstrap opened at create (``"bootstrap": "open"``) waits for its agent's first register, seconds.
-BOOTSTRAP_EXPIRES_IN = 3600
 #: PATCH fields that change who may talk to whom, or what the workspace may consume: the admin's alone.
 ADMIN_FIELDS = frozenset({"parent_id", "tier", "runtime", "max_concurrent_tasks", "budget_limit", "workspace_dir"})
 #: Restart options that change what the container is built from: the admin's alone.
@@ -54,20 +49,6 @@ def live(wid: str) -> Workspace:
     if ws.status is S.REMOVED:
         raise NotFound("workspace not found")
     return ws
-
-
-def paused_ancestor(ws: Workspace) -> Workspace | None:
-    seen = {ws.id}
-    parent = ws.parent_id
-    while parent and parent not in seen:
-        seen.add(parent)
-        node = box().supervisor.record(parent) or workspace_rows.get(box().store.db, parent)
-        if node is None:
-            return None
-        if node.status is S.PAUSED:
-            return node
-        parent = node.parent_id
-    return None
 
 
 def platform_url_for_agents() -> str:
@@ -147,83 +128,13 @@ async def create_workspace() -> Any:
     b = box()
     await require_admin(b)
     body: CreateWorkspace = await parse(CreateWorkspace)
-    external = body.external or body.runtime == "external"
-    runtime = "external" if external else (body.runtime or "langgraph")
-    backend_name = b.backend_for(runtime=runtime, external=external, requested=body.backend)
-    backend = await b.backends.get(backend_name)
-    caps = backend.capabilities()
-    tier = body.tier or 3
-    if tier not in caps.tiers:
-        raise BadRequest(f"tier {tier} is not supported by backend {backend_name} (supported: "
-                         f"{', '.join(map(str, sorted(caps.tiers)))})")
-    admit = getattr(backend, "admit", None)  # optional hook (backends.base.BaseBackend.admit)
-    if admit is not None:
-        try:
-            admit(runtime=runtime, tier=tier)
-        except BackendError as exc:
-            raise BadRequest(exc.reason, code="workload_refused", backend=backend_name) from None
-    if body.workspace_access != "none" and not body.workspace_dir:
-        raise BadRequest("invalid workspace access: read_only and read_write need workspace_dir")
-    if body.parent_id is not None:
-        parent = b.supervisor.record(body.parent_id)
-        if parent is None:
-            raise BadRequest("invalid parent_id: no such workspace")
-    if body.bootstrap == "open" and caps.lifecycle:
-        raise BadRequest(f"bootstrap 'open' is for remote agents: {backend_name} workspaces get their token "
-                         "from the box")
-    if body.bootstrap_expires_in is not None and body.bootstrap != "open":
-        raise BadRequest("bootstrap_expires_in needs bootstrap 'open'")
-    url = None
-    if external and body.url:
-        url = await check_agent_url(body.url, b.settings.allow_agent_networks)
-    now = b.now()
-    wid = str(uuid.uuid4())
-    if not caps.lifecycle:
-        status = S.ONLINE if url else S.AWAITING_AGENT
-    else:
-        status = S.PROVISIONING
-    config: dict[str, Any] = {}
-    if body.model:
-        config["model"] = body.model
-    if body.template:
-        config["template"] = body.template
-    ws = Workspace(
-        id=wid, name=body.name, role=body.role or None, tier=tier, status=status, runtime=runtime,
-        backend=backend_name, url=url, parent_id=body.parent_id, budget_limit=body.budget_limit,
-        max_concurrent_tasks=max(1, body.max_concurrent_tasks or 1), workspace_dir=body.workspace_dir,
-        workspace_access=body.workspace_access, config=config or None,
-        x=body.canvas.x if body.canvas else None, y=body.canvas.y if body.canvas else None,
-        created_at=now, updated_at=now, status_changed_at=now,
-    )
-    ops: list[Any] = [workspace_rows.insert(ws)]
-    for key, value in (body.secrets or {}).items():
-        ops.append(b.vault.put(wid, key, value))
-    token = None
-    bootstrap_expires_at = None
-    # A box-run workload gets its token from the box at each start; a remote workspace, with or without a URL,
-    # is never without a token nor open unless the operator asked.
-    if not caps.lifecycle and body.bootstrap == "open":
-        bootstrap_expires_at = now + (body.bootstrap_expires_in or BOOTSTRAP_EXPIRES_IN)
-        ops.append(token_rows.open_bootstrap(wid, bootstrap_expires_at))
-    elif not caps.lifecycle:
-        token = tk.mint()
-        ops.append(token_rows.insert(wid, token.digest, token.prefix))
-    event_type = {S.ONLINE: "WORKSPACE_ONLINE", S.AWAITING_AGENT: "WORKSPACE_AWAITING_AGENT"}.get(
-        status, "WORKSPACE_PROVISIONING")
-    payload: dict[str, Any] = {"name": ws.name, "tier": tier, "runtime": runtime}
-    if not caps.lifecycle:
-        payload = {"name": ws.name, "external": True}
-    event = b.bus.make(event_type, wid, payload)
-    ops.append(event_rows.insert(event))
-    await b.store.write(lambda db: [op(db) for op in ops])
-    b.supervisor.spawn(ws)
-    b.bus.publish(event)
-    if status is S.PROVISIONING:
-        return respond({"id": wid, "status": status.value, "awareness_namespace": f"workspace:{wid}",
-                        "workspace_access": ws.workspace_access, "backend": backend_name}, 201)
-    result: dict[str, Any] = {"id": wid, "external": True, "status": status.value, "backend": backend_name,
-                              "connection": connection_block(wid, token.plaintext if token else None,
-                                                             bootstrap_expires_at)}
+    created = await b.supervisor.create(body)
+    ws = created.workspace
+    if ws.status is S.PROVISIONING:
+        return respond({"id": ws.id, "status": ws.status.value, "awareness_namespace": f"workspace:{ws.id}",
+                        "workspace_access": ws.workspace_access, "backend": ws.backend}, 201)
+    result: dict[str, Any] = {"id": ws.id, "external": True, "status": ws.status.value, "backend": ws.backend,
+                              "connection": connection_block(ws.id, created.token, created.bootstrap_expires_at)}
     return respond(result, 201)
 
 
@@ -297,27 +208,9 @@ async def delete_workspace(raw_id: str) -> Any:
         return respond({"status": "confirmation_required",
                         "message": f"workspace has {len(kids)} child workspace(s); pass ?confirm=true to delete all",
                         "children": kids, "children_count": len(kids)}, 409)
-    family = [wid, *workspace_rows.descendants(b.store.db, wid)]
-    cascade = len(family) - 1
-    async with trio.open_nursery() as nursery:
-        for member in family:
-            payload = {"cascade_deleted": cascade} if member == wid else {}
-            if b.supervisor.record(member) is not None:
-                nursery.start_soon(b.supervisor.ask, member, c.Delete(payload=payload))
-    if query_bool("purge"):
-        await _purge(family)
-        return respond({"status": "purged", "cascade_deleted": cascade})
-    return respond({"status": "removed", "cascade_deleted": cascade})
-
-
-async def _purge(family: list[str]) -> None:
-    b = box()
-    with trio.move_on_after(30):
-        while any(member in b.supervisor.slots for member in family):
-            await trio.sleep(0.05)
-    if any(member in b.supervisor.slots for member in family):
-        raise ServiceUnavailable("workloads are still being cleaned up; retry the purge", retry_after=10)
-    await b.store.write(workspace_rows.purge(family), bulk=True)  # a workspace's activity and events can be many rows
+    purge = query_bool("purge")
+    cascade = await b.supervisor.delete_tree(wid, purge=purge)
+    return respond({"status": "purged" if purge else "removed", "cascade_deleted": cascade})
 
 
 @route(bp, "/workspaces/<raw_id>/state", "GET", summary="Status poll for remote agents", auth="workspace",
@@ -346,24 +239,6 @@ async def require_admin_or_any_token(wid: str) -> None:
         await require_workspace(b, wid)
 
 
-async def _fan_out(ids: list[str], make: Any) -> int:
-    b = box()
-    done = 0
-
-    async def one(member: str) -> None:
-        nonlocal done
-        try:
-            await b.supervisor.ask(member, make())
-            done += 1
-        except NotFound:
-            pass
-
-    async with trio.open_nursery() as nursery:
-        for member in ids:
-            nursery.start_soon(one, member)
-    return done
-
-
 @route(bp, "/workspaces/<raw_id>/pause", "POST", summary="Pause a workspace and its descendants", auth="workspace",
        responses={200: "Paused", 404: "Unknown or already paused"})
 async def pause_workspace(raw_id: str) -> Any:
@@ -371,11 +246,7 @@ async def pause_workspace(raw_id: str) -> Any:
     wid = workspace_id(raw_id)
     await require_workspace(b, wid)
     await parse(Empty)
-    await b.supervisor.ask(wid, c.Pause())
-    kids = [k for k in workspace_rows.descendants(b.store.db, wid)
-            if (r := b.supervisor.record(k)) is not None and r.status is not S.PAUSED]
-    count = 1 + await _fan_out(kids, c.Pause)
-    return respond({"status": "paused", "paused_count": count})
+    return respond({"status": "paused", "paused_count": await b.supervisor.pause_tree(wid)})
 
 
 @route(bp, "/workspaces/<raw_id>/resume", "POST", summary="Resume a paused (or wake a hibernated) workspace",
@@ -385,15 +256,9 @@ async def resume_workspace(raw_id: str) -> Any:
     wid = workspace_id(raw_id)
     await require_workspace(b, wid)
     await parse(Empty)
-    ws = load(wid)
-    blocker = paused_ancestor(ws)
-    if blocker is not None:
-        raise Conflict(f'parent workspace "{blocker.name}" is paused — resume it first')
-    result = await b.supervisor.ask(wid, c.Resume())
-    kids = [k for k in workspace_rows.descendants(b.store.db, wid)
-            if (r := b.supervisor.record(k)) is not None and r.status is S.PAUSED]
-    count = 1 + await _fan_out(kids, c.Resume)
-    return respond({"status": result["status"], "resumed_count": count})
+    load(wid)
+    status, count = await b.supervisor.resume_tree(wid)
+    return respond({"status": status, "resumed_count": count})
 
 
 @route(bp, "/workspaces/<raw_id>/hibernate", "POST", summary="Hibernate an idle workspace", auth="workspace",
@@ -414,7 +279,7 @@ async def wake_workspace(raw_id: str) -> Any:
     wid = workspace_id(raw_id)
     await require_workspace(b, wid)
     await parse(Empty)
-    return respond(await b.supervisor.ask(wid, c.Wake()))
+    return respond(await b.supervisor.wake(wid))
 
 
 @route(bp, "/workspaces/<raw_id>/restart", "POST", summary="Restart a box-run workspace's workload",
@@ -430,11 +295,8 @@ async def restart_workspace(raw_id: str) -> Any:
     if refused and not principal.is_admin:
         # A restart by the agent rebuilds exactly the container the admin configured (#10).
         raise Forbidden(f"only the admin may restart with {', '.join(refused)}", fields=refused)
-    ws = live(wid)
-    blocker = paused_ancestor(ws)
-    if blocker is not None:
-        raise Conflict(f'parent workspace "{blocker.name}" is paused — resume it first')
-    return respond(await b.supervisor.ask(wid, c.Restart()))
+    live(wid)
+    return respond(await b.supervisor.restart(wid))
 
 
 @route(bp, "/workspaces/<raw_id>/failures", "GET", auth="workspace",

@@ -289,7 +289,7 @@ class A2AProxy:
         """Decide what happens to a call before any byte goes to the agent; raises Queued or an error.
         A queued call waits for its commit without a work slot."""
         if ws.status in (S.HIBERNATED, S.HIBERNATING):
-            self.box.supervisor.tell(ws.id, c.Wake())
+            self.box.supervisor.wake_soon(ws.id)  # a paused ancestor refuses it (409)
             raise ServiceUnavailable("workspace is hibernated and is being woken", retry_after=15, waking=True)
         if ws.status is S.PAUSED:
             raise ServiceUnavailable("workspace is paused", retry_after=30, status=ws.status.value)

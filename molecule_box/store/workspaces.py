@@ -21,6 +21,15 @@ def all_live(db: sqlite_utils.Database) -> list[Workspace]:
     return [Workspace.from_row(dict(row)) for row in rows]
 
 
+def _unique(rows: list[Any], workspace_id: str) -> list[str]:
+    """The first column's ids in order, each once and never ``workspace_id`` itself (a cycle's way back)."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen.setdefault(row[0], None)
+    seen.pop(workspace_id, None)
+    return list(seen)
+
+
 def descendants(db: sqlite_utils.Database, workspace_id: str) -> list[str]:
     """Ids of every non-removed descendant, nearest first (a recursive CTE, bounded against cycles)."""
     rows = db.execute(
@@ -35,11 +44,24 @@ def descendants(db: sqlite_utils.Database, workspace_id: str) -> list[str]:
         """,
         [workspace_id],
     ).fetchall()
-    seen: dict[str, None] = {}
-    for row in rows:
-        seen.setdefault(row[0], None)
-    seen.pop(workspace_id, None)
-    return list(seen)
+    return _unique(rows, workspace_id)
+
+
+def ancestors(db: sqlite_utils.Database, workspace_id: str) -> list[str]:
+    """Ids of the workspace's ancestors, parent first (bounded against cycles)."""
+    rows = db.execute(
+        """
+        WITH RECURSIVE up(id, depth) AS (
+            SELECT parent_id, 1 FROM workspaces WHERE id = ? AND parent_id IS NOT NULL
+            UNION
+            SELECT w.parent_id, up.depth + 1 FROM workspaces w JOIN up ON w.id = up.id
+            WHERE w.parent_id IS NOT NULL AND up.depth < 64
+        )
+        SELECT id FROM up ORDER BY depth
+        """,
+        [workspace_id],
+    ).fetchall()
+    return _unique(rows, workspace_id)
 
 
 def backends_in_use(db: sqlite_utils.Database) -> set[str]:

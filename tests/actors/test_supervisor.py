@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import httpx
+import pytest
 import trio
 
+from molecule_box.actors import Supervisor
 from molecule_box.actors import commands as c
-from molecule_box.backends import Workload, WorkloadSpec
-from molecule_box.errors import ServiceUnavailable
+from molecule_box.actors.deps import ActorDeps
+from molecule_box.backends import BackendContext, Workload, WorkloadSpec
+from molecule_box.backends.loader import BackendRegistry
+from molecule_box.errors import Conflict, ServiceUnavailable
+from molecule_box.events import EventBus
+from molecule_box.metrics import BoxMetrics
+from molecule_box.models import WorkspaceStatus
+from molecule_box.schemas import CreateWorkspace
+from molecule_box.security.crypto import SecretBox, load_key
+from molecule_box.store import Store
+from molecule_box.store import workspaces as workspace_rows
+from molecule_box.vault import Vault
 
-from ..conftest import ADMIN, BoxRunner, bearer, joined
+from ..conftest import ADMIN, BoxRunner, bearer, joined, make_settings
 from .stubs import LifecycleStub
 
 
@@ -76,3 +91,37 @@ async def test_buggy_backend_crashes_only_its_workspace(runner: BoxRunner) -> No
         assert "crashed 5 times" in got["failure_reason"] and "plugin bug" in got["failure_reason"]
         deleted = await client.delete(f"/workspaces/{wid}", headers=ADMIN)
         assert deleted.status_code == 200
+
+
+async def test_supervisor_without_a_box(tmp_path: Path) -> None:
+    """The supervisor takes its parts, not the box: built here from a store, a bus and a backend registry,
+    it creates a family, runs the tree rules over it and purges it once its actors have exited."""
+    settings = make_settings(tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    store = Store.open(settings.store_path)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            backends = BackendRegistry(BackendContext(box_id="test", settings=settings, report=lambda event: None),
+                                       nursery)
+            bus = EventBus()
+            supervisor = Supervisor(ActorDeps(store=store, bus=bus, backends=backends, settings=settings,
+                                              metrics=BoxMetrics(), vault=Vault(store, SecretBox(load_key(settings))),
+                                              now=time.time))
+            assert await nursery.start(supervisor.run) == 0
+            parent = await supervisor.create(CreateWorkspace(name="parent", external=True))
+            assert parent.workspace.status is WorkspaceStatus.AWAITING_AGENT and parent.token
+            child = await supervisor.create(CreateWorkspace(name="child", external=True, url="http://127.0.0.1:9/",
+                                                            parent_id=parent.workspace.id))
+            assert child.workspace.status is WorkspaceStatus.ONLINE
+            assert await supervisor.pause_tree(parent.workspace.id) == 2
+            with pytest.raises(Conflict, match='"parent" is paused'):
+                await supervisor.wake(child.workspace.id)
+            assert await supervisor.resume_tree(parent.workspace.id) == ("awaiting_agent", 2)
+            assert await supervisor.delete_tree(parent.workspace.id, purge=True) == 1
+            assert supervisor.slots == {}
+            assert workspace_rows.all_live(store.db) == []
+            assert workspace_rows.get(store.db, child.workspace.id) is None
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()

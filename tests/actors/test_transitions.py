@@ -1,10 +1,13 @@
-"""The state machine as pure functions (reference §2.2), no sockets."""
+"""The state machine as pure functions: every verb and its refusals, no sockets."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
 from molecule_box.actors import transitions as t
+from molecule_box.errors import Conflict, NotFound
 from molecule_box.models import Workspace, WorkspaceStatus
 from molecule_box.schemas import Heartbeat
 
@@ -95,3 +98,105 @@ def test_authenticated_traffic_is_proof_of_life_without_extra_writes() -> None:
     # Only a live workspace's deadline moves: requests bring nothing back online and touch no parked state.
     for status in (S.OFFLINE, S.PAUSED, S.AWAITING_AGENT, S.FAILED, S.HIBERNATED):
         assert t.seen(ws(status, last_heartbeat_at=100.0), 1000.0, 90) is None
+
+
+def box_run(status: WorkspaceStatus, **fields: object) -> Workspace:
+    """A workspace whose workload the box runs, with the URL its backend gave it."""
+    return dataclasses.replace(ws(status, **fields), runtime="langgraph", backend="docker", tier=3,
+                               url="http://127.0.0.1:30001", url_from_backend=True)
+
+
+@pytest.mark.parametrize(("lifecycle", "url", "status", "event"), [
+    (True, None, S.PROVISIONING, ("WORKSPACE_PROVISIONING", {"name": "w", "tier": 3, "runtime": "external"})),
+    (False, "https://agent.example", S.ONLINE, ("WORKSPACE_ONLINE", {"name": "w", "external": True})),
+    (False, None, S.AWAITING_AGENT, ("WORKSPACE_AWAITING_AGENT", {"name": "w", "external": True})),
+])
+def test_created_initial_status(lifecycle: bool, url: str | None, status: WorkspaceStatus,
+                                event: t.EventSpec) -> None:
+    outcome = t.created(ws(S.PROVISIONING, url=url), lifecycle=lifecycle)
+    assert outcome.workspace.status is status
+    assert outcome.events == [event]
+
+
+def test_pause_stops_and_drops_the_backend_url() -> None:
+    outcome = t.pause(box_run(S.ONLINE, active_tasks=2), 5.0)
+    new = outcome.workspace
+    assert (new.status, new.active_tasks, new.url, new.status_changed_at) == (S.PAUSED, 0, None, 5.0)
+    assert outcome.events == [("WORKSPACE_PAUSED", {"name": "w"})]
+    remote = t.pause(ws(S.ONLINE, url="https://agent.example"), 5.0).workspace
+    assert remote.url == "https://agent.example"  # a remote agent keeps its own URL
+
+
+def test_pause_refusals() -> None:
+    with pytest.raises(NotFound, match="already paused") as paused:
+        t.pause(ws(S.PAUSED), 1.0)
+    assert paused.value.status == 404  # the platform's answer, not a 409
+    with pytest.raises(NotFound) as removed:
+        t.pause(ws(S.REMOVED), 1.0)
+    assert removed.value.extra == {"deleted": True}
+
+
+def test_resume() -> None:
+    up = t.resume(ws(S.PAUSED, url="https://agent.example"), 7.0, lifecycle=False)
+    assert up.workspace.status is S.AWAITING_AGENT  # the agent stopped its loop on pause: it registers again
+    assert up.workspace.last_heartbeat_at == 7.0  # a full interval to show it is there
+    assert up.events == [("WORKSPACE_AWAITING_AGENT", {"name": "w", "external": True})]
+    started = t.resume(box_run(S.PAUSED, failure_reason="old"), 7.0, lifecycle=True)
+    assert (started.workspace.status, started.workspace.failure_reason) == (S.PROVISIONING, None)
+    assert kinds(started) == ["WORKSPACE_PROVISIONING"]
+    woken = t.resume(ws(S.HIBERNATED, url="https://agent.example"), 7.0, lifecycle=False)
+    assert woken.workspace.status is S.ONLINE and woken.events[0][1]["woken"] is True
+    with pytest.raises(NotFound, match="not paused"):
+        t.resume(ws(S.ONLINE), 7.0, lifecycle=False)
+
+
+def test_wake() -> None:
+    assert t.wake(ws(S.HIBERNATED), 1.0, lifecycle=False).workspace.status is S.AWAITING_AGENT
+    online = t.wake(ws(S.HIBERNATED, url="https://agent.example"), 1.0, lifecycle=False)
+    assert online.events == [("WORKSPACE_ONLINE", {"name": "w", "external": True, "woken": True})]
+    assert t.wake(box_run(S.HIBERNATED), 1.0, lifecycle=True).workspace.status is S.PROVISIONING
+    with pytest.raises(Conflict, match="is paused, not hibernated"):
+        t.wake(ws(S.PAUSED), 1.0, lifecycle=False)
+
+
+def test_hibernate() -> None:
+    stopping = t.hibernate(box_run(S.ONLINE), 2.0, lifecycle=True, force=False)
+    assert stopping.workspace.status is S.HIBERNATING and stopping.events == []
+    done = t.hibernated(stopping.workspace, 3.0)
+    assert (done.workspace.status, done.workspace.url) == (S.HIBERNATED, None)
+    assert done.events == [("WORKSPACE_HIBERNATED", {"name": "w", "tier": 3})]
+    assert t.hibernate(ws(S.ONLINE), 2.0, lifecycle=False, force=False).workspace.status is S.HIBERNATED
+    with pytest.raises(Conflict) as busy:
+        t.hibernate(ws(S.ONLINE, active_tasks=2), 2.0, lifecycle=False, force=False)
+    assert busy.value.extra == {"active_tasks": 2}
+    assert t.hibernate(ws(S.ONLINE, active_tasks=2), 2.0, lifecycle=False, force=True).workspace.status is S.HIBERNATED
+    with pytest.raises(NotFound, match="not online"):
+        t.hibernate(ws(S.PAUSED), 2.0, lifecycle=False, force=False)
+
+
+def test_restart() -> None:
+    outcome = t.restart(box_run(S.FAILED, failure_reason="boom"), 4.0, lifecycle=True)
+    new = outcome.workspace
+    assert (new.status, new.failure_reason, new.url) == (S.PROVISIONING, None, None)
+    assert outcome.events == [("WORKSPACE_PROVISIONING", {"name": "w", "tier": 3, "runtime": "langgraph",
+                                                          "restart": True})]
+    with pytest.raises(Conflict, match="restart the agent itself"):
+        t.restart(ws(S.ONLINE), 4.0, lifecycle=False)
+    with pytest.raises(NotFound):
+        t.restart(box_run(S.REMOVED), 4.0, lifecycle=True)
+
+
+def test_restarting_after_a_crash() -> None:
+    outcome = t.restarting(box_run(S.ONLINE), 4.0, exit_code=137, oom_killed=True, attempt=2, delay=1.5)
+    assert outcome.workspace.status is S.PROVISIONING
+    assert outcome.events[0][1] == {"name": "w", "tier": 3, "runtime": "langgraph", "restart": True,
+                                    "reason": "oom_killed", "exit_code": 137, "oom_killed": True, "attempt": 2,
+                                    "delay_seconds": 1.5}
+
+
+def test_delete() -> None:
+    outcome = t.delete(ws(S.ONLINE, active_tasks=1), 9.0, {"cascade_deleted": 2})
+    assert outcome is not None
+    assert (outcome.workspace.status, outcome.workspace.active_tasks) == (S.REMOVED, 0)
+    assert outcome.events == [("WORKSPACE_REMOVED", {"cascade_deleted": 2})]
+    assert t.delete(outcome.workspace, 10.0, {}) is None  # deleting twice is not an error

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import trio
 
-from ..conftest import ADMIN, bearer, create_external, joined
+from molecule_box.backends import Workload, WorkloadSpec
+
+from ..actors.stubs import LifecycleStub
+from ..conftest import ADMIN, BoxRunner, bearer, create_external, joined
 
 
 async def status(client: httpx.AsyncClient, wid: str) -> str:
@@ -49,6 +53,61 @@ async def test_hibernate_and_wake(client: httpx.AsyncClient) -> None:
     assert (await client.post(f"/workspaces/{wid}/hibernate?force=true", headers=ADMIN)).status_code == 200
     assert (await client.post(f"/workspaces/{wid}/resume", headers=ADMIN)).json()["status"] == "online"
     assert (await client.post(f"/workspaces/{wid}/wake", headers=ADMIN)).status_code == 409
+
+
+async def test_a_paused_parent_blocks_every_wake(client: httpx.AsyncClient) -> None:
+    """The proxy's wake of a hibernated workspace and the API's wake pass the same tree rule as resume: a
+    workspace under a paused parent stays asleep, and the caller learns why."""
+    parent, _ = await joined(client, "parent")
+    assert (await client.post(f"/workspaces/{parent}/pause", headers=ADMIN)).status_code == 200
+    child, _ = await joined(client, "child", parent_id=parent)  # created under the paused parent
+    assert (await client.post(f"/workspaces/{child}/hibernate", headers=ADMIN)).json() == {"status": "hibernated"}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "message/send",
+            "params": {"message": {"role": "user", "parts": [{"kind": "text", "text": "hi"}]}}}
+    called = await client.post(f"/workspaces/{child}/a2a", json=call, headers=ADMIN)
+    assert called.status_code == 409 and 'parent workspace "parent" is paused' in called.json()["error"]
+    woken = await client.post(f"/workspaces/{child}/wake", headers=ADMIN)
+    assert woken.status_code == 409 and "resume it first" in woken.json()["error"]
+    assert await status(client, child) == "hibernated"
+    assert (await client.post(f"/workspaces/{parent}/resume", headers=ADMIN)).json()["resumed_count"] == 1
+    assert (await client.post(f"/workspaces/{child}/a2a", json=call, headers=ADMIN)).json()["waking"] is True
+    with trio.fail_after(5):
+        while await status(client, child) != "online":
+            await trio.sleep(0.05)
+
+
+class StartingBackend(LifecycleStub):
+    """A lifecycle backend whose workloads start at once (and never exist)."""
+
+    async def start(self, spec: WorkloadSpec) -> Workload:
+        return Workload(handle={"workspace_id": spec.workspace_id})
+
+
+async def test_a_paused_parent_blocks_the_secret_change_restart(runner: BoxRunner) -> None:
+    """A secret change restarts a box-run workload through the same tree rule as an operator's restart: not
+    one under a paused parent."""
+    box = await runner.start(extra_backends={"starting": StartingBackend})
+    async with httpx.AsyncClient(base_url=box.urls[0], timeout=10) as client:
+        parent, _ = await joined(client, "parent")
+        assert (await client.post(f"/workspaces/{parent}/pause", headers=ADMIN)).status_code == 200
+        created = {}
+        for name, fields in (("held", {"parent_id": parent}), ("free", {})):
+            response = await client.post("/workspaces", json={"name": name, "backend": "starting", **fields},
+                                         headers=ADMIN)
+            assert response.status_code == 201, response.text
+            created[name] = response.json()["id"]
+        for wid in created.values():
+            saved = await client.put(f"/workspaces/{wid}/secrets", json={"key": "K", "value": "v"}, headers=ADMIN)
+            assert saved.status_code == 200
+        blocked = await client.post(f"/workspaces/{created['held']}/restart", headers=ADMIN)
+        assert blocked.status_code == 409 and "resume it first" in blocked.json()["error"]
+
+        async def starts(wid: str) -> int:
+            events = (await client.get(f"/events/{wid}", headers=ADMIN)).json()
+            return sum(e["event_type"] == "WORKSPACE_PROVISIONING" for e in events)
+
+        assert await starts(created["free"]) == 2  # created, then restarted for the secret
+        assert await starts(created["held"]) == 1  # created only
 
 
 async def test_restart_of_remote_agent_is_refused(client: httpx.AsyncClient) -> None:

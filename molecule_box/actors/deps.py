@@ -1,0 +1,45 @@
+"""What the supervisor and its actors use, handed to them by whoever assembles the box.
+
+They take these parts, not the whole box, so ``actors/`` depends on nothing that depends on it: a
+supervisor is built in a test from a store, a bus and a backend registry, and the box module only
+assembles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Protocol
+
+from ..backends.base import Backend
+from ..config import Settings
+from ..events import EventBus
+from ..metrics import BoxMetrics
+from ..store import Store
+from ..vault import Vault
+
+
+class Backends(Protocol):
+    """Where an actor finds its workspace's backend (the box's plugin registry)."""
+
+    async def get(self, name: str) -> Backend: ...
+
+    def check_installed(self, name: str) -> None: ...
+
+
+def _no_drain(workspace_id: str) -> None:
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorDeps:
+    store: Store
+    bus: EventBus
+    backends: Backends
+    settings: Settings
+    metrics: BoxMetrics
+    vault: Vault
+    #: The wall clock (unix seconds); tests pass a mock one.
+    now: Callable[[], float]
+    #: Ask the proxy to deliver the workspace's queued calls: its agent registered or showed spare capacity.
+    request_drain: Callable[[str], None] = _no_drain
