@@ -98,7 +98,7 @@ async def test_supervisor_without_a_box(tmp_path: Path) -> None:
     it creates a family, runs the tree rules over it and purges it once its actors have exited."""
     settings = make_settings(tmp_path)
     tmp_path.mkdir(exist_ok=True)
-    store = Store.open(settings.store_path)
+    store = Store(settings.store_path)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run)
