@@ -40,7 +40,8 @@ class BoxMetrics:
         self.transitions = Counter(
             "molecule_box_status_transitions", "Workspace status changes", ["to"], registry=self.registry
         )
-        self.auth_failures = Counter("molecule_box_auth_failures", "Requests refused with 401", registry=self.registry)
+        self.auth_failures = Counter("molecule_box_auth_failures", "Requests refused by their auth tier (401, 403)",
+                                     ["tier"], registry=self.registry)
         self.offline_lateness = Histogram(
             "molecule_box_offline_detection_lateness_seconds",
             "How long after its heartbeat deadline a workspace was marked offline",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .app import create_app
 from .hot import Front
 
+if TYPE_CHECKING:
+    from ..box import Box
 
-def create_asgi(box: Any) -> Front:
+
+def create_asgi(box: Box) -> Front:
     return Front(box, create_app(box))
 
 

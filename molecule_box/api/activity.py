@@ -20,9 +20,7 @@ from ..store import activity as activity_rows
 from ..store import delegations as delegation_rows
 from ..store import inbox
 from ..store import queue as queue_rows
-from .auth import require_caller, require_workspace
-from .routing import box, parse, query_int, respond, route
-from .workspaces import live, workspace_id
+from .routing import Call, box, live, query_int, respond, route
 
 bp = Blueprint("activity", __name__)
 
@@ -85,12 +83,10 @@ def shape(row: dict[str, Any], at: inbox.Cursor, expire_before: float) -> dict[s
        query={"type": "activity type", "source": "canvas or agent", "limit": "1-500, default 100",
               "since_id": "cursor: rows after this id, oldest first (410 when pruned)",
               "peer_id": "only rows from this workspace", "before_ts": "RFC 3339: only older rows"},
-       responses={200: "A list of rows", 410: "The since_id cursor was pruned: reset it"})
-async def list_activity(raw_id: str) -> Any:
+       responses={200: "A list of rows", 410: "The since_id cursor was pruned: reset it"}, load="live")
+async def list_activity(call: Call[None]) -> Any:
     b = box()
-    wid = workspace_id(raw_id)
-    principal = await require_workspace(b, wid)
-    live(wid)
+    wid, principal = call.workspace_id, call.principal
     source = request.args.get("source") or None
     if source not in (None, "canvas", "agent"):
         raise BadRequest("source must be canvas or agent")
@@ -122,7 +118,8 @@ async def list_activity(raw_id: str) -> Any:
         exclude_source=None if principal.is_admin else wid,
         newest_first=source is not None,
         expired=(at.fetched_through, expire_before) if polling else None)
-    page, size = [], 0
+    page: list[dict[str, Any]] = []
+    size = 0
     for row in rows:
         size += len(row["request_body"] or "") + len(row["response_body"] or "")
         if page and size > PAGE_BYTES:
@@ -136,14 +133,11 @@ async def list_activity(raw_id: str) -> Any:
     return respond([shape(row, at, expire_before) for row in page])
 
 
-@route(bp, "/workspaces/<raw_id>/activity", "POST", auth="workspace", body=ReportActivity,
+@route(bp, "/workspaces/<raw_id>/activity", "POST", auth="workspace", body=ReportActivity, load="live",
        summary="An agent reports an activity of its own", responses={200: "{status, id}", 403: "source_id spoof"})
-async def report_activity(raw_id: str) -> Any:
+async def report_activity(call: Call[ReportActivity]) -> Any:
     b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    body: ReportActivity = await parse(ReportActivity)
-    live(wid)
+    wid, body = call.workspace_id, call.body
     if body.source_id is not None and body.source_id != wid:
         raise Forbidden("source_id must be the reporting workspace")
     row_id = await b.store.write(activity_rows.insert(
@@ -156,14 +150,11 @@ async def report_activity(raw_id: str) -> Any:
     return respond({"status": "logged", "id": row_id})
 
 
-@route(bp, "/workspaces/<raw_id>/notify", "POST", auth="workspace", body=Notify,
+@route(bp, "/workspaces/<raw_id>/notify", "POST", auth="workspace", body=Notify, load="live",
        summary="An agent pushes a message to its user", responses={200: "{status: sent}", 404: "Removed"})
-async def notify(raw_id: str) -> Any:
+async def notify(call: Call[Notify]) -> Any:
     b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    body: Notify = await parse(Notify)
-    ws = live(wid)
+    wid, body, ws = call.workspace_id, call.body, call.ws
     attachments = [a.model_dump(exclude_none=True) for a in body.attachments]
     response: dict[str, Any] = {"result": body.message}
     if attachments:
@@ -181,23 +172,24 @@ async def notify(raw_id: str) -> Any:
     return respond({"status": "sent"})
 
 
-@route(bp, "/workspaces/<raw_id>/delegate", "POST", auth="caller", body=Delegate,
+def _delegating(body: Delegate, path_id: str | None) -> str | None:
+    """The platform's form (target_id in the body) delegates from the path's workspace; the SDK's form (no
+    target_id) from the X-Workspace-ID caller, to the path's workspace."""
+    return path_id if body.target_id is not None else None
+
+
+@route(bp, "/workspaces/<raw_id>/delegate", "POST", auth="source", body=Delegate, id_from=_delegating,
        summary="Hand a task to another workspace asynchronously (idempotent by idempotency_key)",
        responses={200: "Idempotent hit", 202: "{delegation_id, status: delegated, target_id}",
                   400: "Bad body or self-delegation", 403: "Hierarchy forbids it",
                   429: "The target's queue is full (A2A_QUEUE_LIMIT)"})
-async def delegate(raw_id: str) -> Any:
+async def delegate(call: Call[Delegate]) -> Any:
     b = box()
-    path_id = workspace_id(raw_id)
-    body: Delegate = await parse(Delegate)
+    body = call.body
     if body.target_id is not None:  # the platform's form: :id is the source
-        principal = await require_workspace(b, path_id)
-        source, target = path_id, body.target_id
+        source, target = call.workspace_id, body.target_id
     else:  # the SDK's form: :id is the target, the caller is X-Workspace-ID
-        principal = await require_caller(b)
-        if principal.workspace_id is None:
-            raise BadRequest("X-Workspace-ID (the delegating workspace) is required")
-        source, target = principal.workspace_id, path_id
+        source, target = call.principal.workspace_id or "", call.workspace_id
     if source == target:
         raise BadRequest("a workspace cannot delegate to itself")
     live(source)
@@ -226,17 +218,13 @@ async def delegate(raw_id: str) -> Any:
     b.proxy.request_drain(target)
     b.bus.publish(b.bus.make("DELEGATION_SENT", source, {"delegation_id": delegation_id, "target_id": target,
                                                          "task": body.task[:500]}))
-    del principal
     return respond({"delegation_id": delegation_id, "status": "delegated", "target_id": target}, 202)
 
 
 @route(bp, "/workspaces/<raw_id>/delegations", "GET", auth="workspace",
        summary="Delegations a workspace sent or received, newest first")
-async def list_delegations(raw_id: str) -> Any:
-    b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    rows = delegation_rows.listing(b.store.db, wid)
+async def list_delegations(call: Call[None]) -> Any:
+    rows = delegation_rows.listing(box().store.db, call.workspace_id)
     return respond([{"delegation_id": r["id"], "source_id": r["source_id"], "target_id": r["target_id"],
                      "task": r["task"], "status": r["status"], "result": _json(r["result"]),
                      "created_at": rfc3339(r["created_at"]), "updated_at": rfc3339(r["updated_at"])} for r in rows])
@@ -244,11 +232,8 @@ async def list_delegations(raw_id: str) -> Any:
 
 @route(bp, "/workspaces/<raw_id>/queue", "GET", auth="workspace",
        summary="Messages queued for a busy workspace and their delivery state (molecule-box addition)")
-async def list_queue(raw_id: str) -> Any:
-    b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    rows = queue_rows.listing(b.store.db, wid)
+async def list_queue(call: Call[None]) -> Any:
+    rows = queue_rows.listing(box().store.db, call.workspace_id)
     return respond([{**r, "enqueued_at": rfc3339(r["enqueued_at"]), "completed_at": rfc3339(r["completed_at"])}
                     for r in rows])
 
@@ -256,12 +241,10 @@ async def list_queue(raw_id: str) -> Any:
 @route(bp, "/workspaces/<raw_id>/inbox", "GET", auth="workspace",
        summary="A poll-mode agent's inbox: where its poll resumes, and what is waiting (molecule-box addition)",
        query={"state": "queued, fetched, replied or expired", "limit": "1-500, default 100"},
-       responses={200: "{workspace_id, cursor, counts, messages (newest first)}", 400: "Unknown state"})
-async def inbox_state(raw_id: str) -> Any:
+       responses={200: "{workspace_id, cursor, counts, messages (newest first)}", 400: "Unknown state"}, load="live")
+async def inbox_state(call: Call[None]) -> Any:
     b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    live(wid)
+    wid = call.workspace_id
     only = request.args.get("state") or None
     if only is not None and only not in inbox.STATES:
         raise BadRequest(f"state must be one of {', '.join(inbox.STATES)}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from quart import Response
 from quart_trio import QuartTrio
@@ -10,8 +10,11 @@ from quart_trio import QuartTrio
 from .errors import encode, error_response
 from .hot import BODY_DEADLINE
 
+if TYPE_CHECKING:
+    from ..box import Box
 
-def create_app(box: Any) -> QuartTrio:
+
+def create_app(box: Box) -> QuartTrio:
     from . import activity, events, meta, registry, secrets, tokens, workspaces
 
     app = QuartTrio("molecule_box")

@@ -19,16 +19,15 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, websocket
 
-from ..errors import NotFound, Unauthorized
+from ..errors import Unauthorized
 from ..events import FELL_BEHIND, REMOVED, REVOKED, Stream, View, workspace_view
-from ..models import Event, WorkspaceStatus
+from ..models import Event
 from ..security.tokens import parse_bearer
 from ..store import events as event_rows
 from ..store import tokens as token_rows
-from .auth import Principal, identify, require_admin, require_workspace
+from .auth import Principal, authorize
 from .errors import error_response
-from .routing import box, declare, respond, route
-from .workspaces import load, workspace_id
+from .routing import Call, box, declare, respond, route
 
 bp = Blueprint("events", __name__)
 
@@ -39,18 +38,13 @@ RECONNECT_MS = 1000
 
 
 @route(bp, "/events", "GET", summary="The last 100 recorded events", auth="admin")
-async def history() -> Any:
-    b = box()
-    await require_admin(b)
-    return respond([e.history_row() for e in event_rows.recent(b.store.db)])
+async def history(call: Call[None]) -> Any:
+    return respond([e.history_row() for e in event_rows.recent(box().store.db)])
 
 
 @route(bp, "/events/<raw_id>", "GET", summary="The last 100 recorded events of one workspace", auth="admin")
-async def workspace_history(raw_id: str) -> Any:
-    b = box()
-    await require_admin(b)
-    wid = workspace_id(raw_id)
-    return respond([e.history_row() for e in event_rows.recent(b.store.db, wid)])
+async def workspace_history(call: Call[None]) -> Any:
+    return respond([e.history_row() for e in event_rows.recent(box().store.db, call.workspace_id)])
 
 
 def _open(principal: Principal, view: View | None) -> Stream:
@@ -122,20 +116,16 @@ def _sse_response(stream: Stream, frame: Callable[[Event], dict[str, Any]]) -> R
 @route(bp, "/events/stream", "GET", auth="admin",
        responses={200: "text/event-stream", 429: "Too many event streams open (Retry-After)"},
        summary="Server-sent events of every workspace, in the /ws frame shape (molecule-box addition)")
-async def all_events_stream() -> Any:
-    principal = await require_admin(box())
-    return _sse_response(_open(principal, None), Event.ws_frame)
+async def all_events_stream(call: Call[None]) -> Any:
+    return _sse_response(_open(call.principal, None), Event.ws_frame)
 
 
 @route(bp, "/workspaces/<raw_id>/events/stream", "GET", summary="Server-sent events of one workspace",
        auth="workspace", responses={200: "text/event-stream", 404: "Unknown workspace",
-                                    429: "Too many event streams open (Retry-After)"})
-async def workspace_stream(raw_id: str) -> Any:
-    wid = workspace_id(raw_id)
-    principal = await require_workspace(box(), wid)
-    if load(wid).status is WorkspaceStatus.REMOVED:
-        raise NotFound("workspace not found")
-    return _sse_response(_open(principal, lambda e: e if e.workspace_id == wid else None), Event.sse_frame)
+                                    429: "Too many event streams open (Retry-After)"}, load="live")
+async def workspace_stream(call: Call[None]) -> Any:
+    wid = call.workspace_id
+    return _sse_response(_open(call.principal, lambda e: e if e.workspace_id == wid else None), Event.sse_frame)
 
 
 declare("/ws", "GET", summary="WebSocket of live events (admin: all; workspace: its own, its peers' lifecycle, "
@@ -152,16 +142,11 @@ async def events_socket() -> Any:
     b = box()
     caller = (websocket.headers.get("X-Workspace-ID") or "").strip()
     token = parse_bearer(websocket.headers.get("Authorization")) or websocket.args.get("token") or None
+    # Browsers cannot set headers: the admin's token may come as ?token= instead.
+    headers = {"X-Workspace-ID": caller, **({"Authorization": f"Bearer {token}"} if token else {})}
     try:
-        if caller:
-            principal = await require_workspace(b, caller, allow_admin=True,
-                                                headers={"Authorization": f"Bearer {token}"} if token else {})
-            stream = _open(principal, workspace_view(b.supervisor.record, caller))
-        else:
-            found = await identify(b, token)
-            if found is None or not found.is_admin:
-                raise Unauthorized("admin auth required" if token is None else "invalid admin auth token")
-            stream = _open(found, None)
+        principal = await authorize(b, "caller", headers)
+        stream = _open(principal, workspace_view(b.supervisor.record, caller) if caller else None)
     except Exception as exc:
         status, body, headers = error_response(exc)
         return Response(json.dumps(body), status=status, content_type="application/json", headers=headers)

@@ -10,16 +10,19 @@ group commit), one JSON write. Errors go through the same mapping as the app.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ..actors import commands as c
 from ..errors import BadRequest, PayloadTooLarge, RequestTimeout
 from ..schemas import Heartbeat
-from .auth import require_workspace
+from .auth import authorize, scope_headers
 from .errors import JSON_HEADERS, encode, error_response
 from .routing import declare
+
+if TYPE_CHECKING:
+    from ..box import Box
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
                    Awaitable[None]]
@@ -81,7 +84,7 @@ def header(scope: dict[str, Any], name: bytes) -> str | None:
 
 
 class Front:
-    def __init__(self, box: Any, app: ASGIApp) -> None:
+    def __init__(self, box: Box, app: ASGIApp) -> None:
         self.box = box
         self.app = app
         self.hot: dict[tuple[str, str], ASGIApp] = {("POST", "/registry/heartbeat"): self.heartbeat}
@@ -104,9 +107,8 @@ class Front:
         try:
             raw = await read_body(receive, HEARTBEAT_LIMIT)
             body = Heartbeat.model_validate_json(raw or b"{}")
-            auth = header(scope, b"authorization")
-            await require_workspace(box, body.workspace_id, headers={"Authorization": auth} if auth else {},
-                                    proof_of_life=False)  # the heartbeat is the proof
+            await authorize(box, "workspace", scope_headers(scope), body.workspace_id,
+                            proof_of_life=False)  # the heartbeat is the proof
             result = await box.supervisor.ask(body.workspace_id, c.Heartbeat(body))
             status, payload, headers = 200, result, None
         except Exception as exc:  # mapped like every other route; never a bare 500 page

@@ -9,13 +9,13 @@ from quart import Blueprint, Response
 from .. import __version__
 from ..store.migrations import SCHEMA_VERSION
 from .openapi import document
-from .routing import box, respond, route
+from .routing import Call, box, respond, route
 
 bp = Blueprint("meta", __name__)
 
 
 @route(bp, "/health", "GET", summary="Liveness of the box itself", auth="none")
-async def health() -> Any:
+async def health(call: Call[None]) -> Any:
     b = box()
     return respond({
         "status": "ok",
@@ -29,10 +29,10 @@ async def health() -> Any:
 
 
 @route(bp, "/metrics", "GET", summary="Prometheus metrics (text format)", auth="none")
-async def metrics() -> Any:
+async def metrics(call: Call[None]) -> Any:
     return Response(box().metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @route(bp, "/openapi.json", "GET", summary="This document", auth="none")
-async def openapi() -> Any:
+async def openapi(call: Call[None]) -> Any:
     return respond(document())

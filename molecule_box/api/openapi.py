@@ -6,7 +6,12 @@ from functools import cache
 from typing import Any
 
 from .. import __version__
-from .routing import AUTH_TIERS, ROUTES
+from ..authz import AUTH_TIERS
+from ..schemas import Empty
+from .routing import ROUTES
+
+#: What a request its tier refuses is answered, where a route's declaration does not say more.
+REFUSED = "Refused by the auth tier: no token, a wrong one, or another workspace's"
 
 
 @cache
@@ -18,7 +23,9 @@ def document() -> dict[str, Any]:
             "summary": r.summary,
             "tags": [r.tag],
             "description": f"Auth: {AUTH_TIERS[r.auth]}",
-            "responses": {str(code): {"description": text} for code, text in sorted(r.responses.items())},
+            "x-auth-tier": r.auth,
+            "responses": {str(code): {"description": text} for code, text in sorted(
+                (({401: REFUSED} if r.auth != "none" else {}) | r.responses).items())},
         }
         if r.auth != "none":
             op["security"] = [{"bearer": []}]
@@ -26,11 +33,11 @@ def document() -> dict[str, Any]:
                   for name in _path_params(r.path)]
         params += [{"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
                    for name, text in r.query.items()]
-        if r.auth == "caller":
+        if r.auth in ("caller", "source"):
             params.append({"name": "X-Workspace-ID", "in": "header", "required": False, "schema": {"type": "string"}})
         if params:
             op["parameters"] = params
-        if r.body is not None:
+        if r.body is not None and r.body is not Empty:
             schema = r.body.model_json_schema(ref_template="#/components/schemas/{model}")
             for name, sub in schema.pop("$defs", {}).items():
                 schemas[name] = sub

@@ -1,35 +1,36 @@
 """Route declaration shared by the quart app and ``/openapi.json``.
 
 A route is declared once, with its auth tier, body model and responses; the
-same declaration registers the quart view and describes it in OpenAPI, so the
-document cannot drift from what is served (a test checks every served rule is
-described).
+same declaration registers the quart view, runs the tier, parses the body and
+loads the workspace, and describes the route in OpenAPI, so the document
+cannot drift from what is served (tests check every served rule is described,
+and that every route refuses what its tier refuses).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 from quart import Blueprint, Response, current_app, request
 
-from ..errors import BadRequest, PayloadTooLarge
-from ..schemas import Body, Empty
+from ..authz import AUTH_TIERS, Principal, Tier, authorize
+from ..errors import BadRequest, NotFound, PayloadTooLarge
+from ..models import Workspace, WorkspaceStatus
+from ..schemas import Empty
+from ..store import workspaces as workspace_rows
+
+if TYPE_CHECKING:
+    from ..box import Box
 
 Handler = Callable[..., Awaitable[Any]]
-
-AUTH_TIERS = {
-    "none": "No authentication.",
-    "admin": "Admin bearer token (ADMIN_TOKEN or the generated one).",
-    "workspace": "The workspace's own bearer token, or the admin token.",
-    "own": "The workspace's own bearer token only.",
-    "caller": "X-Workspace-ID header plus that caller's own bearer token (or the admin token).",
-    "register": "The workspace's token or the admin token; none only for a workspace created with "
-                "bootstrap 'open', until its first token or the bootstrap's expiry.",
-}
+#: Where a body-first route finds the workspace its tier checks: ``(parsed body, path id or None) -> id``.
+IdFrom = Callable[[Any, "str | None"], "str | None"]
+B = TypeVar("B")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +38,7 @@ class RouteDoc:
     path: str
     method: str
     summary: str
-    auth: str
+    auth: Tier
     body: type[BaseModel] | None
     responses: dict[int, str]
     tag: str
@@ -45,6 +46,28 @@ class RouteDoc:
 
 
 ROUTES: list[RouteDoc] = []
+
+
+@dataclasses.dataclass(frozen=True)
+class Call(Generic[B]):
+    """What the declaration of a route established before its handler runs."""
+
+    principal: Principal
+    body: B
+    path_id: str | None = None
+    loaded: Workspace | None = None
+
+    @property
+    def workspace_id(self) -> str:
+        """The canonical workspace id of the path (or, on a path without one, of the body)."""
+        assert self.path_id is not None, "route without a workspace id"
+        return self.path_id
+
+    @property
+    def ws(self) -> Workspace:
+        """The workspace the route declared ``load=`` for."""
+        assert self.loaded is not None, "route declared no load="
+        return self.loaded
 
 
 def openapi_path(rule: str) -> str:
@@ -65,32 +88,85 @@ def openapi_path(rule: str) -> str:
     return out
 
 
-def declare(path: str, method: str, *, summary: str, auth: str, tag: str, body: type[BaseModel] | None = None,
+def declare(path: str, method: str, *, summary: str, auth: Tier, tag: str, body: type[BaseModel] | None = None,
             responses: dict[int, str] | None = None, query: dict[str, str] | None = None) -> None:
     assert auth in AUTH_TIERS, auth
     ROUTES.append(RouteDoc(openapi_path(path), method.lower(), summary, auth, body, responses or {200: "OK"}, tag,
                            query or {}))
 
 
-def route(bp: Blueprint, path: str, method: str, *, summary: str, auth: str, body: type[BaseModel] | None = None,
+def route(bp: Blueprint, path: str, method: str, *, summary: str, auth: Tier, body: type[BaseModel] | None = None,
           responses: dict[int, str] | None = None, query: dict[str, str] | None = None,
-          endpoint: str | None = None) -> Callable[[Handler], Handler]:
-    """Register a view on ``bp`` and describe it for OpenAPI in one step."""
+          endpoint: str | None = None, id_from: IdFrom | None = None,
+          load: Literal["live", "any"] | None = None) -> Callable[[Handler], Handler]:
+    """Register a view on ``bp`` and describe it for OpenAPI in one step; the view runs the declaration.
+
+    The view canonicalises the path's ``<raw_id>``, checks ``auth`` for it (or, with ``id_from``, for the
+    workspace the body names: the body is then parsed first), parses ``body``, loads the workspace (``live``:
+    404 when unknown or removed; ``any``: 404 when unknown), and calls the handler with one :class:`Call`
+    (other path parameters as keywords)."""
 
     def decorate(fn: Handler) -> Handler:
         declare(path, method, summary=summary, auth=auth, tag=bp.name, body=body, responses=responses, query=query)
-        bp.add_url_rule(path, endpoint=endpoint or fn.__name__, view_func=fn, methods=[method])
+
+        async def view(**params: str) -> Any:
+            raw_id = params.pop("raw_id", None)
+            wid = workspace_id(raw_id) if raw_id is not None else None
+            parsed = await parse(body) if body is not None and id_from is not None else None
+            checked = id_from(parsed, wid) if id_from is not None else wid
+            principal = await authorize(box(), auth, request.headers, checked)
+            if body is not None and id_from is None:
+                parsed = await parse(body)
+            wid = wid if wid is not None else checked
+            ws = None
+            if load is not None:
+                assert wid is not None
+                ws = live(wid) if load == "live" else existing(wid)
+            return await fn(Call(principal, parsed, wid, ws), **params)
+
+        view.__doc__ = fn.__doc__
+        bp.add_url_rule(path, endpoint=endpoint or fn.__name__, view_func=view, methods=[method])
         return fn
 
     return decorate
 
 
-def box() -> Any:
+def box() -> Box:
     """The running :class:`molecule_box.box.Box` of the current app."""
-    return current_app.extensions["molecule_box"]
+    found: Box = current_app.extensions["molecule_box"]
+    return found
 
 
-async def parse(model: type[Body], *, limit: int = 256 * 1024) -> Any:
+def workspace_id(raw: str) -> str:
+    """A path id as a canonical UUID string, or 400 (never a lookup with attacker-shaped text)."""
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise BadRequest("invalid workspace ID") from None
+
+
+def find(wid: str) -> Workspace | None:
+    """The workspace's record: its actor's (current) for a live one, else its row (removed ones too)."""
+    b = box()
+    return b.supervisor.record(wid) or workspace_rows.get(b.store.db, wid)
+
+
+def existing(wid: str) -> Workspace:
+    ws = find(wid)
+    if ws is None:
+        raise NotFound("workspace not found")
+    return ws
+
+
+def live(wid: str) -> Workspace:
+    """:func:`existing`, but a removed workspace is not found either (routes that act on a workspace)."""
+    ws = existing(wid)
+    if ws.status is WorkspaceStatus.REMOVED:
+        raise NotFound("workspace not found")
+    return ws
+
+
+async def parse(model: type[BaseModel], *, limit: int = 256 * 1024) -> Any:
     """Read and validate the request body as ``model``: 413 past ``limit``, 400 for bad JSON or types."""
     length = request.content_length
     if length is not None and length > limit:

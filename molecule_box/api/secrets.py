@@ -10,9 +10,7 @@ from quart import Blueprint
 from ..errors import NotFound
 from ..schemas import PutModel, PutSecret
 from ..store import secrets as secret_rows
-from .auth import require_admin, require_workspace
-from .routing import box, parse, respond, route
-from .workspaces import live, workspace_id
+from .routing import Call, box, respond, route
 
 bp = Blueprint("secrets", __name__)
 
@@ -36,32 +34,21 @@ async def _tell_secrets_changed(wid: str) -> None:
 
 
 @route(bp, "/workspaces/<raw_id>/secrets", "GET", summary="Secret keys a workspace sees (never values)",
-       auth="workspace")
-async def list_secrets(raw_id: str) -> Any:
-    b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    live(wid)
-    return respond(b.vault.listing(wid))
+       auth="workspace", load="live")
+async def list_secrets(call: Call[None]) -> Any:
+    return respond(box().vault.listing(call.workspace_id))
 
 
-@route(bp, "/workspaces/<raw_id>/secrets/values", "GET", auth="own",
+@route(bp, "/workspaces/<raw_id>/secrets/values", "GET", auth="own", load="live",
        summary="Decrypted secrets for the workspace's own agent (global overridden by workspace)",
        responses={200: "{KEY: value}", 401: "Not this workspace's token", 500: "A secret does not decrypt"})
-async def secret_values(raw_id: str) -> Any:
-    b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid, allow_admin=False)
-    live(wid)
-    return respond(b.vault.values(wid), headers={"Cache-Control": "no-store"})
+async def secret_values(call: Call[None]) -> Any:
+    return respond(box().vault.values(call.workspace_id), headers={"Cache-Control": "no-store"})
 
 
-async def _put_workspace_secret(raw_id: str) -> Any:
+async def _put_workspace_secret(call: Call[PutSecret]) -> Any:
     b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    body: PutSecret = await parse(PutSecret)
-    live(wid)
+    wid, body = call.workspace_id, call.body
     await b.store.write(b.vault.put(wid, body.key, body.value))
     await _restart_inheritors(body.key, only=wid)
     return respond({"status": "saved", "key": body.key})
@@ -69,42 +56,37 @@ async def _put_workspace_secret(raw_id: str) -> Any:
 
 for _method in ("POST", "PUT"):
     route(bp, "/workspaces/<raw_id>/secrets", _method, summary="Set a workspace secret", auth="workspace",
-          body=PutSecret, endpoint=f"put_workspace_secret_{_method}")(_put_workspace_secret)
+          body=PutSecret, load="live", endpoint=f"put_workspace_secret_{_method}")(_put_workspace_secret)
 
 
 @route(bp, "/workspaces/<raw_id>/secrets/<key>", "DELETE", summary="Delete a workspace secret", auth="workspace",
        responses={200: "Deleted", 404: "No such secret"})
-async def delete_workspace_secret(raw_id: str, key: str) -> Any:
+async def delete_workspace_secret(call: Call[None], key: str) -> Any:
     b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
+    wid = call.workspace_id
     if not await b.store.write(secret_rows.delete(wid, key)):
         raise NotFound("secret not found")
     await _restart_inheritors(key, only=wid)
     return respond({"status": "deleted", "key": key})
 
 
-async def _list_global() -> Any:
+async def _list_global(call: Call[None]) -> Any:
     from ..models import rfc3339
 
     b = box()
-    await require_admin(b)
     return respond([{"key": r["key"], "has_value": True, "scope": "global", "created_at": rfc3339(r["created_at"]),
                      "updated_at": rfc3339(r["updated_at"])} for r in secret_rows.listing(b.store.db, None)])
 
 
-async def _put_global() -> Any:
-    b = box()
-    await require_admin(b)
-    body: PutSecret = await parse(PutSecret)
+async def _put_global(call: Call[PutSecret]) -> Any:
+    b, body = box(), call.body
     await b.store.write(b.vault.put(None, body.key, body.value))
     await _restart_inheritors(body.key)
     return respond({"status": "saved", "key": body.key, "scope": "global"})
 
 
-async def _delete_global(key: str) -> Any:
+async def _delete_global(call: Call[None], key: str) -> Any:
     b = box()
-    await require_admin(b)
     if not await b.store.write(secret_rows.delete(None, key)):
         raise NotFound("secret not found")
     await _restart_inheritors(key)
@@ -121,29 +103,22 @@ for _prefix in ("/settings/secrets", "/admin/secrets"):
           responses={200: "Deleted", 404: "No such secret"}, endpoint=f"delete_{_tag}")(_delete_global)
 
 
-@route(bp, "/workspaces/<raw_id>/model", "GET", auth="workspace",
+@route(bp, "/workspaces/<raw_id>/model", "GET", auth="workspace", load="live",
        summary="Where the workspace's model comes from; never the MODEL_PROVIDER value (a secret)",
        responses={200: '{model: "", source: "workspace_secrets" | "global_secrets" | "default"}'})
-async def get_model(raw_id: str) -> Any:
+async def get_model(call: Call[None]) -> Any:
     """The platform answers with the decrypted MODEL_PROVIDER secret, which would hand the admin (and any
     holder of this route's tier) a secret value that ``/secrets/values`` refuses it. The agent reads the
     value there; this says only whether it is set, and by which scope."""
-    b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    live(wid)
-    scope = next((row["scope"] for row in b.vault.listing(wid) if row["key"] == "MODEL_PROVIDER"), None)
+    scope = next((row["scope"] for row in box().vault.listing(call.workspace_id) if row["key"] == "MODEL_PROVIDER"), None)
     return respond({"model": "", "source": f"{scope}_secrets" if scope else "default"})
 
 
 @route(bp, "/workspaces/<raw_id>/model", "PUT", summary="Set (or with an empty value clear) the model",
-       auth="workspace", body=PutModel)
-async def put_model(raw_id: str) -> Any:
+       auth="workspace", body=PutModel, load="live")
+async def put_model(call: Call[PutModel]) -> Any:
     b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    body: PutModel = await parse(PutModel)
-    live(wid)
+    wid, body = call.workspace_id, call.body
     if body.model:
         await b.store.write(b.vault.put(wid, "MODEL_PROVIDER", body.model))
         result = {"status": "saved", "model": body.model}

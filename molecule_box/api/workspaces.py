@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any
 
 import trio
 from quart import Blueprint, request
 
 from ..actors import commands as c
-from ..errors import BadRequest, Conflict, Forbidden, NotFound
-from ..models import Workspace, WorkspaceStatus
+from ..errors import BadRequest, Conflict, Forbidden
+from ..models import WorkspaceStatus
 from ..schemas import CreateWorkspace, Empty, PatchWorkspace, Restart
 from ..store import events as event_rows
 from ..store import workspaces as workspace_rows
-from .auth import bearer_from, may_learn_removal, require_admin, require_workspace
-from .routing import box, parse, query_bool, respond, route
+from .routing import Call, box, find, query_bool, respond, route
 
 bp = Blueprint("workspaces", __name__)
 S = WorkspaceStatus
@@ -26,29 +24,6 @@ S = WorkspaceStatus
 ADMIN_FIELDS = frozenset({"parent_id", "tier", "runtime", "max_concurrent_tasks", "budget_limit", "workspace_dir"})
 #: Restart options that change what the container is built from: the admin's alone.
 ADMIN_RESTART_OPTIONS = ("template", "apply_template", "reset", "rebuild_config")
-
-
-def workspace_id(raw: str) -> str:
-    """A path id as a canonical UUID string, or 400 (never a lookup with attacker-shaped text)."""
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise BadRequest("invalid workspace ID") from None
-
-
-def load(wid: str) -> Workspace:
-    ws = box().supervisor.record(wid) or workspace_rows.get(box().store.db, wid)
-    if ws is None:
-        raise NotFound("workspace not found")
-    return ws
-
-
-def live(wid: str) -> Workspace:
-    """:func:`load`, but a removed workspace is not found either (routes that act on a workspace)."""
-    ws = load(wid)
-    if ws.status is S.REMOVED:
-        raise NotFound("workspace not found")
-    return ws
 
 
 def platform_url_for_agents() -> str:
@@ -124,11 +99,9 @@ def connection_block(wid: str, token: str | None, bootstrap_expires_at: float | 
 
 @route(bp, "/workspaces", "POST", summary="Create a workspace", auth="admin", body=CreateWorkspace,
        responses={201: "Created", 400: "Invalid body, tier, parent or agent URL"})
-async def create_workspace() -> Any:
+async def create_workspace(call: Call[CreateWorkspace]) -> Any:
     b = box()
-    await require_admin(b)
-    body: CreateWorkspace = await parse(CreateWorkspace)
-    created = await b.supervisor.create(body)
+    created = await b.supervisor.create(call.body)
     ws = created.workspace
     if ws.status is S.PROVISIONING:
         return respond({"id": ws.id, "status": ws.status.value, "awareness_namespace": f"workspace:{ws.id}",
@@ -139,30 +112,23 @@ async def create_workspace() -> Any:
 
 
 @route(bp, "/workspaces", "GET", summary="List workspaces (not removed), oldest first", auth="admin")
-async def list_workspaces() -> Any:
-    b = box()
-    await require_admin(b)
-    return respond([ws.public() for ws in workspace_rows.all_live(b.store.db)])
+async def list_workspaces(call: Call[None]) -> Any:
+    return respond([ws.public() for ws in workspace_rows.all_live(box().store.db)])
 
 
 @route(bp, "/workspaces/<raw_id>", "GET", summary="Get one workspace (removed ones too)", auth="workspace",
-       responses={200: "OK", 400: "Invalid id", 404: "Unknown workspace"})
-async def get_workspace(raw_id: str) -> Any:
-    wid = workspace_id(raw_id)
-    await require_workspace(box(), wid)
-    return respond(load(wid).public(detail=False))
+       responses={200: "OK", 400: "Invalid id", 404: "Unknown workspace"}, load="any")
+async def get_workspace(call: Call[None]) -> Any:
+    return respond(call.ws.public(detail=False))
 
 
 @route(bp, "/workspaces/<raw_id>", "PATCH", summary="Change name, role, canvas position; the admin also tier, "
        "parent, runtime, limits", auth="workspace", body=PatchWorkspace,
        responses={200: "Updated", 400: "Invalid field", 403: "An admin-only field with the workspace's own token",
-                  404: "Unknown workspace"})
-async def patch_workspace(raw_id: str) -> Any:
+                  404: "Unknown workspace"}, load="live")
+async def patch_workspace(call: Call[PatchWorkspace]) -> Any:
     b = box()
-    wid = workspace_id(raw_id)
-    principal = await require_workspace(b, wid)
-    body: PatchWorkspace = await parse(PatchWorkspace)
-    ws = live(wid)
+    wid, principal, body, ws = call.workspace_id, call.principal, call.body, call.ws
     refused = sorted(ADMIN_FIELDS & body.model_fields_set)
     if refused and not principal.is_admin:
         # With its own token a workspace could otherwise leave its place in the hierarchy (the only thing
@@ -195,12 +161,11 @@ async def patch_workspace(raw_id: str) -> Any:
 
 @route(bp, "/workspaces/<raw_id>", "DELETE", summary="Delete a workspace and its descendants", auth="admin",
        responses={200: "Removed", 404: "Unknown workspace", 409: "Has children; pass ?confirm=true"},
-       query={"confirm": "true to delete a workspace that has children", "purge": "true to hard-delete rows"})
-async def delete_workspace(raw_id: str) -> Any:
+       query={"confirm": "true to delete a workspace that has children", "purge": "true to hard-delete rows"},
+       load="any")
+async def delete_workspace(call: Call[None]) -> Any:
     b = box()
-    await require_admin(b)
-    wid = workspace_id(raw_id)
-    ws = load(wid)
+    wid, ws = call.workspace_id, call.ws
     if ws.status is S.REMOVED and not query_bool("purge"):
         return respond({"status": "removed", "cascade_deleted": 0})
     kids = workspace_rows.children(b.store.db, wid)
@@ -213,117 +178,87 @@ async def delete_workspace(raw_id: str) -> Any:
     return respond({"status": "purged" if purge else "removed", "cascade_deleted": cascade})
 
 
-@route(bp, "/workspaces/<raw_id>/state", "GET", summary="Status poll for remote agents", auth="workspace",
+@route(bp, "/workspaces/<raw_id>/state", "GET", summary="Status poll for remote agents", auth="state",
        responses={200: "Live", 404: "Deleted: the agent should shut down"})
-async def workspace_state(raw_id: str) -> Any:
-    b = box()
-    wid = workspace_id(raw_id)
-    ws = b.supervisor.record(wid) or workspace_rows.get(b.store.db, wid)
-    gone = {"workspace_id": wid, "status": "removed", "deleted": True}
-    if ws is None:
-        await require_admin_or_any_token(wid)
-        return respond(gone, 404)
-    if ws.status is S.REMOVED:
+async def workspace_state(call: Call[None]) -> Any:
+    wid = call.workspace_id
+    ws = find(wid)
+    if ws is None or ws.status is S.REMOVED:
         # Its tokens were revoked on delete; a revoked token of this very workspace still learns it is gone.
-        await require_admin_or_any_token(wid)
-        return respond(gone, 404)
-    await require_workspace(b, wid)
+        return respond({"workspace_id": wid, "status": "removed", "deleted": True}, 404)
     return respond({"workspace_id": wid, "status": ws.status.value, "paused": ws.status is S.PAUSED,
                     "deleted": False})
 
 
-async def require_admin_or_any_token(wid: str) -> None:
-    """For a deleted workspace: the admin, or any token (even revoked) that belonged to it."""
-    b = box()
-    if not may_learn_removal(b, bearer_from(request.headers), wid):
-        await require_workspace(b, wid)
-
-
 @route(bp, "/workspaces/<raw_id>/pause", "POST", summary="Pause a workspace and its descendants", auth="workspace",
-       responses={200: "Paused", 404: "Unknown or already paused"})
-async def pause_workspace(raw_id: str) -> Any:
+       body=Empty, responses={200: "Paused", 404: "Unknown or already paused"})
+async def pause_workspace(call: Call[Empty]) -> Any:
     b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    await parse(Empty)
+    wid = call.workspace_id
     return respond({"status": "paused", "paused_count": await b.supervisor.pause_tree(wid)})
 
 
 @route(bp, "/workspaces/<raw_id>/resume", "POST", summary="Resume a paused (or wake a hibernated) workspace",
-       auth="workspace", responses={200: "Resuming", 404: "Not paused", 409: "An ancestor is paused"})
-async def resume_workspace(raw_id: str) -> Any:
+       auth="workspace", body=Empty, load="any",
+       responses={200: "Resuming", 404: "Not paused", 409: "An ancestor is paused"})
+async def resume_workspace(call: Call[Empty]) -> Any:
     b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    await parse(Empty)
-    load(wid)
-    status, count = await b.supervisor.resume_tree(wid)
+    status, count = await b.supervisor.resume_tree(call.workspace_id)
     return respond({"status": status, "resumed_count": count})
 
 
 @route(bp, "/workspaces/<raw_id>/hibernate", "POST", summary="Hibernate an idle workspace", auth="workspace",
        responses={200: "Hibernated", 404: "Not online", 409: "Has active tasks"},
-       query={"force": "true to hibernate despite active tasks"})
-async def hibernate_workspace(raw_id: str) -> Any:
+       query={"force": "true to hibernate despite active tasks"}, body=Empty)
+async def hibernate_workspace(call: Call[Empty]) -> Any:
     b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    await parse(Empty)
+    wid = call.workspace_id
     return respond(await b.supervisor.ask(wid, c.Hibernate(force=query_bool("force"))))
 
 
 @route(bp, "/workspaces/<raw_id>/wake", "POST", summary="Wake a hibernated workspace (molecule-box addition)",
-       auth="workspace", responses={200: "Waking", 409: "Not hibernated"})
-async def wake_workspace(raw_id: str) -> Any:
+       auth="workspace", body=Empty, responses={200: "Waking", 409: "Not hibernated, or an ancestor is paused"})
+async def wake_workspace(call: Call[Empty]) -> Any:
     b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    await parse(Empty)
-    return respond(await b.supervisor.wake(wid))
+    return respond(await b.supervisor.wake(call.workspace_id))
 
 
 @route(bp, "/workspaces/<raw_id>/restart", "POST", summary="Restart a box-run workspace's workload",
        auth="workspace", body=Restart,
        responses={200: "Provisioning", 403: "Body options with the workspace's own token (admin-only)",
-                  404: "Unknown", 409: "Ancestor paused, or a remote agent"})
-async def restart_workspace(raw_id: str) -> Any:
+                  404: "Unknown", 409: "Ancestor paused, or a remote agent"}, load="live")
+async def restart_workspace(call: Call[Restart]) -> Any:
     b = box()
-    wid = workspace_id(raw_id)
-    principal = await require_workspace(b, wid)
-    body: Restart = await parse(Restart)
+    wid, principal, body = call.workspace_id, call.principal, call.body
     refused = [name for name in ADMIN_RESTART_OPTIONS if getattr(body, name)]
     if refused and not principal.is_admin:
         # A restart by the agent rebuilds exactly the container the admin configured (#10).
         raise Forbidden(f"only the admin may restart with {', '.join(refused)}", fields=refused)
-    live(wid)
     return respond(await b.supervisor.restart(wid))
 
 
-@route(bp, "/workspaces/<raw_id>/failures", "GET", auth="workspace",
+@route(bp, "/workspaces/<raw_id>/failures", "GET", auth="workspace", load="any",
        summary="Why a workspace failed: its failure reason and recent actor errors (molecule-box addition)")
-async def workspace_failures(raw_id: str) -> Any:
+async def workspace_failures(call: Call[None]) -> Any:
     from ..models import rfc3339
 
     b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    ws = load(wid)
+    wid, ws = call.workspace_id, call.ws
     rows = event_rows.actor_failures(b.store.db, wid)
     return respond({"workspace_id": wid, "status": ws.status.value, "failure_reason": ws.failure_reason,
                     "actor_failures": [{"error": r["error"], "at": rfc3339(r["created_at"])} for r in rows],
                     "checked_at": rfc3339(time.time())})
 
 
-@route(bp, "/workspaces/<raw_id>/logs", "GET", auth="workspace", query={"tail": "lines, 1-10000, default 200"},
+@route(bp, "/workspaces/<raw_id>/logs", "GET", auth="workspace", load="any",
+       query={"tail": "lines, 1-10000, default 200"},
        summary="The workload's recent output (backends with the logs capability)",
        responses={200: "{workspace_id, logs}", 409: "The backend keeps no logs (e.g. remote agents)"})
-async def workspace_logs(raw_id: str) -> Any:
+async def workspace_logs(call: Call[None]) -> Any:
     from .routing import query_int
 
     b = box()
-    wid = workspace_id(raw_id)
-    await require_workspace(b, wid)
-    ws = load(wid)
+    wid, ws = call.workspace_id, call.ws
     backend = await b.backends.get(ws.backend)
     if not backend.capabilities().logs:
         raise Conflict(f"the {ws.backend} backend keeps no logs for this workspace")

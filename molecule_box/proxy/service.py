@@ -26,7 +26,7 @@ import trio
 from .. import strictjson
 from ..access import can_communicate
 from ..actors import commands as c
-from ..api.auth import SYSTEM_PREFIXES, identify
+from ..authz import authorize, scope_headers
 from ..api.errors import error_response
 from ..api.hot import header, read_body, send_json
 from ..errors import (
@@ -37,11 +37,9 @@ from ..errors import (
     NotFound,
     PaymentRequired,
     ServiceUnavailable,
-    Unauthorized,
 )
 from ..models import LIVE_STATES, Event, Workspace, WorkspaceStatus, rfc3339
 from ..security.ssrf import NO_INBOUND, UnsafeAgentURL, resolve_checked, split_agent_url
-from ..security.tokens import parse_bearer
 from ..store import activity as activity_rows
 from ..store import delegations as delegation_rows
 from ..store import inbox
@@ -185,20 +183,7 @@ class A2AProxy:
 
     async def _caller(self, scope: dict[str, Any]) -> str | None:
         """The calling workspace (None: the operator/user, who must hold the admin token)."""
-        caller = (header(scope, b"x-workspace-id") or "").strip()
-        token = parse_bearer(header(scope, b"authorization"))
-        if caller.startswith(SYSTEM_PREFIXES):
-            raise Forbidden("invalid caller ID")
-        if not caller:
-            if token is not None and self.box.admin.check(token):
-                return None
-            raise Unauthorized("missing caller auth token" if token is None else "invalid caller auth token")
-        if token is None:
-            raise Unauthorized("missing caller auth token")
-        principal = await identify(self.box, token)
-        if principal is None or (not principal.is_admin and principal.workspace_id != caller):
-            raise Unauthorized("invalid caller auth token")
-        return caller
+        return (await authorize(self.box, "caller", scope_headers(scope))).workspace_id
 
     async def _resolve(self, url: str, *, box_assigned: bool = False) -> tuple[str, str, int, str, str]:
         """(scheme, vetted address, port, host name, path): DNS re-resolved (cached briefly), SSRF-checked.
