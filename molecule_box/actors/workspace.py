@@ -117,7 +117,7 @@ class WorkspaceActor:
         settings = self.box.settings
         wall = min(
             (d for d in (
-                t.liveness_deadline(ws, settings.liveness_deadline_for(remote=ws.is_external)),
+                t.liveness_deadline(ws, settings.liveness_deadline_for(remote=self.box.backends.is_remote(ws.backend))),
                 t.provision_deadline(ws, settings.provision_timeout_seconds),
             ) if d is not None),
             default=None,
@@ -128,7 +128,7 @@ class WorkspaceActor:
         now = self.box.now()
         ws = self.record
         settings = self.box.settings
-        live = t.liveness_deadline(ws, settings.liveness_deadline_for(remote=ws.is_external))
+        live = t.liveness_deadline(ws, settings.liveness_deadline_for(remote=self.box.backends.is_remote(ws.backend)))
         if live is not None and now >= live:
             self.box.metrics.offline_lateness.observe(max(0.0, now - live))
             log.info("workspace %s missed its heartbeat deadline: offline", ws.id)
@@ -443,6 +443,11 @@ class WorkspaceActor:
             log.error("workspace %s: %s; marking it failed", ws.id, reason)
             await self._commit(t.failed(ws, self._now(), reason, source="supervisor"))
             return
+        if ws.status not in (S.REMOVED, S.FAILED) and not self.box.backends.is_installed(ws.backend):
+            reason = f"backend {ws.backend!r} is not installed: install its plugin, restart the box, then the workspace"
+            log.warning("workspace %s: %s; marking it failed", ws.id, reason)
+            await self._commit(t.failed(ws, self._now(), reason, source="backend"))
+            return
         if ws.status is S.REMOVED:
             self._start_op("destroy", self._destroy_after(0))
         elif ws.status is S.HIBERNATING:
@@ -511,7 +516,7 @@ class WorkspaceActor:
 
     async def _on_Seen(self, cmd: c.Seen) -> None:
         ws = self.record
-        outcome = t.seen(ws, cmd.at, self.box.settings.liveness_deadline_for(remote=ws.is_external))
+        outcome = t.seen(ws, cmd.at, self.box.settings.liveness_deadline_for(remote=self.box.backends.is_remote(ws.backend)))
         if outcome is not None:
             await self._commit(outcome)
 
@@ -528,7 +533,7 @@ class WorkspaceActor:
         needs_restart = "workspace_dir" in changes or "tier" in changes or "runtime" in changes
         await self._commit(t.Outcome(dataclasses.replace(ws, updated_at=self._now(), **changes)))
         body: dict[str, Any] = {"status": "updated"}
-        if needs_restart and not ws.is_external:
+        if needs_restart and self.box.backends.capabilities(ws.backend).lifecycle:
             body["needs_restart"] = True
         return body
 
@@ -616,7 +621,7 @@ class WorkspaceActor:
 
     async def _on_SecretsChanged(self, cmd: c.SecretsChanged) -> dict[str, Any]:
         ws = self.record
-        if ws.status in (S.REMOVED, S.PAUSED, S.HIBERNATED, S.HIBERNATING) or ws.is_external:
+        if ws.status in (S.REMOVED, S.PAUSED, S.HIBERNATED, S.HIBERNATING):
             return {"restarted": False}
         if not (await self._backend()).capabilities().lifecycle:
             return {"restarted": False}
