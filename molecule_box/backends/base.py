@@ -192,9 +192,9 @@ class BackendContext(Generic[S]):
     #: Push a :class:`BackendEvent` to its workspace's actor; never blocks.
     report: Callable[[BackendEvent], None]
     #: URL of the box as workloads reach it (``PLATFORM_URL``), also in every ``WorkloadSpec``.
-    platform_url: str = "http://127.0.0.1:8080"
+    platform_url: str
     #: The address the box's API listens on (``BIND_ADDR``), for backends that check their workloads reach it.
-    bind_addr: str = "127.0.0.1"
+    bind_addr: str
 
 
 @runtime_checkable
