@@ -24,11 +24,11 @@ from typing import Any
 
 import trio
 
-from . import __version__
+from ._version import __version__
 from .actors import Supervisor
 from .actors.commands import Observed
 from .actors.deps import ActorDeps
-from .backends.base import BackendContext, BackendEvent, BackendFactory
+from .backends.base import BackendContext, BackendEvent, BackendFactory, BackendSettings
 from .backends.loader import BackendRegistry
 from .config import Settings
 from .errors import BackendError, BackendNotInstalled, ConfigError, leaves
@@ -300,8 +300,9 @@ async def _open_box(
             await box._init_box_id()
             await box.vault.seal_plaintext()
             async with trio.open_nursery() as core:
-                context = BackendContext(box_id=box.box_id, settings=settings, report=box.report)
-                box.backends = BackendRegistry(context, core, extra=extra_backends)
+                context = BackendContext(box_id=box.box_id, settings=BackendSettings(), report=box.report,
+                                         platform_url=settings.platform_url, bind_addr=settings.bind_addr)
+                box.backends = BackendRegistry(context, core, extra=extra_backends, settings=settings.backends)
                 await box.backends.get("external")
                 await _load_backends_in_use(box)
                 box.supervisor = Supervisor(ActorDeps(
@@ -330,7 +331,7 @@ async def _load_backends_in_use(box: Box) -> None:
         try:
             await box.backends.get(name)
         except BackendNotInstalled as exc:
-            log.warning("%s", exc.message)
+            log.warning("%s", exc)
         except Exception as exc:  # an installed plugin that does not import, or whose serve() fails to start
             # A backend's own settings problem (from its serve(), so inside an exception group) is said as is.
             problems = [problem for error in leaves(exc, ConfigError) for problem in error.problems]

@@ -10,7 +10,11 @@ say what happened to the rows and leave the status to the API.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from .backends.base import BackendError as BackendError
+    from .backends.base import BackendNotInstalled as BackendNotInstalled
 
 
 class MoleculeBoxError(Exception):
@@ -145,23 +149,11 @@ class GatewayTimeout(HTTPError):
     default_message = "the agent did not answer in time"
 
 
-class BackendError(MoleculeBoxError):
-    """A backend could not do what was asked. ``reason`` is safe to show users; details stay in logs."""
+def __getattr__(name: str) -> Any:
+    """``BackendError`` and ``BackendNotInstalled`` belong to the backend contract (``backends/base.py``, which
+    imports this module for the root); they are found here too, loaded on first use to keep the import one-way."""
+    if name in {"BackendError", "BackendNotInstalled"}:
+        from .backends import base
 
-    def __init__(self, reason: str, *, detail: str | None = None) -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(reason)
-
-
-class BackendNotInstalled(BadRequest):
-    """The backend a workspace needs is not installed (no entry point of that name)."""
-
-    def __init__(self, name: str, installed: list[str]) -> None:
-        super().__init__(
-            f"backend {name!r} is not installed (installed: {', '.join(sorted(installed)) or 'none'}); "
-            "install its plugin or choose another with CONTAINER_BACKEND",
-            code="backend_not_installed",
-            backend=name,
-        )
-
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

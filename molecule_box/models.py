@@ -112,10 +112,6 @@ class Workspace:
         return row
 
     @property
-    def is_external(self) -> bool:
-        return self.backend == "external"
-
-    @property
     def capabilities(self) -> dict[str, bool]:
         meta = self.runtime_metadata if isinstance(self.runtime_metadata, dict) else {}
         caps = meta.get("capabilities")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from molecule_box.config import SETTINGS, Settings, markdown_table
+from molecule_box.config import SETTINGS, Settings, all_settings, markdown_table
 from molecule_box.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +75,7 @@ def test_env_file(tmp_path: Path) -> None:
 
 def test_docs_mention_every_setting() -> None:
     text = (ROOT / "docs" / "configuration.md").read_text()
-    missing = [s.env for s in SETTINGS if f"`{s.env}`" not in text]
+    missing = [s.env for s in all_settings() if f"`{s.env}`" not in text]
     assert missing == []
     # Defaults and meanings too: regenerate with `molecule-box config --markdown`.
     assert markdown_table().strip() in text, "docs/configuration.md drifted from the settings"
@@ -88,3 +88,32 @@ def test_config_command_prints_the_docs_table() -> None:
 
     result = CliRunner().invoke(main, ["config", "--markdown"])
     assert result.exit_code == 0 and result.output.strip() == markdown_table().strip()
+
+
+def test_backend_settings_are_read_with_the_box_settings() -> None:
+    from molecule_box.backends.docker.settings import DockerSettings
+
+    settings = Settings.from_mapping({"TIER3_CPUS": "1.5", "WORKSPACE_NETWORK": "host"}, environ={})
+    docker = settings.backends["docker"]
+    assert isinstance(docker, DockerSettings)
+    assert docker.tier_limits(3) == (2048, 1.5) and docker.workspace_network == "host"
+    assert not hasattr(settings, "tier3_cpus")  # the backend's own, not the box's
+    with pytest.raises(ConfigError) as info:
+        Settings.from_mapping({"PORT": "http", "TIER3_CPUS": "lots", "WORKSPACE_PORT_RANGE": "9-1"}, environ={})
+    assert [problem.split(" ", 1)[0] for problem in info.value.problems] == ["PORT", "WORKSPACE_PORT_RANGE",
+                                                                           "TIER3_CPUS"]  # in table order
+
+
+def test_each_default_is_declared_once() -> None:
+    # Settings() and an empty environment agree on every default that is not derived from others.
+    built, read = Settings(), Settings.from_mapping({}, environ={})
+    for setting in all_settings():
+        if setting in SETTINGS and not setting.derived:
+            assert getattr(built, setting.field) == getattr(read, setting.field) == setting.default
+
+
+def test_docs_have_a_section_per_backend_with_settings() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    assert "### The docker backend" in text
+    core = text.split("### The docker backend", 1)[0]
+    assert "`WORKSPACE_NETWORK`" not in core.split("## Notes")[0]

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Protocol
 
-from ..backends.base import Backend
+from ..backends.base import Backend, Capabilities
 from ..config import Settings
 from ..events import EventBus
 from ..metrics import BoxMetrics
@@ -25,6 +25,12 @@ class Backends(Protocol):
     async def get(self, name: str) -> Backend: ...
 
     def check_installed(self, name: str) -> None: ...
+
+    def is_installed(self, name: str) -> bool: ...
+
+    def capabilities(self, name: str) -> Capabilities: ...
+
+    def is_remote(self, name: str) -> bool: ...
 
 
 def _no_drain(workspace_id: str) -> None:

@@ -254,12 +254,10 @@ class Supervisor:
         if tier not in caps.tiers:
             raise BadRequest(f"tier {tier} is not supported by backend {backend_name} (supported: "
                              f"{', '.join(map(str, sorted(caps.tiers)))})")
-        admit = getattr(backend, "admit", None)  # optional hook (backends.base.BaseBackend.admit)
-        if admit is not None:
-            try:
-                admit(runtime=runtime, tier=tier)
-            except BackendError as exc:
-                raise BadRequest(exc.reason, code="workload_refused", backend=backend_name) from None
+        try:
+            backend.admit(runtime=runtime, tier=tier)
+        except BackendError as exc:
+            raise BadRequest(exc.reason, code="workload_refused", backend=backend_name) from None
         if body.workspace_access != "none" and not body.workspace_dir:
             raise BadRequest("invalid workspace access: read_only and read_write need workspace_dir")
         if body.parent_id is not None and body.parent_id not in self.slots:

@@ -110,12 +110,16 @@ class WorkspaceActor:
     def _trio_time(self, wall: float) -> float:
         return trio.current_time() + (wall - self.deps.now())
 
+    def _remote(self) -> bool:
+        """A remote agent's workspace (its backend runs nothing): the heartbeat deadline is the remote one."""
+        return self.deps.backends.is_remote(self.record.backend)
+
     def _next_deadline(self) -> float:
         ws = self.record
         settings = self.deps.settings
         wall = min(
             (d for d in (
-                t.liveness_deadline(ws, settings.liveness_deadline_for(remote=ws.is_external)),
+                t.liveness_deadline(ws, settings.liveness_deadline_for(remote=self._remote())),
                 t.provision_deadline(ws, settings.provision_timeout_seconds),
             ) if d is not None),
             default=None,
@@ -126,7 +130,7 @@ class WorkspaceActor:
         now = self.deps.now()
         ws = self.record
         settings = self.deps.settings
-        live = t.liveness_deadline(ws, settings.liveness_deadline_for(remote=ws.is_external))
+        live = t.liveness_deadline(ws, settings.liveness_deadline_for(remote=self._remote()))
         if live is not None and now >= live:
             self.deps.metrics.offline_lateness.observe(max(0.0, now - live))
             log.info("workspace %s missed its heartbeat deadline: offline", ws.id)
@@ -432,6 +436,11 @@ class WorkspaceActor:
             log.error("workspace %s: %s; marking it failed", ws.id, reason)
             await self._commit(t.failed(ws, self._now(), reason, source="supervisor"))
             return
+        if ws.status not in (S.REMOVED, S.FAILED) and not self.deps.backends.is_installed(ws.backend):
+            reason = f"backend {ws.backend!r} is not installed: install its plugin, restart the box, then the workspace"
+            log.warning("workspace %s: %s; marking it failed", ws.id, reason)
+            await self._commit(t.failed(ws, self._now(), reason, source="backend"))
+            return
         if ws.status is S.REMOVED:
             self._start_op("destroy", self._destroy_after(0))
         elif ws.status is S.HIBERNATING:
@@ -495,7 +504,7 @@ class WorkspaceActor:
 
     async def _on_Seen(self, cmd: c.Seen) -> None:
         ws = self.record
-        outcome = t.seen(ws, cmd.at, self.deps.settings.liveness_deadline_for(remote=ws.is_external))
+        outcome = t.seen(ws, cmd.at, self.deps.settings.liveness_deadline_for(remote=self._remote()))
         if outcome is not None:
             await self._commit(outcome)
 
@@ -512,7 +521,7 @@ class WorkspaceActor:
         needs_restart = "workspace_dir" in changes or "tier" in changes or "runtime" in changes
         await self._commit(t.Outcome(dataclasses.replace(ws, updated_at=self._now(), **changes)))
         body: dict[str, Any] = {"status": "updated"}
-        if needs_restart and not ws.is_external:
+        if needs_restart and self.deps.backends.capabilities(ws.backend).lifecycle:
             body["needs_restart"] = True
         return body
 

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException as WerkzeugHTTPException
 
+from ..backends.base import BackendNotInstalled
 from ..errors import (
     BadRequest,
     ConfigError,
@@ -47,6 +48,8 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, s
     """(status, JSON body, extra headers) for any exception a handler let out."""
     if isinstance(exc, StoreError):
         exc = _from_store(exc)
+    if isinstance(exc, BackendNotInstalled):
+        exc = BadRequest(str(exc), code="backend_not_installed", backend=exc.name)
     if isinstance(exc, HTTPError):
         return exc.status, exc.body(), exc.headers
     if isinstance(exc, ValidationError):

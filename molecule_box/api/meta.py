@@ -6,7 +6,7 @@ from typing import Any
 
 from quart import Blueprint, Response
 
-from .. import __version__
+from .._version import __version__
 from ..store.migrations import SCHEMA_VERSION
 from .openapi import document
 from .routing import Call, box, respond, route

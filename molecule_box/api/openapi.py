@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..authz import AUTH_TIERS
 from ..schemas import Empty
 from .routing import ROUTES

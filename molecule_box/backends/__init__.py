@@ -1,10 +1,13 @@
-"""Workload backends: the contract (``base``), discovery (``loader``) and the built-in ``external``."""
+"""Workload backends: the contract (``base``, with ``options``), discovery (``loader``) and the built-in ``external``."""
 
 from .base import (
     CONTRACT_VERSION,
     Backend,
     BackendContext,
+    BackendError,
     BackendEvent,
+    BackendNotInstalled,
+    BackendSettings,
     BaseBackend,
     Capabilities,
     Handle,
@@ -18,7 +21,10 @@ __all__ = [
     "CONTRACT_VERSION",
     "Backend",
     "BackendContext",
+    "BackendError",
     "BackendEvent",
+    "BackendNotInstalled",
+    "BackendSettings",
     "BaseBackend",
     "Capabilities",
     "Handle",

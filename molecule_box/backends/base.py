@@ -1,4 +1,4 @@
-"""Backend contract, version 1: what a workload backend must do for the box.
+"""Backend contract, version 2: what a workload backend must do for the box.
 
 A backend turns a workspace into a running workload (a Docker container, a Fly
 Machine, a control-plane instance) or, for ``external``, into nothing at all:
@@ -16,14 +16,20 @@ Rules every method follows:
 * Every method is a trio coroutine, may be cancelled at any checkpoint (the
   actor applies deadlines), and must leave nothing half-made that
   :meth:`Backend.destroy` or the orphan sweep could not clean up.
-* Failures the user should see are raised as
-  :class:`~molecule_box.errors.BackendError` with a short ``reason`` (shown in
+* Failures the user should see are raised as :class:`BackendError` with a short ``reason`` (shown in
   the API) and an optional ``detail`` (logged only). Never put secrets in
   either.
 * ``handle`` is the backend's own JSON-serialisable state for one workload
   (container id, machine id, instance id). The box stores it in the
   workspace's row after :meth:`Backend.start` and passes it back on every
   later call, including after a box restart, like Nomad's driver state.
+* A backend's own settings are a :class:`BackendSettings` subclass named by
+  ``settings_type``, declared field by field with :func:`option`; the box reads
+  them with its own and hands the backend the typed object as
+  ``BackendContext.settings``.
+
+This module and :mod:`.options` import nothing else of the box but its error
+root, so a plugin importing the contract loads only the contract.
 """
 
 from __future__ import annotations
@@ -31,15 +37,57 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import trio
 
+from ..errors import MoleculeBoxError
+from .options import Setting, bind_scope, option, table
+
+__all__ = [
+    "CONTRACT_VERSION", "Backend", "BackendContext", "BackendError", "BackendEvent", "BackendFactory",
+    "BackendNotInstalled", "BackendSettings", "BaseBackend", "Capabilities", "Handle", "Setting", "Workload",
+    "WorkloadSpec", "WorkloadState", "WorkloadStatus", "bind_scope", "option", "table",
+]
+
 #: Version of this contract. A plugin declares the version it implements in
 #: ``contract_version``; the loader refuses a plugin written for another.
-CONTRACT_VERSION = 1
+#: Version 2 added ``admit`` and ``settings_type`` to the protocol and typed
+#: ``BackendContext.settings`` (version 1 handed every backend the box's settings).
+CONTRACT_VERSION = 2
 
 Handle = dict[str, Any]
+
+
+class BackendError(MoleculeBoxError):
+    """A backend could not do what was asked. ``reason`` is safe to show users; details stay in logs."""
+
+    def __init__(self, reason: str, *, detail: str | None = None) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(reason)
+
+
+class BackendNotInstalled(MoleculeBoxError):
+    """The backend a workspace needs is not installed (no entry point of that name)."""
+
+    def __init__(self, name: str, installed: list[str]) -> None:
+        self.name = name
+        self.installed = sorted(installed)
+        super().__init__(f"backend {name!r} is not installed (installed: {', '.join(self.installed) or 'none'}); "
+                         "install its plugin or choose another with CONTAINER_BACKEND")
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendSettings:
+    """A backend's own settings: subclass it as a frozen dataclass, one :func:`option` per field, and name
+    the subclass in ``settings_type``. Environment variable names are global: prefix yours with the
+    backend's name unless you mean to share a variable (e.g. ``DOCKER_HOST``)."""
+
+    def default_platform_url(self, bind_addr: str, port: int) -> str | None:
+        """``PLATFORM_URL`` when it is unset: where this backend's workloads reach a box listening on
+        ``bind_addr:port``. None: no opinion (the box's own address is used, unless another backend knows)."""
+        return None
 
 
 class WorkloadState(enum.StrEnum):
@@ -66,8 +114,6 @@ class Capabilities:
     prewrites_token: bool = False
     #: :meth:`Backend.logs` returns output.
     logs: bool = False
-    #: :meth:`Backend.events` reports exits and health changes as they happen.
-    events: bool = False
 
     def public(self) -> dict[str, Any]:
         body = dataclasses.asdict(self)
@@ -132,16 +178,23 @@ class BackendEvent:
     detail: str | None = None
 
 
+S = TypeVar("S", bound=BackendSettings)
+
+
 @dataclasses.dataclass(frozen=True)
-class BackendContext:
+class BackendContext(Generic[S]):
     """What the box hands a backend when it is created."""
 
     #: Stable id of this box (labels managed workloads so two boxes never take each other's).
     box_id: str
-    #: The box's settings (``molecule_box.config.Settings``).
-    settings: Any
+    #: The backend's own settings (an instance of its ``settings_type``), read from the environment.
+    settings: S
     #: Push a :class:`BackendEvent` to its workspace's actor; never blocks.
     report: Callable[[BackendEvent], None]
+    #: URL of the box as workloads reach it (``PLATFORM_URL``), also in every ``WorkloadSpec``.
+    platform_url: str
+    #: The address the box's API listens on (``BIND_ADDR``), for backends that check their workloads reach it.
+    bind_addr: str
 
 
 @runtime_checkable
@@ -154,9 +207,17 @@ class Backend(Protocol):
     version: str
     #: :data:`CONTRACT_VERSION` this backend was written for.
     contract_version: int
+    #: The class of its own settings (:class:`BackendSettings` when it has none).
+    settings_type: ClassVar[type[BackendSettings]]
 
     def capabilities(self) -> Capabilities:
         """Static facts about the backend. Called often; must be cheap and must not do I/O."""
+        ...
+
+    def admit(self, *, runtime: str, tier: int) -> None:
+        """Called by ``POST /workspaces`` before anything is stored: raise :class:`BackendError` to refuse the
+        workspace with a 400 carrying ``reason`` (e.g. a runtime the operator did not allow). Must be cheap and
+        must not do I/O. :class:`BaseBackend` admits everything."""
         ...
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -207,19 +268,16 @@ class BaseBackend:
     name = "base"
     version = "0"
     contract_version = CONTRACT_VERSION
+    settings_type: ClassVar[type[BackendSettings]] = BackendSettings
 
-    def __init__(self, context: BackendContext) -> None:
+    def __init__(self, context: BackendContext[Any]) -> None:
         self.context = context
 
     def capabilities(self) -> Capabilities:
         return Capabilities()
 
     def admit(self, *, runtime: str, tier: int) -> None:
-        """Optional hook, called by ``POST /workspaces`` before anything is stored: raise
-        :class:`~molecule_box.errors.BackendError` to refuse the workspace with a 400 carrying ``reason``
-        (e.g. a runtime the operator did not allow). Must be cheap and must not do I/O. Not part of the
-        :class:`Backend` protocol: the API calls it only if a backend has it."""
-        return None
+        """Admits every workspace."""
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -233,4 +291,4 @@ class BaseBackend:
         return ""
 
 
-BackendFactory = Callable[[BackendContext], Backend]
+BackendFactory = Callable[[BackendContext[Any]], Backend]

@@ -7,7 +7,7 @@ only from their heartbeats; their token comes in the connection block at create
 
 from __future__ import annotations
 
-from .. import __version__
+from .._version import __version__
 from .base import BaseBackend, Capabilities, Handle, Workload, WorkloadSpec, WorkloadState, WorkloadStatus
 
 

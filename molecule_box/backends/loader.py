@@ -8,15 +8,24 @@ the first time the box needs it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from importlib.metadata import EntryPoint, entry_points
 from collections.abc import Mapping
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import trio
 
-from ..errors import BackendNotInstalled, ConfigError
-from .base import CONTRACT_VERSION, Backend, BackendContext, BackendFactory
+from ..errors import ConfigError
+from .base import (
+    CONTRACT_VERSION,
+    Backend,
+    BackendContext,
+    BackendFactory,
+    BackendNotInstalled,
+    BackendSettings,
+    Capabilities,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +52,39 @@ def describe() -> list[dict[str, Any]]:
     return found
 
 
+def settings_type_of(factory: object) -> type[BackendSettings] | None:
+    """The settings class a backend declares, if it declares a usable one (a frozen dataclass subclassing
+    :class:`BackendSettings`)."""
+    kind = getattr(factory, "settings_type", None)
+    if isinstance(kind, type) and issubclass(kind, BackendSettings) and dataclasses.is_dataclass(kind):
+        return kind
+    return None
+
+
+def settings_types() -> dict[str, type[BackendSettings]]:
+    """Installed backends' settings classes by backend name. A plugin that does not import is left out here
+    (``describe`` and ``doctor`` report it; the box refuses it when a workspace needs it)."""
+    found: dict[str, type[BackendSettings]] = {}
+    for name, ep in sorted(discover().items()):
+        try:
+            kind = settings_type_of(ep.load())
+        except Exception:  # a broken plugin: describe() and doctor report it
+            log.debug("backend %s does not load; its settings are not read", name, exc_info=True)
+            continue
+        if kind is not None:
+            found[name] = kind
+    return found
+
+
 class BackendRegistry:
     """The loaded backends of one box; loads lazily and owns their ``serve`` tasks."""
 
-    def __init__(self, context: BackendContext, nursery: trio.Nursery,
-                 extra: Mapping[str, BackendFactory] | None = None) -> None:
+    def __init__(self, context: BackendContext[Any], nursery: trio.Nursery,
+                 extra: Mapping[str, BackendFactory] | None = None,
+                 settings: Mapping[str, BackendSettings] | None = None) -> None:
+        #: Shared by every backend but ``settings``, which is each backend's own (from ``settings``, read at start).
         self._context = context
+        self._settings = dict(settings or {})
         #: In-process backends (tests, embedding) consulted before the entry points.
         self._extra = dict(extra or {})
         self._nursery = nursery
@@ -64,8 +100,22 @@ class BackendRegistry:
     def peek(self, name: str) -> Backend | None:
         return self._loaded.get(name)
 
+    def capabilities(self, name: str) -> Capabilities:
+        """What backend ``name`` can do, for the box's decisions about its workspaces (never the name itself);
+        the defaults for one not loaded (a plugin that is missing)."""
+        backend = self._loaded.get(name)
+        return backend.capabilities() if backend is not None else Capabilities()
+
+    def is_remote(self, name: str) -> bool:
+        """Do workspaces of backend ``name`` run outside the box (their liveness the remote deadline, their
+        A2A calls to the inbox while they have no URL)?"""
+        return self.capabilities(name).remote
+
+    def is_installed(self, name: str) -> bool:
+        return name in self._loaded or name in self._extra or name in discover()
+
     def check_installed(self, name: str) -> None:
-        if name not in self._loaded and name not in self._extra and name not in discover():
+        if not self.is_installed(name):
             raise BackendNotInstalled(name, self.installed())
 
     async def get(self, name: str) -> Backend:
@@ -86,7 +136,9 @@ class BackendRegistry:
             if factory is None:
                 assert ep is not None
                 factory = ep.load()
-            backend = factory(self._context)
+            kind = settings_type_of(factory) or BackendSettings
+            own = self._settings.get(name)
+            backend = factory(dataclasses.replace(self._context, settings=own if isinstance(own, kind) else kind()))
             if getattr(backend, "contract_version", None) != CONTRACT_VERSION:
                 raise ConfigError([
                     f"backend {name!r} ({origin}) implements contract version "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from .. import __version__
+from .._version import __version__
 from . import remote, run, service
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 import trio
 
-from ..config import SETTINGS, Settings
+from ..config import Settings
 from ..errors import ConfigError, leaves
 
 if TYPE_CHECKING:
@@ -155,16 +155,20 @@ async def _signals(state: _Lifecycle, notifier: Notifier, scope: trio.CancelScop
 @click.option("--markdown", is_flag=True, help="Print the table of docs/configuration.md instead.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def show_config(markdown: bool, as_json: bool) -> None:
-    """List every setting with its default and meaning."""
+    """List every setting (the box's, then each installed backend's) with its default and meaning."""
+    from ..backends.options import shown_default
+    from ..config import markdown_table, section_title, sections
+
     if as_json:
-        click.echo(json.dumps([{"env": s.env, "default": None if s.default in (None, ()) else str(s.default),
-                                "help": s.help} for s in SETTINGS], indent=2))
+        click.echo(json.dumps([{"env": s.env, "default": shown_default(s) or None, "help": s.help,
+                                "backend": backend} for backend, rows in sections() for s in rows], indent=2))
         return
     if markdown:
-        from ..config import markdown_table
-
         click.echo(markdown_table())
         return
-    for setting in SETTINGS:
-        default = "" if setting.default in (None, ()) else f" (default: {setting.default})"
-        click.echo(f"{setting.env}{default}\n    {setting.help}")
+    for backend, rows in sections():
+        click.echo(f"# {section_title(backend)}")
+        for setting in rows:
+            default = shown_default(setting)
+            click.echo(f"{setting.env}{f' (default: {default})' if default else ''}\n    {setting.help}")
+

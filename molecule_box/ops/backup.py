@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..config import Settings
 from ..errors import MoleculeBoxError
 from ..security.crypto import KEY_FILE

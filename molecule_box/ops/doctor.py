@@ -29,7 +29,8 @@ from typing import Any, Literal
 import httpx
 
 from ..backends.docker import spec as sp
-from ..config import Settings, parse_encryption_key, read_env_file
+from ..backends.docker.settings import HOST_NETWORK, DockerSettings
+from ..config import Settings, parse_encryption_key, read_env_file, section_title, sections
 from ..errors import ConfigError
 from ..security.crypto import KEY_FILE, DecryptError, SecretBox, secret_aad
 from ..store import migrations, snapshot
@@ -56,6 +57,12 @@ class Context:
     settings: Settings
     values: dict[str, str]
     env_file: Path | None
+
+    @property
+    def docker(self) -> DockerSettings:
+        """The docker backend's settings, as the box would read them (its defaults if it is not installed)."""
+        found = self.settings.backends.get("docker")
+        return found if isinstance(found, DockerSettings) else DockerSettings()
 
 
 def load(env_file: Path | None, environ: Mapping[str, str]) -> tuple[Context, list[Finding]]:
@@ -318,20 +325,21 @@ def check_platform_url(ctx: Context) -> list[Finding]:
     settings = ctx.settings
     if settings.default_backend != "docker":
         return []
-    url, network = settings.platform_url, settings.workspace_network
-    problem = sp.reach_problem(settings)
+    docker = ctx.docker
+    url, network = settings.platform_url, docker.workspace_network
+    problem = sp.reach_problem(docker, settings.platform_url, settings.bind_addr)
     if problem is not None:
         return [Finding("platform url", "fail", problem, "docs/docker.md (Networks) compares the choices")]
-    runtime = next((name for name in settings.allowed_runtimes.split(",") if name != "external"), None)
+    runtime = next((name for name in docker.allowed_runtimes.split(",") if name != "external"), None)
     if runtime is None:
         return []
-    image = sp.image_ref(settings, runtime)
+    image = sp.image_ref(docker, runtime)
     host, client = _engine(ctx)
     try:
         if client is None:
             raise _NotChecked(f"DOCKER_HOST={host}: this scheme is not checked by doctor")
         with client, _stand_in(settings) as stand_in:
-            code, output = _probe(client, host, image, settings)
+            code, output = _probe(client, host, image, settings.platform_url, docker)
     except _NotChecked as exc:
         return [Finding("platform url", "warn", f"not checked from a container: {exc}", exc.fix)]
     where = f"a container of {image} on WORKSPACE_NETWORK={network}"
@@ -350,7 +358,7 @@ def check_platform_url(ctx: Context) -> list[Finding]:
                     "stay provisioning until their deadline", REACH_FIX)]
 
 
-def _probe(client: httpx.Client, host: str, image: str, settings: Settings) -> tuple[int, str]:
+def _probe(client: httpx.Client, host: str, image: str, platform_url: str, docker: DockerSettings) -> tuple[int, str]:
     """Run the probe container to its end and remove it; (exit code, output)."""
     try:
         _connect(host)
@@ -361,14 +369,14 @@ def _probe(client: httpx.Client, host: str, image: str, settings: Settings) -> t
     if client.get(f"/images/{image}/json").status_code == 404:
         raise _NotChecked(f"the image {image} is not on the engine (the box pulls it at the first workspace start)",
                           f"docker pull {image}, then run doctor again")
-    host_network = settings.workspace_network == sp.HOST_NETWORK
-    if not host_network and client.get(f"/networks/{settings.workspace_network}").status_code == 404:
-        raise _NotChecked(f"the network {settings.workspace_network} does not exist yet (the box creates it at the "
+    host_network = docker.workspace_network == HOST_NETWORK
+    if not host_network and client.get(f"/networks/{docker.workspace_network}").status_code == 404:
+        raise _NotChecked(f"the network {docker.workspace_network} does not exist yet (the box creates it at the "
                           "first workspace start)", "start one docker workspace, then run doctor again")
     body: dict[str, Any] = {
         "Image": image, "Entrypoint": ["/bin/sh", "-c"], "Cmd": [PROBE_SHELL], "Tty": True,
-        "Env": [f"PLATFORM_URL={settings.platform_url}"], "Labels": {"molecule-box.doctor": "true"},
-        "HostConfig": {"NetworkMode": settings.workspace_network,
+        "Env": [f"PLATFORM_URL={platform_url}"], "Labels": {"molecule-box.doctor": "true"},
+        "HostConfig": {"NetworkMode": docker.workspace_network,
                        **({} if host_network else {"ExtraHosts": list(sp.EXTRA_HOSTS)})},
     }
     created = client.post("/containers/create", json=body, timeout=PROBE_TIMEOUT)
@@ -451,6 +459,10 @@ def check_backends(ctx: Context) -> list[Finding]:
                                f"{row['error']}", f"reinstall or uninstall the plugin that provides {row['module']}"))
     listing = ", ".join(f"{r['name']} {r.get('version', '?')}" for r in rows if "error" not in r) or "none"
     out.append(Finding("backends", "ok", f"installed: {listing}"))
+    for backend, settings in sections():
+        if backend is not None:
+            out.append(Finding("backends", "ok", f"{section_title(backend)} reads "
+                               f"{', '.join(s.env for s in settings)} (`molecule-box config` explains each)"))
     default = ctx.settings.default_backend
     if default not in names:
         out.append(Finding("backends", "warn", f"the default backend {default!r} is not installed: only external "

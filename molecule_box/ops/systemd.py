@@ -2,7 +2,7 @@
 
 Why rendered rather than copied from ``systemd/``: the checked-in files are not
 part of an installed wheel, and the env file must list every setting of
-:data:`molecule_box.config.SETTINGS` without drifting from it. The files in
+:func:`molecule_box.config.sections` without drifting from it. The files in
 ``systemd/`` are this module's output (a test compares them), regenerated with
 ``molecule-box systemd unit`` and ``molecule-box systemd env-example``.
 """
@@ -21,7 +21,8 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import SETTINGS
+from ..backends.options import shown_default
+from ..config import section_title, sections
 from .fsutil import atomic_write
 
 SERVICE = "molecule-box"
@@ -117,12 +118,9 @@ WantedBy=multi-user.target
 """
 
 
-def _default_text(default: object) -> str:
-    return "" if default in (None, ()) else str(default)
-
-
 def render_env_example(*, admin_token: str | None = None) -> str:
-    """The env file: every setting of ``SETTINGS``, commented out at its default, with its help text.
+    """The env file: every setting (the box's, then each installed backend's), commented out at its default,
+    with its help text.
 
     ``admin_token`` (given by ``systemd install``) is written uncommented, so the
     box never has to generate one and print it where the journal keeps it.
@@ -130,20 +128,23 @@ def render_env_example(*, admin_token: str | None = None) -> str:
     out = [
         "# molecule-box settings, read by systemd (EnvironmentFile=) and by `molecule-box run --env-file FILE`.",
         "# Every setting is listed at its default; uncomment a line to change it. KEY=VALUE, no spaces around =.",
-        "# Generated from molecule_box.config.SETTINGS (`molecule-box systemd env-example`); `molecule-box doctor`",
+        "# Generated from the settings of the box and its backends (`molecule-box systemd env-example`); `doctor`",
         "# checks the result. Keep this file mode 0600: it may hold the admin token and the secrets key.",
         "#",
         f"# The unit caps the box's memory (MemoryMax={MEMORY_MAX}) and its threads and processes",
         f"# (TasksMax={TASKS_MAX}); workspace containers are outside these caps. They are systemd settings, not",
         "# the box's: change them in a drop-in (systemctl edit molecule-box), not in this file.",
     ]
-    for setting in SETTINGS:
-        out.append("")
-        out.extend(textwrap.wrap(setting.help, 100, initial_indent="# ", subsequent_indent="# "))
-        if setting.env == "ADMIN_TOKEN" and admin_token is not None:
-            out.append(f"{setting.env}={admin_token}")
-        else:
-            out.append(f"#{setting.env}={_default_text(setting.default)}")
+    for backend, rows in sections():
+        if backend is not None:
+            out += ["", f"# -- {section_title(backend)} --"]
+        for setting in rows:
+            out.append("")
+            out.extend(textwrap.wrap(setting.help, 100, initial_indent="# ", subsequent_indent="# "))
+            if setting.env == "ADMIN_TOKEN" and admin_token is not None:
+                out.append(f"{setting.env}={admin_token}")
+            else:
+                out.append(f"#{setting.env}={shown_default(setting)}")
     return "\n".join(out) + "\n"
 
 

@@ -279,7 +279,7 @@ class A2AProxy:
         if ws.status is S.PAUSED:
             raise ServiceUnavailable("workspace is paused", retry_after=30, status=ws.status.value)
         if ws.url in (None, "", NO_INBOUND):
-            if ws.is_external:
+            if self.box.backends.is_remote(ws.backend):
                 admission.leave()
                 raise await self._poll_mode(ws, caller, norm, headers)
             raise ServiceUnavailable("workspace has no URL yet", retry_after=10, status=ws.status.value)
@@ -632,7 +632,7 @@ class A2AProxy:
             norm = normalize(bytes(item["body"]))
         except BadRequest as exc:  # queued before bodies had to be strict JSON: undeliverable, not wedged
             return Delivered(False, False, exc.message, b"")
-        if ws.url in (None, "", NO_INBOUND) and ws.is_external:
+        if ws.url in (None, "", NO_INBOUND) and self.box.backends.is_remote(ws.backend):
             await self._to_inbox(ws, item["caller_id"], norm)
             return Delivered(True, False, None, b"")
         if ws.status not in (S.ONLINE, S.DEGRADED) or not ws.url:

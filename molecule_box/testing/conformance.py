@@ -16,7 +16,9 @@ from ..backends.base import (
     Workload,
     WorkloadSpec,
     WorkloadState,
+    table,
 )
+from ..backends.loader import settings_type_of
 
 
 def make_spec(**overrides: Any) -> WorkloadSpec:
@@ -60,6 +62,19 @@ class BackendConformance:
         assert isinstance(backend.name, str) and backend.name
         assert isinstance(backend.version, str) and backend.version
         assert isinstance(backend.capabilities(), Capabilities)
+
+    async def test_declares_its_settings(self, open_backend: Any) -> None:
+        """``settings_type`` is a settings class the box can read (every field an ``option``), and the backend
+        was handed an instance of it, read from ``backend_settings``' environment."""
+        backend = await open_backend()
+        kind = settings_type_of(type(backend))
+        assert kind is not None, "settings_type must be a frozen dataclass subclassing BackendSettings"
+        rows = table(kind)
+        assert len(rows) == len(dataclasses.fields(kind)), "declare every settings field with option(...)"
+        assert len({row.env for row in rows}) == len(rows), "one variable per field"
+        context = getattr(backend, "context", None)  # BaseBackend keeps it there
+        if context is not None:
+            assert isinstance(context.settings, kind)
 
     async def test_start_reports_a_handle(self, open_backend: Any, spec: WorkloadSpec) -> None:
         backend = await open_backend()

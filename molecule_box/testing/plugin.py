@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import trio
 
-from ..backends.base import Backend, BackendContext, BackendEvent
+from ..backends.base import Backend, BackendContext, BackendEvent, BackendSettings
+from ..backends.loader import settings_type_of
 from ..config import Settings
 
 
@@ -32,14 +33,19 @@ def backend_settings(tmp_path: Any) -> Settings:
 
 
 @pytest.fixture
-def backend_context(conformance_box_id: str, backend_settings: Settings,
-                    backend_events: list[BackendEvent]) -> BackendContext:
-    return BackendContext(box_id=conformance_box_id, settings=backend_settings, report=backend_events.append)
+def backend_context(conformance_box_id: str, backend_settings: Settings, backend_events: list[BackendEvent],
+                    backend_factory: Callable[[BackendContext[Any]], Backend]) -> BackendContext[Any]:
+    """The context the box would hand the backend: its own settings read from ``backend_settings``' environment
+    (its defaults when it is not installed as an entry point), and the box's address."""
+    kind = settings_type_of(backend_factory) or BackendSettings
+    own = next((found for found in backend_settings.backends.values() if isinstance(found, kind)), kind())
+    return BackendContext(box_id=conformance_box_id, settings=own, report=backend_events.append,
+                          platform_url=backend_settings.platform_url, bind_addr=backend_settings.bind_addr)
 
 
 @pytest.fixture
-async def open_backend(nursery: trio.Nursery, backend_factory: Callable[[BackendContext], Backend],
-                       backend_context: BackendContext) -> AsyncIterator[Callable[[], Any]]:
+async def open_backend(nursery: trio.Nursery, backend_factory: Callable[[BackendContext[Any]], Backend],
+                       backend_context: BackendContext[Any]) -> AsyncIterator[Callable[[], Any]]:
     """Start a backend instance (its ``serve`` in the test's nursery); call again to simulate a box restart."""
     scopes: list[trio.CancelScope] = []
 

@@ -62,7 +62,7 @@ class Scripted(BaseBackend):
         self.gone: set[str] = set()
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(lifecycle=True, prewrites_token=True, logs=True, events=True)
+        return Capabilities(lifecycle=True, prewrites_token=True, logs=True)
 
     async def start(self, spec: WorkloadSpec) -> Workload:
         self.generation += 1

@@ -12,7 +12,7 @@ import trio
 from molecule_box.actors import Supervisor
 from molecule_box.actors import commands as c
 from molecule_box.actors.deps import ActorDeps
-from molecule_box.backends import BackendContext, Workload, WorkloadSpec
+from molecule_box.backends import BackendContext, BackendSettings, Workload, WorkloadSpec
 from molecule_box.backends.loader import BackendRegistry
 from molecule_box.errors import Conflict, ServiceUnavailable
 from molecule_box.events import EventBus
@@ -102,8 +102,9 @@ async def test_supervisor_without_a_box(tmp_path: Path) -> None:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run)
-            backends = BackendRegistry(BackendContext(box_id="test", settings=settings, report=lambda event: None),
-                                       nursery)
+            context = BackendContext(box_id="test", settings=BackendSettings(), report=lambda event: None,
+                                     platform_url=settings.platform_url, bind_addr=settings.bind_addr)
+            backends = BackendRegistry(context, nursery, settings=settings.backends)
             bus = EventBus()
             supervisor = Supervisor(ActorDeps(store=store, bus=bus, backends=backends, settings=settings,
                                               metrics=BoxMetrics(), vault=Vault(store, SecretBox(load_key(settings))),

@@ -14,14 +14,22 @@ from molecule_box.backends.base import WorkloadSpec, WorkloadState
 from molecule_box.backends.docker import events as ev
 from molecule_box.backends.docker import spec as sp
 from molecule_box.backends.docker.backend import status_of
+from molecule_box.backends.docker.settings import DockerSettings
 from molecule_box.config import Settings
 
 WID = "0123456789ab-cdef-0123-4567-89abcdef0123"
 MIB = 1024 * 1024
 
 
-def settings(**env: str) -> Settings:
+def box_settings(**env: str) -> Settings:
     return Settings.from_mapping(env, environ={})
+
+
+def settings(**env: str) -> DockerSettings:
+    """The docker backend's own settings, read with the box's as at start."""
+    own = box_settings(**env).backends["docker"]
+    assert isinstance(own, DockerSettings)
+    return own
 
 
 def make(tier: int = 2, **overrides: Any) -> WorkloadSpec:
@@ -114,7 +122,8 @@ def test_labels_env_and_networks() -> None:
     ({"PLATFORM_URL": "https://box.example.com"}, None),
 ])
 def test_reach_problem_names_the_settings(env: dict[str, str], named: str | None) -> None:
-    problem = sp.reach_problem(settings(**env))
+    box = box_settings(**env)
+    problem = sp.reach_problem(settings(**env), box.platform_url, box.bind_addr)
     if named is None:
         assert problem is None
     else:

@@ -38,6 +38,9 @@ def test_healthy_setup_passes(tmp_path: Path) -> None:
     # No engine at DOCKER_HOST, but CONTAINER_BACKEND=external: reported, not a failure.
     assert found["docker"] == {"warn"}
     assert "external" in checks(result.stdout)["backends"][0]["message"]
+    # Each installed backend's own settings are listed.
+    assert any(f["message"].startswith("The docker backend reads DOCKER_HOST, WORKSPACE_IMAGE_PREFIX")
+               for f in checks(result.stdout)["backends"]), result.stdout
 
     human = cli("doctor", "--env-file", str(env_file), env=box_env(tmp_path / "data", free_port()))
     assert human.returncode == 0 and "0 problem(s)" in human.stdout

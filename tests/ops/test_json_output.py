@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from molecule_box.config import SETTINGS
+from molecule_box.config import SETTINGS, all_settings
 
 from .conftest import BoxProcess, acli, box_env, cli, free_port
 
@@ -30,8 +30,10 @@ def test_config_prints_json(tmp_path: Path) -> None:
     result = cli("config", "--json", env=box_env(tmp_path / "data", free_port()))
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
-    assert [row["env"] for row in listed] == [s.env for s in SETTINGS]
-    assert listed[0] == {"env": "PORT", "default": "8080", "help": SETTINGS[0].help}
+    assert [row["env"] for row in listed] == [s.env for s in all_settings()]
+    assert listed[0] == {"env": "PORT", "default": "8080", "help": SETTINGS[0].help, "backend": None}
+    assert {"env": "WORKSPACE_IMAGE_TAG", "default": "latest", "help": "Tag of workspace images.",
+            "backend": "docker"} in listed  # each installed backend's own settings too
 
 
 def test_systemd_install_prints_json(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from molecule_box.config import SETTINGS, Settings
+from molecule_box.config import SETTINGS, Settings, all_settings
 from molecule_box.ops import systemd
 
 from .conftest import box_env, cli, free_port
@@ -31,7 +31,7 @@ def systemd_analyze() -> str:
 
 def test_env_example_lists_every_setting() -> None:
     text = (ROOT / "systemd" / "molecule-box.env.example").read_text()
-    missing = [s.env for s in SETTINGS if f"#{s.env}=" not in text]
+    missing = [s.env for s in all_settings() if f"#{s.env}=" not in text]
     assert missing == [], f"systemd/molecule-box.env.example lacks {missing}; {REGENERATE}"
     assert text == systemd.render_env_example(), f"systemd/molecule-box.env.example drifted; {REGENERATE}"
 

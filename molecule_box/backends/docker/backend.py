@@ -15,6 +15,7 @@ stopping or removing are remembered, and their ``die`` is not reported.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import math
 import re
@@ -25,10 +26,9 @@ from typing import Any
 
 import trio
 
-from ... import __version__
-from ...errors import BackendError
 from ..base import (
     BackendContext,
+    BackendError,
     BackendEvent,
     BaseBackend,
     Capabilities,
@@ -47,6 +47,7 @@ from .client import (
     EngineUnreachable,
     open_client,
 )
+from .settings import HOST_NETWORK, DockerSettings
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +72,14 @@ class DockerBackend(BaseBackend):
     """Containers on a Docker engine, through aiodocker on a trio-asyncio loop (see :mod:`.client`)."""
 
     name = "docker"
-    version = __version__
+    version = importlib.metadata.version("molecule-box")
+    settings_type = DockerSettings
 
-    def __init__(self, context: BackendContext) -> None:
+    def __init__(self, context: BackendContext[DockerSettings]) -> None:
         super().__init__(context)
         self.settings = context.settings
         self.box_id = context.box_id
-        self.host_network = self.settings.workspace_network == sp.HOST_NETWORK
+        self.host_network = self.settings.workspace_network == HOST_NETWORK
         self._client: DockerClient | None = None
         #: Is the engine answering (last call of the watcher succeeded)?
         self.connected = False
@@ -98,7 +100,7 @@ class DockerBackend(BaseBackend):
 
     def capabilities(self) -> Capabilities:
         return Capabilities(lifecycle=True, remote=False, tiers=frozenset({1, 2, 3, 4}), prewrites_token=True,
-                            logs=True, events=True)
+                            logs=True)
 
     def admit(self, *, runtime: str, tier: int) -> None:
         """Refuse a runtime outside ``ALLOWED_RUNTIMES``, or any workspace when its container could not reach the
@@ -107,7 +109,7 @@ class DockerBackend(BaseBackend):
         if runtime not in allowed:
             raise BackendError(f"runtime {runtime!r} is not allowed here (ALLOWED_RUNTIMES: "
                                f"{', '.join(sorted(allowed - {'external'}))})")
-        problem = sp.reach_problem(self.settings)
+        problem = sp.reach_problem(self.settings, self.context.platform_url, self.context.bind_addr)
         if problem is not None:
             raise BackendError(problem)
 
@@ -119,7 +121,7 @@ class DockerBackend(BaseBackend):
         agents need none of it (refusing the whole start over a backend they do not use broke the first run
         of everyone with Docker installed and only remote agents in mind)."""
         async with open_client(self.settings.docker_host) as client:
-            problem = sp.reach_problem(self.settings)
+            problem = sp.reach_problem(self.settings, self.context.platform_url, self.context.bind_addr)
             if problem is not None:
                 log.warning("docker: %s; docker workspaces are refused until it is fixed", problem)
             self._client = client

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from ...config import bind_scope
-from ..base import WorkloadSpec
+from ..base import WorkloadSpec, bind_scope
+from .settings import HOST_GATEWAY, HOST_NETWORK, DockerSettings
 
 #: Every container and volume the box creates carries these, so adoption and the orphan sweep are exact and
 #: a second box on the same engine (another ``box_id``) is never touched.
@@ -30,9 +30,6 @@ LABEL_PORT = "molecule-box.port"
 
 #: Port the agent listens on inside its own network namespace (bridge networks), as on the platform.
 AGENT_PORT = 8000
-HOST_NETWORK = "host"
-#: Resolves to the engine's host gateway in bridge-network containers (``ExtraHosts``), nowhere else.
-HOST_GATEWAY = "host.docker.internal"
 EXTRA_HOSTS = [f"{HOST_GATEWAY}:host-gateway"]
 MIB = 1024 * 1024
 TIER1_TMPFS = "rw,noexec,nosuid,size=64m"
@@ -63,15 +60,15 @@ HEALTHCHECK_SHELL = (
 )
 
 
-def reach_problem(settings: Any) -> str | None:
+def reach_problem(settings: DockerSettings, platform_url: str, bind_addr: str) -> str | None:
     """Why a container on ``WORKSPACE_NETWORK`` cannot reach the box at ``PLATFORM_URL``, when the settings alone
     tell (None: it may; ``molecule-box doctor`` tries it from a real container).
 
     A workspace that cannot reach the box never registers: it stays ``provisioning`` until its deadline. So
     the backend refuses to start with this (one line, naming the settings to change) instead."""
-    url = settings.platform_url
+    url = platform_url
     target = (urlsplit(url).hostname or "").lower()
-    scope, _ = bind_scope(settings.bind_addr)
+    scope, _ = bind_scope(bind_addr)
     loopback_url = bind_scope(target)[0] == "loopback"
     network = settings.workspace_network
     if network == HOST_NETWORK:
@@ -80,7 +77,7 @@ def reach_problem(settings: Any) -> str | None:
                     "PLATFORM_URL (the default there is http://127.0.0.1:<PORT>) or point it at this host")
         if loopback_url and scope == "address":
             return (f"PLATFORM_URL={url} is a loopback address but the box listens only on BIND_ADDR="
-                    f"{settings.bind_addr}: unset PLATFORM_URL or point it at BIND_ADDR")
+                    f"{bind_addr}: unset PLATFORM_URL or point it at BIND_ADDR")
         return None
     if loopback_url:
         return (f"PLATFORM_URL={url} is the container's own loopback on the bridge network WORKSPACE_NETWORK="
@@ -88,13 +85,13 @@ def reach_problem(settings: Any) -> str | None:
                 "listens on (BIND_ADDR)")
     if target == HOST_GATEWAY and scope != "any":
         return (f"WORKSPACE_NETWORK={network} is a bridge network, and its containers cannot reach the box at "
-                f"PLATFORM_URL={url} while it listens only on BIND_ADDR={settings.bind_addr}: set "
+                f"PLATFORM_URL={url} while it listens only on BIND_ADDR={bind_addr}: set "
                 "WORKSPACE_NETWORK=host, or BIND_ADDR=0.0.0.0 (behind a firewall), or PLATFORM_URL to an address "
                 "of this host the containers reach and BIND_ADDR to listen there")
     return None
 
 
-def image_ref(settings: Any, runtime: str) -> str:
+def image_ref(settings: DockerSettings, runtime: str) -> str:
     """``WORKSPACE_IMAGE_PREFIX`` + runtime + ``:`` + ``WORKSPACE_IMAGE_TAG``."""
     return f"{settings.workspace_image_prefix}{runtime}:{settings.workspace_image_tag}"
 
@@ -166,7 +163,7 @@ def cpu_limit(cpus: float, host_cpus: int | None) -> int:
 
 def container_config(
     spec: WorkloadSpec,
-    settings: Any,
+    settings: DockerSettings,
     *,
     box_id: str,
     image: str,
