@@ -79,7 +79,7 @@ class Box:
         self.admin = AdminAuth(b"")
         self.backends: BackendRegistry = None  # type: ignore[assignment]  # set by open_box
         self.supervisor: Supervisor = None  # type: ignore[assignment]
-        self.proxy = A2AProxy(self)
+        self.proxy: A2AProxy = None  # type: ignore[assignment]  # set by open_box, once the supervisor is
         self.urls: list[str] = []
         self.started_at = time.time()
         self.restored = 0
@@ -315,6 +315,7 @@ async def _open_box(
                 await box.backends.get("external")
                 await _load_backends_in_use(box)
                 box.supervisor = Supervisor(box)
+                box.proxy = _proxy(box)
                 began = time.perf_counter()
                 box.restored = await core.start(box.supervisor.run)
                 box.restore_seconds = time.perf_counter() - began
@@ -328,6 +329,16 @@ async def _open_box(
             writer_nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+def _proxy(box: Box) -> A2AProxy:
+    """The A2A proxy, given the parts of the box it uses (a peer of the API: it is given the API's token check)."""
+    from .api.auth import identify
+
+    return A2AProxy(store=box.store, bus=box.bus, settings=box.settings, supervisor=box.supervisor,
+                    identify=partial(identify, box),
+                    is_admin=lambda token: box.admin.check(token),  # box.admin is set last, see _init_admin
+                    now=box.now)
 
 
 async def _load_backends_in_use(box: Box) -> None:
@@ -362,11 +373,12 @@ async def serve(
 ) -> None:
     """Run the box until ``box.shutdown_requested`` is set; ``task_status.started(box)`` once it serves."""
     from .api import create_asgi, server
+    from .api.hot import A2A_PATH
 
     config = server.hypercorn_config(settings)
     with _claim_data_dir(settings.data_dir), _bound(settings, config) as sockets:
         async with _open_box(settings, extra_backends=extra_backends, now=now, announce=announce) as box:
-            app = create_asgi(box)
+            app = create_asgi(box, hot={("POST", A2A_PATH): box.proxy.handle})
             intake = server.Intake(settings.connection_intake, head_timeout=settings.head_timeout_seconds)
             async with trio.open_nursery() as nursery:
                 box.urls = await nursery.start(partial(

@@ -491,7 +491,6 @@ class WorkspaceActor:
         if cmd.bootstrap_from is not None:
             log.info("workspace %s: bootstrap register from %s minted its first token", ws.id, cmd.bootstrap_from)
         self.box.metrics.registrations.inc()
-        self.box.proxy.request_drain(ws.id)
         body: dict[str, Any] = {"status": "registered"}
         if token is not None:
             body["auth_token"] = token.plaintext
@@ -501,7 +500,6 @@ class WorkspaceActor:
         self._require_not_removed()
         await self._commit(t.heartbeat(self.record, cmd.body, self._now()))
         self.box.metrics.heartbeats.inc()
-        self.box.proxy.request_drain(self.record.id)  # the proxy tells whether it shows spare capacity
         return {"status": "ok"}
 
     async def _on_UpdateCard(self, cmd: c.UpdateCard) -> dict[str, str]:

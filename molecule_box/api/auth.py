@@ -18,11 +18,11 @@ from typing import Any
 
 from quart import request
 
+from ..access import SYSTEM_PREFIXES
 from ..errors import Forbidden, Unauthorized
 from ..security.tokens import hash_token, parse_bearer
 from ..store import tokens as token_rows
 
-SYSTEM_PREFIXES = ("webhook:", "system:", "channel:", "test:")
 #: ``last_used_at`` is refreshed at most this often per token (a write per request would double the load).
 TOUCH_EVERY = 60.0
 

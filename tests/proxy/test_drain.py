@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from molecule_box.api.hot import read_body
+from molecule_box.asgi import read_body
 from molecule_box.box import Box
 
 from ..conftest import ADMIN, bearer, joined
@@ -93,7 +93,7 @@ async def drain_ended(box: Box, client: httpx.AsyncClient, wid: str) -> list[dic
     with trio.fail_after(20):
         while True:
             rows = await queue(client, wid)
-            if wid not in box.proxy._drains and all(q["status"] != "dispatched" for q in rows):
+            if wid not in box.proxy.queue._drains and all(q["status"] != "dispatched" for q in rows):
                 return rows
             await trio.sleep(0.02)
 
