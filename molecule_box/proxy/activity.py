@@ -23,6 +23,7 @@ from ..events import EventBus
 from ..models import Event, Workspace
 from ..store import Store
 from ..store import activity as activity_rows
+from ..store.errors import StoreError
 from .normalize import Normalized, summarize
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,10 @@ class ActivityLog:
             return
         try:
             await self._store.write(activity_rows.insert_each(rows))
-        except Exception:  # rows that were not written announce nothing; the proxy goes on
+        except StoreError as exc:  # rows that were not written announce nothing; the proxy goes on
+            log.warning("%d activity rows were not written: %s", len(rows), exc)
+            return
+        except Exception:  # a bug in an op: the rows are lost, the proxy goes on
             log.exception("writing %d activity rows failed", len(rows))
             return
         for event in events:
