@@ -41,8 +41,8 @@ declare(A2A_PATH, "POST", tag="a2a", auth="caller",
 
 
 class Front:
-    """Hot routes by (method, path) go to their raw handler; ``/workspaces/<id>/<action>`` paths are looked up
-    as ``/workspaces/<id>/<action>`` (the handler reads the id from the path); the rest goes to ``app``."""
+    """Hot routes by (method, path) go to their raw handler, a path ``/workspaces/<any id>/<action>`` under the
+    key path ``/workspaces/<id>/<action>`` (the handler reads the id from the path); the rest goes to ``app``."""
 
     def __init__(self, box: Any, app: ASGIApp, hot: Mapping[tuple[str, str], ASGIApp] | None = None) -> None:
         self.box = box
