@@ -6,6 +6,9 @@ from collections.abc import Callable
 
 from .models import Workspace, WorkspaceStatus
 
+#: Caller ids of the platform's own senders: no request may claim one (``X-Workspace-ID``).
+SYSTEM_PREFIXES = ("webhook:", "system:", "channel:", "test:")
+
 Lookup = Callable[[str], Workspace | None]
 MAX_HOPS = 32
 

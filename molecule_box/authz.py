@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Literal, Protocol
 
+from .access import SYSTEM_PREFIXES
 from .errors import BadRequest, Forbidden, Unauthorized
 from .models import WorkspaceStatus
 from .security.tokens import hash_token, parse_bearer
@@ -37,7 +38,6 @@ class Headers(Protocol):
     def get(self, key: str, /) -> str | None: ...
 
 
-SYSTEM_PREFIXES = ("webhook:", "system:", "channel:", "test:")
 #: ``last_used_at`` is refreshed at most this often per token (a write per request would double the load).
 TOUCH_EVERY = 60.0
 
@@ -219,14 +219,3 @@ async def authorize(box: Box, tier: Tier, headers: Headers, workspace_id: str | 
     except (Unauthorized, Forbidden):
         box.metrics.auth_failures.labels(tier).inc()
         raise
-
-
-def scope_headers(scope: Mapping[str, Any]) -> dict[str, str]:
-    """The headers :func:`authorize` reads, from a raw-ASGI scope."""
-    wanted = {b"authorization": "Authorization", b"x-workspace-id": "X-Workspace-ID"}
-    out: dict[str, str] = {}
-    for key, value in scope["headers"]:
-        name = wanted.get(key)
-        if name is not None:
-            out[name] = value.decode("latin-1")
-    return out

@@ -28,6 +28,7 @@ from ._version import __version__
 from .actors import Supervisor
 from .actors.commands import Observed
 from .actors.deps import ActorDeps
+from .authz import authorize
 from .backends.base import BackendContext, BackendEvent, BackendFactory, BackendSettings
 from .backends.loader import BackendRegistry
 from .config import Settings
@@ -80,7 +81,7 @@ class Box:
         self.admin = AdminAuth(b"")
         self.backends: BackendRegistry = None  # type: ignore[assignment]  # set by open_box
         self.supervisor: Supervisor = None  # type: ignore[assignment]
-        self.proxy = A2AProxy(self)
+        self.proxy: A2AProxy = None  # type: ignore[assignment]  # set by open_box, once the supervisor is
         self.urls: list[str] = []
         self.started_at = time.time()
         self.restored = 0
@@ -307,7 +308,8 @@ async def _open_box(
                 await _load_backends_in_use(box)
                 box.supervisor = Supervisor(ActorDeps(
                     store=store, bus=box.bus, backends=box.backends, settings=settings, metrics=box.metrics,
-                    vault=box.vault, now=now, request_drain=box.proxy.request_drain))
+                    vault=box.vault, now=now))
+                box.proxy = _proxy(box)
                 began = time.perf_counter()
                 box.restored = await core.start(box.supervisor.run)
                 box.restore_seconds = time.perf_counter() - began
@@ -321,6 +323,13 @@ async def _open_box(
             writer_nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+def _proxy(box: Box) -> A2AProxy:
+    """The A2A proxy, given the parts of the box it uses (a peer of the API: it is given the caller check that
+    every route's ``caller`` tier runs, so its refusals are counted like the API's)."""
+    return A2AProxy(store=box.store, bus=box.bus, settings=box.settings, supervisor=box.supervisor,
+                    authorize=partial(authorize, box, "caller"), is_remote=box.backends.is_remote, now=box.now)
 
 
 async def _load_backends_in_use(box: Box) -> None:
@@ -355,11 +364,12 @@ async def serve(
 ) -> None:
     """Run the box until ``box.shutdown_requested`` is set; ``task_status.started(box)`` once it serves."""
     from .api import create_asgi, server
+    from .api.hot import A2A_PATH
 
     config = server.hypercorn_config(settings)
     with _claim_data_dir(settings.data_dir), _bound(settings, config) as sockets:
         async with _open_box(settings, extra_backends=extra_backends, now=now, announce=announce) as box:
-            app = create_asgi(box)
+            app = create_asgi(box, hot={("POST", A2A_PATH): box.proxy.handle})
             intake = server.Intake(settings.connection_intake, head_timeout=settings.head_timeout_seconds)
             async with trio.open_nursery() as nursery:
                 box.urls = await nursery.start(partial(

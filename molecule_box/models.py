@@ -155,6 +155,19 @@ class Workspace:
             body["last_outbound_at"] = rfc3339(self.last_outbound_at)
         return body
 
+    def spare_capacity(self, in_flight: int = 0) -> int:
+        """How many more messages the agent may be handed now: its ``max_concurrent_tasks`` less what it is busy
+        with (none unless it is live). The one test of capacity: whether a call is queued, whether a sign of
+        life starts a drain of the busy queue, and how far a drain goes.
+
+        An agent's heartbeat counts the deliveries it is working on in its ``active_tasks``, so adding the
+        deliveries in flight would count them twice and pause a drain at every heartbeat; the larger of the two
+        is what it is busy with. Either way no more than ``max_concurrent_tasks`` deliveries are ever in flight,
+        and an agent whose own work was not yet in its last heartbeat answers busy, which stops the drain."""
+        if self.status not in LIVE_STATES:
+            return 0
+        return max(0, self.max_concurrent_tasks - max(self.active_tasks, in_flight))
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Event:

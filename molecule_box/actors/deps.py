@@ -33,10 +33,6 @@ class Backends(Protocol):
     def is_remote(self, name: str) -> bool: ...
 
 
-def _no_drain(workspace_id: str) -> None:
-    return None
-
-
 @dataclasses.dataclass(frozen=True)
 class ActorDeps:
     store: Store
@@ -47,5 +43,3 @@ class ActorDeps:
     vault: Vault
     #: The wall clock (unix seconds); tests pass a mock one.
     now: Callable[[], float]
-    #: Ask the proxy to deliver the workspace's queued calls: its agent registered or showed spare capacity.
-    request_drain: Callable[[str], None] = _no_drain

@@ -484,7 +484,6 @@ class WorkspaceActor:
         if cmd.bootstrap_from is not None:
             log.info("workspace %s: bootstrap register from %s minted its first token", ws.id, cmd.bootstrap_from)
         self.deps.metrics.registrations.inc()
-        self.deps.request_drain(ws.id)
         body: dict[str, Any] = {"status": "registered"}
         if token is not None:
             body["auth_token"] = token.plaintext
@@ -494,7 +493,6 @@ class WorkspaceActor:
         self._require_not_removed()
         await self._commit(t.heartbeat(self.record, cmd.body, self._now()))
         self.deps.metrics.heartbeats.inc()
-        self.deps.request_drain(self.record.id)  # the proxy tells whether it shows spare capacity
         return {"status": "ok"}
 
     async def _on_UpdateCard(self, cmd: c.UpdateCard) -> dict[str, str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from ..asgi import ASGIApp
 from .app import create_app
 from .hot import Front
 
@@ -11,8 +13,9 @@ if TYPE_CHECKING:
     from ..box import Box
 
 
-def create_asgi(box: Box) -> Front:
-    return Front(box, create_app(box))
+def create_asgi(box: Box, hot: Mapping[tuple[str, str], ASGIApp] | None = None) -> Front:
+    """The app behind its raw front; ``hot`` adds raw handlers by (method, path), e.g. the A2A proxy's."""
+    return Front(box, create_app(box), hot)
 
 
 __all__ = ["create_app", "create_asgi"]

@@ -210,12 +210,9 @@ async def delegate(call: Call[Delegate]) -> Any:
     encoded = json.dumps(message, separators=(",", ":")).encode()
     now = time.time()
     record = delegation_rows.insert(delegation_id, source, target, body.task, body.idempotency_key, now)
-    enqueue = queue_rows.enqueue(target, source, delegation_id, "message/send", encoded,
-                                 {"content-type": "application/json"}, b.settings.a2a_queue_limit,
-                                 delegation_id=delegation_id)
-    await b.store.write(lambda db: (record(db), enqueue(db)))
-    b.proxy.pending[target] = b.proxy.pending.get(target, 0) + 1
-    b.proxy.request_drain(target)
+    await b.proxy.queue.put(target, source, delegation_id, "message/send", encoded,
+                            {"content-type": "application/json"}, delegation_id=delegation_id, along=record)
+    b.proxy.queue.request_drain(target)
     b.bus.publish(b.bus.make("DELEGATION_SENT", source, {"delegation_id": delegation_id, "target_id": target,
                                                          "task": body.task[:500]}))
     return respond({"delegation_id": delegation_id, "status": "delegated", "target_id": target}, 202)

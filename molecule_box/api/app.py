@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from quart import Response
 from quart_trio import QuartTrio
 
+from ..asgi import BODY_DEADLINE
 from .errors import encode, error_response
-from .hot import BODY_DEADLINE
 
 if TYPE_CHECKING:
     from ..box import Box

@@ -1,75 +1,8 @@
-"""The one place where exceptions become HTTP error responses."""
+"""Exceptions become HTTP error responses in one place, :func:`molecule_box.asgi.error_response` (shared with
+the A2A proxy, a peer of the API); the app reaches it here."""
 
 from __future__ import annotations
 
-import json
-import logging
-from typing import Any
+from ..asgi import encode, error_response
 
-from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException as WerkzeugHTTPException
-
-from ..backends.base import BackendNotInstalled
-from ..errors import (
-    BadRequest,
-    ConfigError,
-    HTTPError,
-    PayloadTooLarge,
-    ServiceUnavailable,
-    TooManyRequests,
-    Unauthorized,
-)
-from ..schemas import describe_error
-from ..store.errors import BootstrapClosed, QueueFull, StoreError, StoreUnavailable, TooManyTokens
-
-log = logging.getLogger(__name__)
-
-JSON_HEADERS = [(b"content-type", b"application/json")]
-#: Retry-After of a write refused because the store is unavailable, and of a call refused by a full queue.
-STORE_RETRY_AFTER = 5
-QUEUE_FULL_RETRY_AFTER = 30
-
-
-def _from_store(exc: StoreError) -> HTTPError | StoreError:
-    """The store says what happened to the rows; this says what the client hears."""
-    if isinstance(exc, QueueFull):
-        return TooManyRequests(str(exc), headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER)}, queued=False,
-                               queue_depth=exc.queued, retry_after=QUEUE_FULL_RETRY_AFTER)
-    if isinstance(exc, TooManyTokens):
-        return TooManyRequests(str(exc))
-    if isinstance(exc, BootstrapClosed):  # a register that lost the race for the bootstrap, like one without any
-        return Unauthorized("missing workspace auth token")
-    if isinstance(exc, StoreUnavailable):  # exc.detail is for the log, never the client
-        return ServiceUnavailable(str(exc), retry_after=STORE_RETRY_AFTER, code="platform_unavailable")
-    return exc  # unmapped: a 500 below, with its traceback in the log
-
-
-def error_response(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """(status, JSON body, extra headers) for any exception a handler let out."""
-    if isinstance(exc, StoreError):
-        exc = _from_store(exc)
-    if isinstance(exc, BackendNotInstalled):
-        exc = BadRequest(str(exc), code="backend_not_installed", backend=exc.name)
-    if isinstance(exc, HTTPError):
-        return exc.status, exc.body(), exc.headers
-    if isinstance(exc, ValidationError):
-        invalid_json = any(err.get("type") == "json_invalid" for err in exc.errors())
-        message = "invalid JSON body" if invalid_json else f"invalid request body: {describe_error(exc)}"
-        return 400, {"error": message}, {}
-    if isinstance(exc, WerkzeugHTTPException):
-        status = exc.code or 500
-        if status == 413:
-            too_large = PayloadTooLarge()
-            return status, too_large.body(), too_large.headers
-        return status, {"error": (exc.description or exc.name).rstrip(".").lower()
-                        if status != 404 else "not found"}, {}
-    if isinstance(exc, ConfigError):  # a backend loaded at its first use refused the box's settings
-        return 503, {"error": "; ".join(exc.problems), "code": "backend_misconfigured"}, {}
-    if isinstance(exc, (UnicodeDecodeError, json.JSONDecodeError)):
-        return 400, BadRequest("invalid JSON body").body(), {}
-    log.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))
-    return 500, {"error": "internal error"}, {}
-
-
-def encode(body: Any) -> bytes:
-    return json.dumps(body, separators=(",", ":"), default=str).encode()
+__all__ = ["encode", "error_response"]

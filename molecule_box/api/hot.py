@@ -9,27 +9,21 @@ group commit), one JSON write. Errors go through the same mapping as the app.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
-
-import trio
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..actors import commands as c
-from ..errors import BadRequest, PayloadTooLarge, RequestTimeout
+from ..asgi import BODY_DEADLINE, ASGIApp, Receive, Scope, Send, error_response, read_body, send_json
 from ..schemas import Heartbeat
 from .auth import authorize, scope_headers
-from .errors import JSON_HEADERS, encode, error_response
 from .routing import declare
 
 if TYPE_CHECKING:
     from ..box import Box
 
-ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
-                   Awaitable[None]]
-
 HEARTBEAT_LIMIT = 64 * 1024
-#: Longest a request body may take to arrive, on these routes as on the app's (its BODY_TIMEOUT).
-BODY_DEADLINE = 60.0
+#: The key of the hot handler for ``/workspaces/<id>/<action>`` paths, e.g. ("POST", A2A_PATH).
+A2A_PATH = "/workspaces/<id>/a2a"
 
 declare("/registry/heartbeat", "POST", summary="Agent liveness and load snapshot", auth="workspace",
         tag="registry", body=Heartbeat,
@@ -37,7 +31,8 @@ declare("/registry/heartbeat", "POST", summary="Agent liveness and load snapshot
                    408: f"Body not received within {BODY_DEADLINE:g} s"})
 
 
-declare("/workspaces/<id>/a2a", "POST", tag="a2a", auth="caller",
+# Declared here, not beside its handler in proxy/: the proxy is a peer of the API and imports nothing of it.
+declare(A2A_PATH, "POST", tag="a2a", auth="caller",
         summary="Proxy an A2A JSON-RPC call to the workspace's agent (streamed; queued when busy)",
         responses={200: "The agent's reply, streamed as it arrives", 202: "Queued durably, or delivered to a "
                    "poll-mode agent's inbox", 400: "Bad body", 401: "Caller not authenticated",
@@ -48,61 +43,27 @@ declare("/workspaces/<id>/a2a", "POST", tag="a2a", auth="caller",
                    504: "Deadline (X-Timeout, idle, ceiling) passed"})
 
 
-async def read_body(receive: Callable[[], Awaitable[dict[str, Any]]], limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    with trio.move_on_after(BODY_DEADLINE):
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise BadRequest("client disconnected")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body over {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-    raise RequestTimeout()
-
-
-async def send_json(send: Callable[[dict[str, Any]], Awaitable[None]], status: int, body: Any,
-                    headers: dict[str, str] | None = None) -> None:
-    payload = encode(body)
-    raw_headers = [*JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
-    for name, value in (headers or {}).items():
-        raw_headers.append((name.lower().encode(), value.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": payload})
-
-
-def header(scope: dict[str, Any], name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
 class Front:
-    def __init__(self, box: Box, app: ASGIApp) -> None:
+    """Hot routes by (method, path) go to their raw handler, a path ``/workspaces/<any id>/<action>`` under the
+    key path ``/workspaces/<id>/<action>`` (the handler reads the id from the path); the rest goes to ``app``."""
+
+    def __init__(self, box: Box, app: ASGIApp, hot: Mapping[tuple[str, str], ASGIApp] | None = None) -> None:
         self.box = box
         self.app = app
-        self.hot: dict[tuple[str, str], ASGIApp] = {("POST", "/registry/heartbeat"): self.heartbeat}
+        self.hot: dict[tuple[str, str], ASGIApp] = {("POST", "/registry/heartbeat"): self.heartbeat, **(hot or {})}
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
             handler = self.hot.get((scope["method"], path))
+            if handler is None and path.startswith("/workspaces/") and path.count("/") == 3:
+                handler = self.hot.get((scope["method"], "/workspaces/<id>/" + path.rpartition("/")[2]))
             if handler is not None:
                 await handler(scope, receive, send)
                 return
-            if scope["method"] == "POST" and path.endswith("/a2a") and path.startswith("/workspaces/") \
-                    and path.count("/") == 3:
-                await self.box.proxy.handle(scope, receive, send, path[len("/workspaces/"):-len("/a2a")])
-                return
         await self.app(scope, receive, send)
 
-    async def heartbeat(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def heartbeat(self, scope: Scope, receive: Receive, send: Send) -> None:
         box = self.box
         try:
             raw = await read_body(receive, HEARTBEAT_LIMIT)

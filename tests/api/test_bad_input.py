@@ -115,9 +115,9 @@ async def test_bad_input(client: httpx.AsyncClient, method: str, path: str, who:
 async def test_a_stalled_body_on_a_hot_route_is_408(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """The raw-ASGI routes bound the body's arrival as the app's routes do (BODY_TIMEOUT), so a client that
     stops mid-body does not hold its request open forever."""
-    from molecule_box.api import hot
+    from molecule_box import asgi
 
-    monkeypatch.setattr(hot, "BODY_DEADLINE", 0.3)
+    monkeypatch.setattr(asgi, "BODY_DEADLINE", 0.3)
     wid, _ = await joined(client, "stalled")
     host, port = str(client.base_url).removeprefix("http://").rstrip("/").split(":")
     for path in ("/registry/heartbeat", f"/workspaces/{wid}/a2a"):

@@ -146,13 +146,10 @@ async def test_a_message_queued_before_strict_json_fails_instead_of_wedging_the_
         box: Any, client: httpx.AsyncClient) -> None:
     """A queue row written by an older box may hold a NaN: its delivery fails like an undeliverable one (and
     the messages behind it go out) instead of raising in the drainer and staying ``dispatched``."""
-    from molecule_box.store import queue as queue_rows
-
     wid, token = await joined(client, "busy")
     legacy = b'{"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": {"message": {"messageId": "old", ' \
              b'"parts": [], "w": NaN}}}'
-    await box.store.write(queue_rows.enqueue(wid, None, "old", "message/send", legacy, {}, 10))
-    box.proxy.pending[wid] = 1
+    await box.proxy.queue.put(wid, None, "old", "message/send", legacy, {})
     with trio.fail_after(10):
         while (queue := strict(await client.get(f"/workspaces/{wid}/queue", headers=ADMIN)))[0]["status"] \
                 not in ("failed",):

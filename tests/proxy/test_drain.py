@@ -12,10 +12,10 @@ import httpx
 import pytest
 import trio
 
-from molecule_box.api.hot import read_body
+from molecule_box.asgi import read_body
 from molecule_box.box import Box
 
-from ..conftest import ADMIN, bearer, joined
+from ..conftest import ADMIN, bearer, create_external, joined, register
 from .agents import TestAgent, serve_agent
 from .test_proxy import send_body
 
@@ -93,7 +93,7 @@ async def drain_ended(box: Box, client: httpx.AsyncClient, wid: str) -> list[dic
     with trio.fail_after(20):
         while True:
             rows = await queue(client, wid)
-            if wid not in box.proxy._drains and all(q["status"] != "dispatched" for q in rows):
+            if wid not in box.proxy.queue._drains and all(q["status"] != "dispatched" for q in rows):
                 return rows
             await trio.sleep(0.02)
 
@@ -186,3 +186,24 @@ async def test_a_drain_ends_with_the_box_and_its_messages_go_out_after_a_restart
         rows = await drain_ended(box, client, wid)
     assert [q["status"] for q in rows] == ["completed"] * 10
     assert sorted(set(agent.answered)) == sorted(f"m-{n}" for n in range(10))
+
+
+async def test_a_register_drains_what_was_queued_before_the_agent_came_up(box: Box, client: httpx.AsyncClient,
+                                                                          nursery: trio.Nursery) -> None:
+    """A delegation to a workspace whose agent has not registered yet waits in its queue (no spare capacity
+    while it is not live); the register is a sign of capacity, seen on the bus as its WORKSPACE_ONLINE."""
+    agent = PacedAgent(0.01)
+    agent.url = await serve_agent(nursery, agent)
+    source, source_token = await joined(client, "source")
+    created = await create_external(client, "late")
+    wid = created["id"]
+    delegated = await client.post(f"/workspaces/{wid}/delegate", json={"task": "early work"},
+                                  headers={"X-Workspace-ID": source, **bearer(source_token)})
+    assert delegated.status_code == 202, delegated.text
+    assert [q["status"] for q in await queue(client, wid)] == ["queued"]
+    await register(client, wid, url=agent.url, token=created["connection"]["auth_token"])
+    with trio.fail_after(10):
+        while not agent.answered:
+            await trio.sleep(0.02)
+    assert [q["status"] for q in await drain_ended(box, client, wid)] == ["completed"]
+    assert agent.answered == [delegated.json()["delegation_id"]]
