@@ -212,7 +212,7 @@ async def authorize(box: Box, tier: Tier, headers: Headers, workspace_id: str | 
     """The principal ``headers`` prove for ``tier`` on ``workspace_id``, or Unauthorized/Forbidden, counted.
 
     ``headers`` is any mapping with the canonical names (``Authorization``, ``X-Workspace-ID``): quart's
-    request headers, or :func:`scope_headers` of a raw-ASGI request. ``proof_of_life=False`` where the request
+    request headers, or ``asgi.scope_headers`` of a raw-ASGI request. ``proof_of_life=False`` where the request
     records liveness itself (the heartbeat)."""
     try:
         return await _RULES[tier](box, headers, workspace_id, proof_of_life)

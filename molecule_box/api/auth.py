@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
-from ..authz import ADMIN, AUTH_TIERS, SYSTEM_PREFIXES, Principal, Tier, authorize, identify, scope_headers
+from ..access import SYSTEM_PREFIXES
+from ..asgi import scope_headers
+from ..authz import ADMIN, AUTH_TIERS, Principal, Tier, authorize, identify
 
 __all__ = ["ADMIN", "AUTH_TIERS", "SYSTEM_PREFIXES", "Principal", "Tier", "authorize", "identify", "scope_headers"]
