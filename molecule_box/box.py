@@ -33,7 +33,7 @@ from .backends.base import BackendContext, BackendEvent, BackendFactory, Backend
 from .backends.loader import BackendRegistry
 from .config import Settings
 from .errors import BackendError, BackendNotInstalled, ConfigError, leaves
-from .events import EventBus
+from .bus import EventBus
 from .metrics import BoxMetrics
 from .ops import ports
 from .ops.fsutil import atomic_write
@@ -42,7 +42,7 @@ from .proxy.service import A2AProxy
 from .security import tokens as tk
 from .security.crypto import SecretBox, load_key
 from .store import Store, retention
-from .store import settings as box_settings
+from .store import box_facts
 from .store import workspaces as workspace_rows
 from .vault import Vault
 
@@ -90,10 +90,10 @@ class Box:
         self.metrics.bind_sampler(self._sample)
 
     async def _init_box_id(self) -> None:
-        box_id = box_settings.get(self.store.db, "box_id")
+        box_id = box_facts.get(self.store.db, "box_id")
         if box_id is None:
             box_id = secrets.token_hex(6)
-            await self.store.write(box_settings.put("box_id", box_id))
+            await self.store.write(box_facts.put("box_id", box_id))
         self.box_id = box_id
 
     async def _init_admin(self, announce: Callable[[str], None]) -> None:
@@ -103,17 +103,17 @@ class Box:
         restored: a start that fails after the token was shown would leave it shown, stored, and lost.
         ``ADMIN_TOKEN`` replaces the stored hash, so it is also how a lost token is recovered: the lost one
         does not come back when ``ADMIN_TOKEN`` is later removed from the environment."""
-        stored = box_settings.get(self.store.db, "admin_token_sha256")
+        stored = box_facts.get(self.store.db, "admin_token_sha256")
         if self.settings.admin_token is not None:
             digest = tk.hash_token(self.settings.admin_token)
             if stored != digest.hex():
-                await self.store.write(box_settings.put("admin_token_sha256", digest.hex()))
+                await self.store.write(box_facts.put("admin_token_sha256", digest.hex()))
             self.admin = AdminAuth(digest)
             return
         if stored is None:
             token = tk.mint()
             announce(token.plaintext)  # first: a token that could not be shown must not be the one kept
-            await self.store.write(box_settings.put("admin_token_sha256", token.digest.hex()))
+            await self.store.write(box_facts.put("admin_token_sha256", token.digest.hex()))
             stored = token.digest.hex()
         self.admin = AdminAuth(bytes.fromhex(stored))
 

@@ -29,14 +29,14 @@ class SecretsUndecryptable(HTTPError):
 
 
 class Vault:
-    def __init__(self, store: Store, box: SecretBox) -> None:
+    def __init__(self, store: Store, cipher: SecretBox) -> None:
         self.store = store
-        self.box = box
+        self.cipher = cipher
 
     def put(self, workspace_id: str | None, key: str, value: str) -> Op[None]:
         """The op that stores ``value`` encrypted, bound to its row. Encrypted now (on the loop, cheap) so the
         op in the writer thread only stores bytes."""
-        return secret_rows.put(workspace_id, key, self.box.encrypt(value, secret_aad(workspace_id, key)),
+        return secret_rows.put(workspace_id, key, self.cipher.encrypt(value, secret_aad(workspace_id, key)),
                                CURRENT_VERSION)
 
     async def seal_plaintext(self) -> None:
@@ -58,7 +58,7 @@ class Vault:
                             row["key"], row["workspace_id"] or "the box (global)")
                 continue
             aad = secret_aad(row["workspace_id"] or None, row["key"])
-            rows.append((row["workspace_id"], row["key"], self.box.encrypt(text, aad)))
+            rows.append((row["workspace_id"], row["key"], self.cipher.encrypt(text, aad)))
         sealed = await self.store.write(secret_rows.seal(rows, CURRENT_VERSION), bulk=True)
         if sealed:
             log.info("encrypted %d plaintext (version 0) secret rows", sealed)
@@ -70,7 +70,7 @@ class Vault:
         for scope, owner in (("global", None), ("workspace", workspace_id)):
             for row in secret_rows.encrypted_rows(self.store.db, owner):
                 try:
-                    merged[row["key"]] = self.box.decrypt(row["value"], row["encryption_version"],
+                    merged[row["key"]] = self.cipher.decrypt(row["value"], row["encryption_version"],
                                                           secret_aad(owner, row["key"]))
                 except DecryptError:
                     failed.append(f"{scope}:{row['key']}")

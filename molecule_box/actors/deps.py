@@ -13,7 +13,7 @@ from typing import Protocol
 
 from ..backends.base import Backend, Capabilities
 from ..config import Settings
-from ..events import EventBus
+from ..bus import EventBus
 from ..metrics import BoxMetrics
 from ..store import Store
 from ..vault import Vault

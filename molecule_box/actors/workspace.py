@@ -22,7 +22,7 @@ import trio
 
 from ..backends.base import Backend, BackendEvent, Handle, Workload, WorkloadSpec, WorkloadState
 from ..errors import BackendError, MoleculeBoxError
-from ..events import REMOVED, REVOKED
+from ..bus import REMOVED, REVOKED
 from ..models import BROADCAST_ONLY, Workspace, WorkspaceStatus
 from ..security import tokens as tk
 from ..store import events as event_rows

@@ -7,7 +7,7 @@ from typing import Any
 from quart import Blueprint
 
 from ..errors import NotFound
-from ..events import REVOKED
+from ..bus import REVOKED
 from ..models import rfc3339
 from ..schemas import Empty
 from ..security import tokens as tk

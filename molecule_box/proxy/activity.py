@@ -19,7 +19,7 @@ import trio
 
 from .. import strictjson
 from ..actors import commands as c
-from ..events import EventBus
+from ..bus import EventBus
 from ..models import Event, Workspace
 from ..store import Store
 from ..store import activity as activity_rows

@@ -21,7 +21,7 @@ import trio
 from .. import strictjson
 from ..config import Settings
 from ..errors import BadRequest
-from ..events import EventBus
+from ..bus import EventBus
 from ..models import Event, Workspace
 from ..security.ssrf import UnsafeAgentURL
 from ..store import Store

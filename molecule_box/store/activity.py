@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlite_utils
 
-from . import settings as box_settings
+from . import box_facts
 
 COLUMNS = ("workspace_id", "activity_type", "source_id", "target_id", "method", "summary", "request_body",
            "response_body", "duration_ms", "status", "error_detail", "created_at", "inbox")
@@ -111,7 +111,7 @@ def exists(db: sqlite_utils.Database, activity_id: int) -> bool:
 
 
 def pruned_below(db: sqlite_utils.Database) -> int:
-    return int(box_settings.get(db, WATERMARK) or 0)
+    return int(box_facts.get(db, WATERMARK) or 0)
 
 
 def prune(older_than: float) -> Callable[[sqlite_utils.Database], int]:
@@ -121,7 +121,7 @@ def prune(older_than: float) -> Callable[[sqlite_utils.Database], int]:
         if top is None:
             return 0
         cursor = db.execute("DELETE FROM activity WHERE id <= ?", [top])
-        box_settings.put(WATERMARK, str(top))(db)
+        box_facts.put(WATERMARK, str(top))(db)
         return int(cursor.rowcount)
 
     return op

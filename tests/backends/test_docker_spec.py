@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from molecule_box.backends.base import WorkloadSpec, WorkloadState
-from molecule_box.backends.docker import events as ev
+from molecule_box.backends.docker import engine_events as ev
 from molecule_box.backends.docker import spec as sp
 from molecule_box.backends.docker.backend import status_of
 from molecule_box.backends.docker.settings import DockerSettings

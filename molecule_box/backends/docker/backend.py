@@ -38,7 +38,7 @@ from ..base import (
     WorkloadState,
     WorkloadStatus,
 )
-from . import events as ev
+from . import engine_events as ev
 from . import spec as sp
 from .client import (
     DockerClient,

@@ -135,9 +135,6 @@ class DockerClient:
         await self._run(lambda: self.docker.containers.container(container_id).stop(t=seconds),
                         deadline=seconds + CALL_DEADLINE)
 
-    async def kill_container(self, container_id: str) -> None:
-        await self._run(lambda: self.docker.containers.container(container_id).kill())
-
     async def remove_container(self, container_id: str) -> None:
         await self._run(lambda: self.docker.containers.container(container_id).delete(force=True, v=True))
 

@@ -20,7 +20,7 @@ import trio
 from quart import Blueprint, Response, websocket
 
 from ..errors import Unauthorized
-from ..events import FELL_BEHIND, REMOVED, REVOKED, Stream, View, workspace_view
+from ..bus import FELL_BEHIND, REMOVED, REVOKED, Stream, View, workspace_view
 from ..models import Event
 from ..security.tokens import parse_bearer
 from ..store import events as event_rows

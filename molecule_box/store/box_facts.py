@@ -1,4 +1,5 @@
-"""``box_settings``: small key/value facts of this box (its id, the admin token's digest)."""
+"""Small key/value facts of this box (its id, the admin token's digest), in the ``box_settings`` table: not the
+box's settings, which come from the environment (``config.py``)."""
 
 from __future__ import annotations
 
