@@ -1,4 +1,4 @@
-"""Who may talk to whom: the platform's ``CanCommunicate`` (reference §3.7) and the peer set (§3.5)."""
+"""Who may talk to whom: the platform's ``CanCommunicate`` and its peer set (siblings, parent, children)."""
 
 from __future__ import annotations
 

@@ -149,7 +149,7 @@ class Box:
             counts[ws.status.value] = counts.get(ws.status.value, 0) + 1
         return counts
 
-    # -- orphan sweep (user asks #11; Nomad's reconcile_dangling) ---------------------------------
+    # -- orphan sweep (workloads of this box with no workspace; Nomad's reconcile_dangling) ----------
 
     async def _orphan_sweep(self) -> None:
         """Remove, after a grace period and then every minute, the workloads this box manages that belong to

@@ -15,7 +15,7 @@ from typing import Any
 
 
 class WorkspaceStatus(enum.StrEnum):
-    """All ten states of the platform (reference §2.2), including the two its enum forgot."""
+    """All ten states of the platform, including the two its enum forgot."""
 
     PROVISIONING = "provisioning"
     ONLINE = "online"
@@ -118,7 +118,7 @@ class Workspace:
         return caps if isinstance(caps, dict) else {}
 
     def public(self, *, detail: bool = True) -> dict[str, Any]:
-        """The platform's JSON shape of a workspace (§2.3.2 list; ``detail=False`` is the §2.3.3 get shape)."""
+        """The platform's JSON shape of a workspace (its list; ``detail=False`` is its get shape)."""
         body: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
@@ -171,7 +171,7 @@ class Workspace:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Event:
-    """One broadcast: lifecycle events are also persisted; high-frequency ones are not (reference §8.1)."""
+    """One broadcast: lifecycle events are also persisted; high-frequency ones are not (``BROADCAST_ONLY``)."""
 
     type: str
     workspace_id: str | None

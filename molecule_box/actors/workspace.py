@@ -329,7 +329,7 @@ class WorkspaceActor:
 
     async def _restart_or_fail(self, backend: Backend, *, exit_code: int | None, oom_killed: bool, what: str) -> None:
         """An unexpected stop: start the workload again after the policy's backoff, or give up as failed
-        with the exit code, the OOM flag and the workload's last output (user asks #2, #12)."""
+        with the exit code, the OOM flag and the workload's last output, so an operator sees why without reading the engine's logs."""
         ws = self.record
         now = self._now()
         decision = self._restarts.on_exit(trio.current_time())

@@ -1,4 +1,4 @@
-"""Activity, notifications, the poll inbox and delegation (reference §5.5, §5.7; SDK contract)."""
+"""Activity, notifications, the poll inbox and delegation, as the platform's SDK calls them."""
 
 from __future__ import annotations
 

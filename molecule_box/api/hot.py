@@ -1,7 +1,7 @@
 """The ASGI front: hot routes go to lean handlers, everything else to the quart-trio app.
 
 quart-trio costs about a quarter of the server's ceiling on a trivial route
-(reference perf-notes), and heartbeats arrive from every agent every 30 s, so
+(measured: bench/README.md, "What this stack reaches"), and heartbeats arrive from every agent every 30 s, so
 ``POST /registry/heartbeat`` is served here on raw ASGI: read the body, one
 pydantic parse, one token lookup, one actor round trip (which waits for the
 group commit), one JSON write. Errors go through the same mapping as the app.

@@ -1,4 +1,4 @@
-"""``/registry``: how agents join (register), stay alive (heartbeat, in :mod:`.hot`) and find peers (§3)."""
+"""``/registry``: how agents join (register), stay alive (heartbeat, in :mod:`.hot`) and find peers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Secrets (reference §6): workspace and global, encrypted at rest, values only to their own workspace."""
+"""Secrets: workspace and global, encrypted at rest, values only to their own workspace."""
 
 from __future__ import annotations
 

@@ -284,7 +284,7 @@ def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     host = f"[{settings.bind_addr}]" if ":" in settings.bind_addr else settings.bind_addr
     config.bind = [f"{host}:{settings.port}"]
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.accesslog = None  # 13 % of the hot path (perf-notes); requests are counted in /metrics instead
+    config.accesslog = None  # 13 % of the hot path (bench/README.md); requests are counted in /metrics instead
     config.graceful_timeout = settings.shutdown_grace_seconds
     config.keep_alive_timeout = settings.keep_alive_timeout_seconds
     config.include_server_header = False

@@ -1,4 +1,4 @@
-"""Events to clients: WebSocket ``/ws``, per-workspace SSE, and the persisted history (reference §8).
+"""Events to clients: WebSocket ``/ws``, per-workspace SSE, and the persisted history.
 
 Unlike the platform, no stream is open to anonymous clients: ``/ws`` takes the
 admin token (header, or ``?token=`` for browsers) for every event, or a

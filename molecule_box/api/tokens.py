@@ -1,4 +1,4 @@
-"""Workspace tokens: mint (shown once), list, revoke (reference §1.2)."""
+"""Workspace tokens: mint (shown once), list, revoke."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``/workspaces``: create, list, get, patch, delete and the lifecycle verbs (reference §2.3)."""
+"""``/workspaces``: create, list, get, patch, delete and the lifecycle verbs."""
 
 from __future__ import annotations
 

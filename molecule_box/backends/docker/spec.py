@@ -33,13 +33,13 @@ AGENT_PORT = 8000
 EXTRA_HOSTS = [f"{HOST_GATEWAY}:host-gateway"]
 MIB = 1024 * 1024
 TIER1_TMPFS = "rw,noexec,nosuid,size=64m"
-#: json-file rotation: a chatty agent cannot fill the disk (user asks #15).
+#: json-file rotation: a chatty agent cannot fill the disk.
 LOG_CONFIG = {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
 TOKEN_PATH = "/configs"
 TOKEN_FILE = ".auth_token"
 
 #: Probe of the agent card, in the image's own python3 (curl as a fallback; no probe possible → healthy, so an
-#: image without either is not called sick). Both well-known spellings are tried (user asks #16).
+#: image without either is not called sick). Both well-known spellings are tried.
 _PROBE = (
     'import os,sys,urllib.request as r\n'
     'b="http://127.0.0.1:"+os.environ.get("PORT","8000")\n'
@@ -105,7 +105,7 @@ def split_image(image: str) -> tuple[str, str]:
 
 
 def container_name(workspace_id: str) -> str:
-    """``ws-<first 12 characters of the id>``, the platform's name (reference §7.2)."""
+    """``ws-<first 12 characters of the id>``, the platform's container name."""
     return f"ws-{workspace_id[:12]}"
 
 
@@ -131,8 +131,8 @@ def owned_filters(box_id: str, workspace_id: str | None = None) -> dict[str, lis
 
 
 def is_owned(found_labels: dict[str, str] | None, box_id: str) -> bool:
-    """Only what carries this box's id is ever stopped or removed by it (user asks #3: never reclaim
-    what you cannot prove you own)."""
+    """Only what carries this box's id is ever stopped or removed by it: never reclaim
+    what you cannot prove you own (another box, or the user's own containers, on the same engine)."""
     found_labels = found_labels or {}
     return found_labels.get(LABEL_MANAGED) == "true" and found_labels.get(LABEL_BOX) == box_id
 
@@ -173,7 +173,7 @@ def container_config(
 ) -> dict[str, Any]:
     """The ``POST /containers/create`` body of a workspace.
 
-    Tiers (reference §9, hardened): every tier has memory, CPU and PID limits; tier 1 is sandboxed (read-only
+    Tiers (the platform's four, hardened): every tier has memory, CPU and PID limits; tier 1 is sandboxed (read-only
     root, a small noexec ``/tmp``, only the ``/configs`` volume, no privilege escalation). ``--privileged``, the
     host PID namespace and the Docker socket are given to tiers 3 and 4 only when the operator opted in with
     ``DOCKER_ALLOW_PRIVILEGED=true``. Docker's own restart policy is ``no``: the workspace actor owns restarts.
