@@ -145,7 +145,7 @@ class Processes:
 
     def start(self, argv: list[str], *, env: dict[str, str] | None = None, log: Path | None = None,
               cwd: Path | None = None) -> subprocess.Popen[bytes]:
-        out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - closed with the child
+        out = open(log, "ab") if log is not None else subprocess.DEVNULL
         try:
             proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
         finally:

@@ -40,7 +40,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import a2a_proxy as ap  # noqa: E402  (the shared process, port and agent helpers)
+import a2a_proxy as ap
 
 TARGET_SECONDS = 30.0
 

@@ -38,6 +38,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CONTRACT_VERSION",
     "Backend",
     "BackendContext",
     "BackendError",
@@ -45,7 +46,6 @@ __all__ = [
     "BackendSettings",
     "BaseBackend",
     "Box",
-    "CONTRACT_VERSION",
     "Capabilities",
     "ConfigError",
     "HTTPError",

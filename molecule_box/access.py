@@ -21,7 +21,8 @@ def _live(lookup: Lookup, workspace_id: str | None) -> Workspace | None:
 
 
 def _ancestors(lookup: Lookup, ws: Workspace) -> list[str]:
-    chain, seen = [], {ws.id}
+    chain: list[str] = []
+    seen = {ws.id}
     parent = ws.parent_id
     while parent and parent not in seen and len(chain) < MAX_HOPS:
         chain.append(parent)

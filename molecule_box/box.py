@@ -31,9 +31,9 @@ from .actors.deps import ActorDeps
 from .authz import authorize
 from .backends.base import BackendContext, BackendEvent, BackendFactory, BackendSettings
 from .backends.loader import BackendRegistry
+from .bus import EventBus
 from .config import Settings
 from .errors import BackendError, BackendNotInstalled, ConfigError, leaves
-from .bus import EventBus
 from .metrics import BoxMetrics
 from .ops import ports
 from .ops.fsutil import atomic_write
@@ -41,8 +41,7 @@ from .ops.lock import DataDirLock
 from .proxy.service import A2AProxy
 from .security import tokens as tk
 from .security.crypto import SecretBox, load_key
-from .store import Store, retention
-from .store import box_facts
+from .store import Store, box_facts, retention
 from .store import workspaces as workspace_rows
 from .vault import Vault
 

@@ -188,7 +188,7 @@ class Restart(Body):
 class Attachment(Body):
     uri: Annotated[str, Field(min_length=1, max_length=4096)]
     name: Annotated[str, Field(max_length=1000)] = ""
-    mimeType: Annotated[str, Field(max_length=200)] | None = None  # noqa: N815 - the platform's field name
+    mimeType: Annotated[str, Field(max_length=200)] | None = None
     size: Int64 | None = Field(default=None, ge=0)
 
 

@@ -14,8 +14,8 @@ from .errors import HTTPError
 from .models import Workspace, rfc3339
 from .security.crypto import CURRENT_VERSION, DecryptError, SecretBox, secret_aad
 from .store import Store
-from .store.db import Op
 from .store import secrets as secret_rows
+from .store.db import Op
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from ..schemas import Heartbeat as HeartbeatBody
 class Reply:
     """One answer from an actor: a value or an exception, set once."""
 
-    __slots__ = ("done", "value", "error")
+    __slots__ = ("done", "error", "value")
 
     def __init__(self) -> None:
         self.done = trio.Event()

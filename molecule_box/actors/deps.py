@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..backends.base import Backend, Capabilities
-from ..config import Settings
 from ..bus import EventBus
+from ..config import Settings
 from ..metrics import BoxMetrics
 from ..store import Store
 from ..vault import Vault

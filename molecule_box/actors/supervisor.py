@@ -83,7 +83,7 @@ class _Purge:
 class ActorSlot:
     """A workspace's mailbox and current actor; the mailbox survives actor restarts."""
 
-    __slots__ = ("workspace_id", "send", "receive", "actor", "restarts", "seen_told")
+    __slots__ = ("actor", "receive", "restarts", "seen_told", "send", "workspace_id")
 
     def __init__(self, workspace_id: str) -> None:
         self.workspace_id = workspace_id

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..asgi import ASGIApp
 from .app import create_app
@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 def create_asgi(box: Box, hot: Mapping[tuple[str, str], ASGIApp] | None = None) -> Front:
     """The app behind its raw front; ``hot`` adds raw handlers by (method, path), e.g. the A2A proxy's."""
-    return Front(box, create_app(box), hot)
+    # quart types its ASGI callable with hypercorn's typed dicts; the front passes plain ones through.
+    return Front(box, cast(ASGIApp, create_app(box)), hot)
 
 
 __all__ = ["create_app", "create_asgi"]

@@ -49,7 +49,6 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
-from functools import partial
 from typing import Any
 
 import hypercorn.config
@@ -86,7 +85,7 @@ _arriving: ContextVar[_Place | None] = ContextVar("molecule_box_intake_place", d
 
 
 class _Place:
-    __slots__ = ("_intake", "since", "held", "head")
+    __slots__ = ("_intake", "head", "held", "since")
 
     def __init__(self, intake: Intake, since: float, head_deadline: float) -> None:
         self._intake = intake
@@ -231,7 +230,7 @@ class _Exchange:
     queue is kept moving meanwhile so that close never waits on it.
     """
 
-    __slots__ = ("_receive", "_send", "_reusable", "_complete", "_waiter")
+    __slots__ = ("_complete", "_receive", "_reusable", "_send", "_waiter")
 
     def __init__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self._receive = receive
@@ -351,7 +350,7 @@ async def serve(
                 async with trio.open_nursery(strict_exception_groups=True) as nursery:
                     nursery.start_soon(raise_shutdown, shutdown_trigger)
                     nursery.start_soon(raise_shutdown, context.terminate.wait)
-                    nursery.start_soon(intake.dispatch, partial(server_nursery.start_soon, connection))
+                    nursery.start_soon(intake.dispatch, lambda stream, place: server_nursery.start_soon(connection, stream, place))
                     for listener in listeners:
                         nursery.start_soon(_accept, listener, intake)
             except BaseExceptionGroup as error:

@@ -19,8 +19,8 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, websocket
 
-from ..errors import Unauthorized
 from ..bus import FELL_BEHIND, REMOVED, REVOKED, Stream, View, workspace_view
+from ..errors import Unauthorized
 from ..models import Event
 from ..security.tokens import parse_bearer
 from ..store import events as event_rows

@@ -6,8 +6,8 @@ from typing import Any
 
 from quart import Blueprint
 
-from ..errors import NotFound
 from ..bus import REVOKED
+from ..errors import NotFound
 from ..models import rfc3339
 from ..schemas import Empty
 from ..security import tokens as tk

@@ -409,7 +409,7 @@ def _engine_message(response: httpx.Response) -> str:
 
 
 class _StandInHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         found = self.path.split("?")[0] == "/health"
         body = json.dumps({"status": "ok", "box_id": "doctor"} if found else {"error": "not found"}).encode()
         self.send_response(200 if found else 404)

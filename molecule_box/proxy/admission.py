@@ -33,7 +33,7 @@ class Admission:
     ``leave()`` is idempotent, so it can be the connection pool's "request sent" callback, called again on
     a retried send, and called once more in a ``finally``."""
 
-    __slots__ = ("_slots", "_held")
+    __slots__ = ("_held", "_slots")
 
     def __init__(self, slots: trio.Semaphore) -> None:
         self._slots = slots

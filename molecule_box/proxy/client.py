@@ -74,7 +74,7 @@ class _Conn:
             event = self.h11.next_event()
             if event is h11.NEED_DATA:
                 data = await self.stream.receive_some(READ_CHUNK)
-                self.h11.receive_data(data)
+                self.h11.receive_data(data)  # type: ignore[arg-type]  # a bytearray is fine for h11; copying it is not
                 continue
             return event
 

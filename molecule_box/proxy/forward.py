@@ -63,7 +63,7 @@ class Forwarder:
         self._bumped[workspace_id] = now
         for scope, idle in calls.items():
             deadline = now + idle + IDLE_BUMP_EVERY
-            if scope.deadline < deadline:  # noqa: PLR1730 (set only when it moves: the setter re-registers it)
+            if scope.deadline < deadline:
                 scope.deadline = deadline
 
     async def resolve(self, url: str, *, box_assigned: bool = False) -> Vetted:

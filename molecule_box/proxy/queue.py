@@ -19,9 +19,9 @@ import sqlite_utils
 import trio
 
 from .. import strictjson
+from ..bus import EventBus
 from ..config import Settings
 from ..errors import BadRequest
-from ..bus import EventBus
 from ..models import Event, Workspace
 from ..security.ssrf import UnsafeAgentURL
 from ..store import Store

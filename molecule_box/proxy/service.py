@@ -23,9 +23,9 @@ import trio
 
 from ..access import can_communicate
 from ..asgi import Receive, Scope, Send, error_response, header, read_body, scope_headers, send_json
+from ..bus import EventBus
 from ..config import Settings
 from ..errors import BadRequest, Forbidden, NotFound, PaymentRequired
-from ..bus import EventBus
 from ..models import Workspace, rfc3339
 from ..security.ssrf import NO_INBOUND
 from ..store import Store, inbox

@@ -124,7 +124,7 @@ async def resolve_checked(host: str, port: int,
                 infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
         except (OSError, UnicodeError, trio.TooSlowError):  # UnicodeError: the resolver's IDNA step ("a..b")
             raise UnsafeAgentURL(f"host {host!r} does not resolve") from None
-        addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
         if not addresses:
             raise UnsafeAgentURL(f"host {host!r} does not resolve") from None
     for ip in addresses:

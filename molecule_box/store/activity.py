@@ -33,10 +33,12 @@ def _text(value: Any, limit: int | None) -> str | None:
     if value is None:
         return None
     if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    elif not isinstance(value, str):
-        value = json.dumps(value, separators=(",", ":"), default=str)
-    return value if limit is None else value[:limit]
+        text = value.decode("utf-8", "replace")
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, separators=(",", ":"), default=str)
+    return text if limit is None else text[:limit]
 
 
 def insert(*, body_limit: int | None = LOGGED_BODY_LIMIT, **fields: Any) -> Callable[[sqlite_utils.Database], int]:
@@ -75,7 +77,8 @@ def query(db: sqlite_utils.Database, workspace_id: str, *, activity_type: str | 
           exclude_source: str | None = None, source: str | None = None, limit: int = 100,
           newest_first: bool = False, expired: tuple[int, float] | None = None) -> list[dict[str, Any]]:
     """``expired=(fetched_through, expire_before)`` leaves out the inbox messages that expired unfetched."""
-    where, args = ["workspace_id = ?"], [workspace_id]
+    where = ["workspace_id = ?"]
+    args: list[Any] = [workspace_id]
     if activity_type:
         where.append("activity_type = ?")
         args.append(activity_type)

@@ -44,8 +44,8 @@ from typing import Any, Generic, TypeVar
 import sqlite_utils
 import trio
 
-from .errors import StoreUnavailable
 from . import migrations
+from .errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ CHECKPOINT_EVERY = 1.0
 class Write(Generic[T]):
     """A submitted op; ``await write.wait()`` returns its result once committed."""
 
-    __slots__ = ("fn", "bulk", "done", "result", "error")
+    __slots__ = ("bulk", "done", "error", "fn", "result")
 
     def __init__(self, fn: Op[T], bulk: bool = False) -> None:
         self.fn = fn

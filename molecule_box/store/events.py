@@ -11,7 +11,6 @@ import sqlite_utils
 
 from ..models import Event
 
-
 #: A recorded event keeps its payload whole up to this size. Beyond it, each top-level value over OMIT_OVER is
 #: recorded as ``{"omitted_bytes": n}``: the live event carried it whole, and the workspace row holds the current
 #: agent card (200 card updates of one agent otherwise added 127 MB of history).

@@ -14,8 +14,8 @@ from molecule_box.actors import commands as c
 from molecule_box.actors.deps import ActorDeps
 from molecule_box.backends import BackendContext, BackendSettings, Workload, WorkloadSpec
 from molecule_box.backends.loader import BackendRegistry
-from molecule_box.errors import Conflict, ServiceUnavailable
 from molecule_box.bus import EventBus
+from molecule_box.errors import Conflict, ServiceUnavailable
 from molecule_box.metrics import BoxMetrics
 from molecule_box.models import WorkspaceStatus
 from molecule_box.schemas import CreateWorkspace

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from molecule_box.store import Store
-from molecule_box.store import inbox
+from molecule_box.store import Store, inbox
 from molecule_box.store.migrations import SCHEMA_VERSION
 
 from .test_store import older_store
