@@ -29,11 +29,18 @@ from .actors import Supervisor
 from .actors.commands import Observed
 from .actors.deps import ActorDeps
 from .authz import authorize
-from .backends.base import BackendContext, BackendEvent, BackendFactory, BackendSettings
+from .backends.base import (
+    BackendContext,
+    BackendError,
+    BackendEvent,
+    BackendFactory,
+    BackendNotInstalled,
+    BackendSettings,
+)
 from .backends.loader import BackendRegistry
 from .bus import EventBus
 from .config import Settings
-from .errors import BackendError, BackendNotInstalled, ConfigError, leaves
+from .errors import ConfigError, leaves
 from .metrics import BoxMetrics
 from .ops import ports
 from .ops.fsutil import atomic_write

@@ -1,20 +1,18 @@
 """One error vocabulary for the whole box.
 
 Every error a client can see is an :class:`HTTPError` subclass carrying its
-status code and JSON body; ``molecule_box.api.errors`` turns them into
-responses in exactly one place. Code deeper down (actors, backends) raises
-these or its own subclasses of :class:`MoleculeBoxError`, and never catches
-``trio.Cancelled``. The store raises only its own (``store/errors.py``), which
-say what happened to the rows and leave the status to the API.
+status code and JSON body; ``asgi.error_response`` turns them into responses
+in exactly one place. Code deeper down (actors) raises these or its own
+subclasses of :class:`MoleculeBoxError`, and never catches ``trio.Cancelled``.
+The store raises only its own (``store/errors.py``), which say what happened
+to the rows and leave the status to the API; a backend's (``BackendError``,
+``BackendNotInstalled``) belong to the backend contract, ``backends/base.py``,
+which imports this module for the root and nothing else of the box.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
-
-if TYPE_CHECKING:
-    from .backends.base import BackendError as BackendError
-    from .backends.base import BackendNotInstalled as BackendNotInstalled
+from typing import Any, TypeVar
 
 
 class MoleculeBoxError(Exception):
@@ -148,12 +146,3 @@ class GatewayTimeout(HTTPError):
     status = 504
     default_message = "the agent did not answer in time"
 
-
-def __getattr__(name: str) -> Any:
-    """``BackendError`` and ``BackendNotInstalled`` belong to the backend contract (``backends/base.py``, which
-    imports this module for the root); they are found here too, loaded on first use to keep the import one-way."""
-    if name in {"BackendError", "BackendNotInstalled"}:
-        from .backends import base
-
-        return getattr(base, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

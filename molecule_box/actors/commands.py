@@ -7,8 +7,7 @@ from typing import Any
 
 import trio
 
-from ..backends.base import BackendEvent, Workload
-from ..errors import BackendError
+from ..backends.base import BackendError, BackendEvent, Workload
 from ..schemas import Heartbeat as HeartbeatBody
 
 

@@ -31,7 +31,8 @@ from typing import Any
 
 import trio
 
-from ..errors import BackendError, BadRequest, Conflict, NotFound, ServiceUnavailable
+from ..backends.base import BackendError
+from ..errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from ..models import Workspace, WorkspaceStatus
 from ..schemas import CreateWorkspace
 from ..security import tokens as tk

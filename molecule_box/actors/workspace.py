@@ -20,9 +20,9 @@ from typing import Any
 
 import trio
 
-from ..backends.base import Backend, BackendEvent, Handle, Workload, WorkloadSpec, WorkloadState
+from ..backends.base import Backend, BackendError, BackendEvent, Handle, Workload, WorkloadSpec, WorkloadState
 from ..bus import REMOVED, REVOKED
-from ..errors import BackendError, MoleculeBoxError
+from ..errors import MoleculeBoxError
 from ..models import BROADCAST_ONLY, Workspace, WorkspaceStatus
 from ..security import tokens as tk
 from ..store import events as event_rows
