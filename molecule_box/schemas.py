@@ -177,7 +177,9 @@ class PutModel(Body):
 
 
 class Restart(Body):
-    """``POST /workspaces/:id/restart`` (all optional)."""
+    """``POST /workspaces/:id/restart`` (all optional). The platform's options are accepted, and refused with
+    a workspace's own token (they would change what the container is built from), but not applied yet: a
+    restart rebuilds the workload the admin configured."""
 
     template: Short | None = None
     apply_template: bool = False

@@ -84,13 +84,12 @@ class _Purge:
 class ActorSlot:
     """A workspace's mailbox and current actor; the mailbox survives actor restarts."""
 
-    __slots__ = ("actor", "receive", "restarts", "seen_told", "send", "workspace_id")
+    __slots__ = ("actor", "receive", "seen_told", "send", "workspace_id")
 
     def __init__(self, workspace_id: str) -> None:
         self.workspace_id = workspace_id
         self.send, self.receive = trio.open_memory_channel[c.Message](math.inf)
         self.actor: WorkspaceActor | None = None
-        self.restarts = 0
         self.seen_told = -math.inf  # trio time the actor was last told of authenticated traffic
 
 
@@ -190,7 +189,6 @@ class Supervisor:
                     return  # finished normally: the workspace is removed and cleaned up
                 except Exception as exc:
                     failures = 0 if trio.current_time() - started > STABLE_AFTER else failures + 1
-                    slot.restarts += 1
                     last_error = await self._record_crash(slot, actor, exc)
                 delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)
                 await trio.sleep(delay)

@@ -97,9 +97,6 @@ class BackendRegistry:
     def loaded(self) -> dict[str, Backend]:
         return dict(self._loaded)
 
-    def peek(self, name: str) -> Backend | None:
-        return self._loaded.get(name)
-
     def capabilities(self, name: str) -> Capabilities:
         """What backend ``name`` can do, for the box's decisions about its workspaces (never the name itself);
         the defaults for one not loaded (a plugin that is missing)."""

@@ -53,7 +53,6 @@ async def test_crashing_actor_is_restarted_and_neighbour_unaffected(runner: BoxR
         failures = (await client.get(f"/workspaces/{victim}/failures", headers=ADMIN)).json()
         assert len(failures["actor_failures"]) == 3
         assert "injected actor fault" in failures["actor_failures"][0]["error"]
-        assert box.supervisor.slots[victim].restarts == 3
         assert (await client.get(f"/workspaces/{neighbour}/failures", headers=ADMIN)).json()["actor_failures"] == []
         metrics = (await client.get("/metrics")).text
         assert "molecule_box_actor_restarts_total 3.0" in metrics

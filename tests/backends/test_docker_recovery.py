@@ -195,8 +195,7 @@ async def test_engine_restart_under_a_running_box(runner: BoxRunner) -> None:
             wid = response.json()["id"]
             await wait_status(client, wid, "online")
             before = snapshot(box_id)[wid][0]
-            backend = box.backends.peek("docker")
-            assert backend is not None
+            backend = await box.backends.get("docker")  # the loaded instance
 
             await trio.to_thread.run_sync(_restart_dockerd, pid, argv, log)
             with trio.fail_after(60):

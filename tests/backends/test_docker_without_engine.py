@@ -14,8 +14,7 @@ from .dockerutil import IMAGE_PREFIX, RUNTIME
 async def test_box_serves_and_workspaces_wait_for_the_engine(runner: BoxRunner) -> None:
     box = await runner.start(CONTAINER_BACKEND="docker", DOCKER_HOST="unix:///nonexistent/docker.sock",
                              WORKSPACE_IMAGE_PREFIX=IMAGE_PREFIX, WORKSPACE_NETWORK="host")
-    backend = box.backends.peek("docker")
-    assert backend is not None
+    backend = await box.backends.get("docker")  # the loaded instance
     async with httpx.AsyncClient(base_url=runner.url, timeout=10) as client:
         assert (await client.get("/health")).status_code == 200
         response = await client.post("/workspaces", json={"name": "w", "runtime": RUNTIME}, headers=ADMIN)
