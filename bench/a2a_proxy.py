@@ -660,7 +660,7 @@ def profiled(procs: Procs, out_dir: Path | None, pid: int, label: str, seconds: 
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     proc = procs.start(f"py-spy-{label}", ["py-spy", "record", "--nonblocking", "--threads", "-r", "200", "-p",
-                                           str(pid), "-d", str(int(math.ceil(seconds))), "--format", "raw", "-o",
+                                           str(pid), "-d", str(math.ceil(seconds)), "--format", "raw", "-o",
                                            str(out_dir / f"{label}.txt")])
     time.sleep(0.5)
     try:
@@ -1017,7 +1017,8 @@ def drive(args: argparse.Namespace) -> int:
                         for what, over in h.get("slow_sqlite", {}).items()}
                 print(f"{label:<12} n {h['n']:>5}  p50 {h['p50']:.2f} ms  p99 {h['p99']:.2f} ms  max "
                       f"{h['max']:.2f} ms  errors {h['errors'] or 0}  slowest [s after start, ms] {h['slowest']}  "
-                      + "  ".join(f"SQLite {what}s over [s]: {over or 'none over 0.05'}" for what, over in slow.items()))
+                      + "  ".join(f"SQLite {what}s over [s]: {over or 'none over 0.05'}"
+                                  for what, over in slow.items()))
                 figures.append((f"heartbeat p99 during {label} (ms)", h["p99"],
                                 f"{sum(h['errors'].values())} errors" if h["errors"] else ""))
             else:

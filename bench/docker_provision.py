@@ -47,12 +47,12 @@ from typing import Self
 import aiodocker
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo's molecule_box, installed or not
 from molecule_box.backends.base import WorkloadSpec
 from molecule_box.backends.docker import spec as sp
 from molecule_box.config import Settings
+
+REPO = Path(__file__).resolve().parent.parent
 
 IMAGE_PREFIX = "molecule-box-test-agent-"
 RUNTIME = "langgraph"
@@ -188,7 +188,8 @@ async def direct_batch(docker: aiodocker.Docker, events: StartEvents, run_id: st
     return [events.seen[i] - began for i in ids]
 
 
-async def box_batch(client: httpx.AsyncClient, events: StartEvents, count: int) -> tuple[list[float], list[float], list[str]]:
+async def box_batch(client: httpx.AsyncClient, events: StartEvents,
+                    count: int) -> tuple[list[float], list[float], list[str]]:
     """``count`` workspaces at once through the API: (time to running, time to online, ids)."""
     began = time.monotonic()
 

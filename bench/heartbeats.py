@@ -485,7 +485,8 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def run_driver(port: int, pairs: Path, rate: float, count: int, offset: int = 0, connections: int = 32) -> dict[str, Any]:
+def run_driver(port: int, pairs: Path, rate: float, count: int, offset: int = 0,
+               connections: int = 32) -> dict[str, Any]:
     """Run the paced driver in its own process and return its JSON summary."""
     argv = [sys.executable, str(Path(__file__).resolve()), "_drive", "--port", str(port), "--pairs", str(pairs),
             "--rate", f"{rate:g}", "--count", str(count), "--offset", str(offset), "--connections", str(connections)]
@@ -708,9 +709,10 @@ def phase_paced(b: Bench) -> None:
     b.sampler.phase = "paced"
     res = run_driver(b.port, b.pairs_file, rate, count, offset=len(b.results["pairs"]) // 3)
     b.results["paced"] = res
-    print(f"    achieved {res['rate']:.1f} req/s; from due time p50 {res['p50_ms']:.1f} ms  p90 {res['p90_ms']:.1f} ms  "
-          f"p99 {res['p99_ms']:.1f} ms  max {res['max_ms']:.1f} ms; from send p50 {res['send_p50_ms']:.1f} ms  "
-          f"p99 {res['send_p99_ms']:.1f} ms; statuses {res['statuses']}", flush=True)
+    print(f"    achieved {res['rate']:.1f} req/s; from due time p50 {res['p50_ms']:.1f} ms  "
+          f"p90 {res['p90_ms']:.1f} ms  p99 {res['p99_ms']:.1f} ms  max {res['max_ms']:.1f} ms; "
+          f"from send p50 {res['send_p50_ms']:.1f} ms  p99 {res['send_p99_ms']:.1f} ms; statuses {res['statuses']}",
+          flush=True)
     if res["errors"]:
         print(f"    errors: {res['errors']}", flush=True)
     rss, hwm = memory_mb(b.box.pid)
@@ -834,14 +836,17 @@ def phase_offline(b: Bench) -> None:
     seen_late = sorted(off[1] - (online_ts[w] + stale) for w, off in offline.items())
     b.results.update(
         offline_drive=drive_result, offline_hist_worst=worst_le, offline_hist_count=observed, offline_hist_mean=mean,
-        offline_box_max=box_late[-1] if box_late else math.nan, offline_seen_max=seen_late[-1] if seen_late else math.nan,
+        offline_box_max=box_late[-1] if box_late else math.nan,
+        offline_seen_max=seen_late[-1] if seen_late else math.nan,
         offline_seen_p99=percentile(seen_late, 99), offline_events=len(offline), offline_listed=listed,
         offline_dropped=dropped,
     )
     print(f"    driver: {drive_result['rate']:.0f}/s achieved, statuses {drive_result['statuses']}, "
           f"p99 {drive_result['p99_ms']:.1f} ms", flush=True)
-    print(f"    histogram delta: {observed:.0f} observations, mean {mean * 1000:.1f} ms, all <= {worst_le:g} s", flush=True)
-    print(f"    SSE: {len(offline)}/{n} offline events; lateness by box timestamp max {b.results['offline_box_max'] * 1000:.0f} ms; "
+    print(f"    histogram delta: {observed:.0f} observations, mean {mean * 1000:.1f} ms, all <= {worst_le:g} s",
+          flush=True)
+    print(f"    SSE: {len(offline)}/{n} offline events; "
+          f"lateness by box timestamp max {b.results['offline_box_max'] * 1000:.0f} ms; "
           f"as seen by the client p50 {percentile(seen_late, 50) * 1000:.0f} ms  p99 "
           f"{b.results['offline_seen_p99'] * 1000:.0f} ms  max {b.results['offline_seen_max'] * 1000:.0f} ms; "
           f"events dropped {dropped:.0f}", flush=True)
@@ -870,9 +875,10 @@ def summary(b: Bench) -> bool:
     all_offline = listed.get("offline", 0) == n and len(listed) == 1
     worst_late = max(r["offline_hist_worst"], r["offline_seen_max"])
     rows: list[tuple[str, str, str, bool | None]] = [
-        ("ceiling (bare hypercorn+trio), median", f"{ceil_rps:.0f} req/s  p50 {ceil_mid.p50_ms:.1f}  p99 {ceil_mid.p99_ms:.1f} ms",
-         "-", None),
-        (f"heartbeat ingest, {n} ws, median", f"{box_rps:.0f} req/s  p50 {box_mid.p50_ms:.1f}  p99 {box_mid.p99_ms:.1f} ms",
+        ("ceiling (bare hypercorn+trio), median",
+         f"{ceil_rps:.0f} req/s  p50 {ceil_mid.p50_ms:.1f}  p99 {ceil_mid.p99_ms:.1f} ms", "-", None),
+        (f"heartbeat ingest, {n} ws, median",
+         f"{box_rps:.0f} req/s  p50 {box_mid.p50_ms:.1f}  p99 {box_mid.p99_ms:.1f} ms",
          f">= {TARGET_RATE:g} req/s", box_rps >= TARGET_RATE),
         ("ingest / ceiling", f"{box_rps / ceil_rps:.2f}", "info (prototype 0.92)", None),
         ("non-200 + socket errors under ingest", f"{non200}", "0", non200 == 0),
@@ -884,7 +890,8 @@ def summary(b: Bench) -> bool:
         (f"non-200 at {TARGET_RATE:g}/s", f"{paced['non200']}", "0", paced["non200"] == 0),
         (f"box RSS idle, {n} ws", f"{r['rss_idle']:.0f} MB", f"<= {TARGET_RSS_MB:g} MB",
          r["rss_idle"] <= TARGET_RSS_MB),
-        ("box RSS peak, sampled every 0.2 s, all phases", f"{peak_rss:.0f} MB", f"<= {TARGET_RSS_MB:g} MB", peak_rss <= TARGET_RSS_MB),
+        ("box RSS peak, sampled every 0.2 s, all phases", f"{peak_rss:.0f} MB", f"<= {TARGET_RSS_MB:g} MB",
+         peak_rss <= TARGET_RSS_MB),
         ("box VmHWM (first box / restored box)", f"{r['hwm_box1']:.0f} / {r['hwm_restored']:.0f} MB",
          f"<= {TARGET_RSS_MB:g} MB", max(r["hwm_box1"], r["hwm_restored"]) <= TARGET_RSS_MB),
         ("restore: exec -> /health 200", f"{r['restore_health']:.2f} s", f"<= {TARGET_RESTORE_S:g} s",

@@ -154,14 +154,16 @@ class Settings:
         "Address the HTTP API listens on. Keep 127.0.0.1 unless a TLS proxy fronts the box.")
     data_dir: Path = option(
         "MOLECULE_BOX_DATA", _data_dir, Path("."),
-        "Data directory (SQLite store, secrets key). Default: $STATE_DIRECTORY under systemd, else $XDG_DATA_HOME/molecule-box.", derived=True)
+        "Data directory (SQLite store, secrets key). Default: $STATE_DIRECTORY under systemd, else "
+        "$XDG_DATA_HOME/molecule-box.", derived=True)
     admin_token: str | None = option(
         "ADMIN_TOKEN", _admin_token, None,
         "Admin bearer token; it replaces the stored one, which is how a lost token is recovered. Unset: one is "
         "generated on first start, shown once, and stored only as a hash.")
     secrets_encryption_key: bytes | None = option(
         "SECRETS_ENCRYPTION_KEY", parse_encryption_key, None,
-        "32-byte AES-256-GCM key for secrets at rest (base64 or raw). Unset: a key file is generated in the data dir (mode 0600).")
+        "32-byte AES-256-GCM key for secrets at rest (base64 or raw). Unset: a key file is generated in the data "
+        "dir (mode 0600).")
     container_backend: str = option(
         "CONTAINER_BACKEND", _backend_name, "docker",
         "Backend for non-external workspaces (an installed molecule_box.backends entry point).")

@@ -33,7 +33,9 @@ class BoxMetrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.heartbeats = Counter("molecule_box_heartbeats", "Heartbeats accepted", registry=self.registry)
-        self.registrations = Counter("molecule_box_registrations", "Agent registrations accepted", registry=self.registry)
+        self.registrations = Counter(
+            "molecule_box_registrations", "Agent registrations accepted", registry=self.registry
+        )
         self.actor_restarts = Counter(
             "molecule_box_actor_restarts", "Workspace actors restarted after raising", registry=self.registry
         )

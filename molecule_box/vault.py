@@ -83,7 +83,8 @@ class Vault:
         own = secret_rows.listing(self.store.db, workspace_id)
         keys = {row["key"] for row in own}
         rows = [dict(row, scope="workspace") for row in own]
-        rows += [dict(row, scope="global") for row in secret_rows.listing(self.store.db, None) if row["key"] not in keys]
+        rows += [dict(row, scope="global") for row in secret_rows.listing(self.store.db, None)
+                 if row["key"] not in keys]
         return [{"key": r["key"], "has_value": True, "scope": r["scope"], "created_at": rfc3339(r["created_at"]),
                  "updated_at": rfc3339(r["updated_at"])} for r in rows]
 

@@ -271,7 +271,7 @@ def liveness_deadline(ws: Workspace, ttl: float) -> float | None:
 
 
 def seen(ws: Workspace, at: float, ttl: float) -> Outcome | None:
-    """An authenticated request from the agent at ``at`` is proof of life, like a heartbeat: an agent busy with a long task may starve its heartbeat loop.
+    """An authenticated request from the agent at ``at`` is proof of life, like a heartbeat.
 
     Why: an agent busy with a long task can starve its own heartbeat loop while it still polls its inbox
     or calls its peers; calling it offline then is wrong. Only the deadline moves: the status does not

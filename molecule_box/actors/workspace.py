@@ -202,7 +202,8 @@ class WorkspaceActor:
             self._op.scope.cancel()
             self._op = None
 
-    def _start_op(self, kind: str, fn: Callable[[], Awaitable[Workload | None]], *, deadline: float | None = None) -> None:
+    def _start_op(self, kind: str, fn: Callable[[], Awaitable[Workload | None]], *,
+                  deadline: float | None = None) -> None:
         self._cancel_op()
         self._op_seq += 1
         op = _Op(self._op_seq, kind, trio.CancelScope(deadline=deadline if deadline is not None else math.inf))
@@ -283,7 +284,8 @@ class WorkspaceActor:
         event = observed.event
         ws = self.record
         if event.kind == "progress":  # image pull progress: shown live, not kept
-            self.deps.bus.publish(self.deps.bus.make("WORKSPACE_PROVISION_PROGRESS", ws.id, {"detail": event.detail or ""}))
+            self.deps.bus.publish(
+                self.deps.bus.make("WORKSPACE_PROVISION_PROGRESS", ws.id, {"detail": event.detail or ""}))
             return
         log.debug("workspace %s: backend reported %s", ws.id, event)
         if ws.status not in RUNNING_STATES:
@@ -329,7 +331,8 @@ class WorkspaceActor:
 
     async def _restart_or_fail(self, backend: Backend, *, exit_code: int | None, oom_killed: bool, what: str) -> None:
         """An unexpected stop: start the workload again after the policy's backoff, or give up as failed
-        with the exit code, the OOM flag and the workload's last output, so an operator sees why without reading the engine's logs."""
+        with the exit code, the OOM flag and the workload's last output, so an operator sees why without
+        reading the engine's logs."""
         ws = self.record
         now = self._now()
         decision = self._restarts.on_exit(trio.current_time())
@@ -459,7 +462,8 @@ class WorkspaceActor:
             # backend finds the workload by the workspace id.)
             backend = await self._lifecycle()
             if backend is not None:
-                self._start_op("adopt", self._adopt(backend, self._handle()), deadline=trio.current_time() + ADOPT_DEADLINE)
+                self._start_op("adopt", self._adopt(backend, self._handle()),
+                               deadline=trio.current_time() + ADOPT_DEADLINE)
 
     # -- commands -----------------------------------------------------------------------------
 

@@ -110,7 +110,8 @@ async def get_model(call: Call[None]) -> Any:
     """The platform answers with the decrypted MODEL_PROVIDER secret, which would hand the admin (and any
     holder of this route's tier) a secret value that ``/secrets/values`` refuses it. The agent reads the
     value there; this says only whether it is set, and by which scope."""
-    scope = next((row["scope"] for row in box().vault.listing(call.workspace_id) if row["key"] == "MODEL_PROVIDER"), None)
+    listing = box().vault.listing(call.workspace_id)
+    scope = next((row["scope"] for row in listing if row["key"] == "MODEL_PROVIDER"), None)
     return respond({"model": "", "source": f"{scope}_secrets" if scope else "default"})
 
 

@@ -350,13 +350,15 @@ async def serve(
                 async with trio.open_nursery(strict_exception_groups=True) as nursery:
                     nursery.start_soon(raise_shutdown, shutdown_trigger)
                     nursery.start_soon(raise_shutdown, context.terminate.wait)
-                    nursery.start_soon(intake.dispatch, lambda stream, place: server_nursery.start_soon(connection, stream, place))
+                    nursery.start_soon(intake.dispatch,
+                                       lambda stream, place: server_nursery.start_soon(connection, stream, place))
                     for listener in listeners:
                         nursery.start_soon(_accept, listener, intake)
             except BaseExceptionGroup as error:
                 _, other_errors = error.split((ShutdownError, KeyboardInterrupt))
                 if other_errors is not None:
-                    raise other_errors
+                    # The subgroup keeps its own tracebacks; chaining it to the group it came from prints them twice.
+                    raise other_errors from None
             finally:
                 with trio.CancelScope(shield=True):
                     for listener in listeners:

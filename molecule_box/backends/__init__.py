@@ -1,4 +1,5 @@
-"""Workload backends: the contract (``base``, with ``options``), discovery (``loader``) and the built-in ``external``."""
+"""Workload backends: the contract (``base``, with ``options``), discovery (``loader``) and the built-in
+``external``."""
 
 from .base import (
     CONTRACT_VERSION,

@@ -46,8 +46,8 @@ def run(env_file: Path | None) -> None:
 
     Stays in the foreground. Exit status: 0 after a graceful stop, 2 when it cannot start (a bad setting,
     the port taken, the data dir not writable or in use, a backend plugin that fails to load: one line each,
-    with the fix), 128+signal when a second signal cut the drain short. Under systemd (Type=notify) it reports READY, STATUS, STOPPING and
-    pings the watchdog.
+    with the fix), 128+signal when a second signal cut the drain short. Under systemd (Type=notify) it
+    reports READY, STATUS, STOPPING and pings the watchdog.
     """
     from ..ops import logs
 

@@ -44,9 +44,11 @@ TASKS_MAX = 512
 
 def render_unit(*, exec_start: str = DEFAULT_EXEC, env_file: Path = ENV_DIR / ENV_NAME,
                 docker_group: bool = True) -> str:
-    """The service unit. ``docker_group=False`` leaves out ``SupplementaryGroups=docker`` (no such group: unit would fail)."""
+    """The service unit. ``docker_group=False`` leaves out ``SupplementaryGroups=docker`` (no such group: the
+    unit would fail)."""
     groups = "SupplementaryGroups=docker\n" if docker_group else (
-        "# No docker group on this host when installed: rerun `molecule-box systemd install` after installing Docker.\n")
+        "# No docker group on this host when installed: "
+        "rerun `molecule-box systemd install` after installing Docker.\n")
     return f"""\
 # molecule-box: AI-agent workspaces on one box (docs/operations.md).
 # Written by `molecule-box systemd install`, which puts the real path of the console script in ExecStart=.

@@ -64,7 +64,8 @@ def load_key(settings: Settings) -> bytes:
     except FileExistsError:
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
-            raise ConfigError([f"{path}: secrets key file is readable by others (mode {mode:o}); chmod 600 it"]) from None
+            raise ConfigError(
+                [f"{path}: secrets key file is readable by others (mode {mode:o}); chmod 600 it"]) from None
         try:
             return parse_encryption_key(path.read_text())
         except ValueError as exc:

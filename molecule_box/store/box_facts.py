@@ -16,7 +16,8 @@ def get(db: sqlite_utils.Database, key: str) -> str | None:
 def put(key: str, value: str) -> Callable[[sqlite_utils.Database], None]:
     def op(db: sqlite_utils.Database) -> None:
         db.execute(
-            "INSERT INTO box_settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            "INSERT INTO box_settings (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [key, value],
         )
 

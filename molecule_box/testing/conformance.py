@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import trio
@@ -49,7 +49,7 @@ class BackendConformance:
     Override ``spec_overrides`` to adjust the workload spec (e.g. the runtime your test image serves).
     """
 
-    spec_overrides: dict[str, Any] = {}
+    spec_overrides: ClassVar[dict[str, Any]] = {}
 
     @pytest.fixture
     def spec(self) -> WorkloadSpec:

@@ -222,7 +222,8 @@ async def test_adoption_after_a_box_restart(tmp_path: Path, autojump_clock: trio
     settings = box_settings(tmp_path)
     running, stopped, gone = workspace(S.ONLINE), workspace(S.ONLINE), workspace(S.DEGRADED)
     harness = Harness()
-    async with open_box(settings, now=wall, announce=lambda t: None, extra_backends={"scripted": harness.factory}) as box:
+    async with open_box(settings, now=wall, announce=lambda t: None,
+                        extra_backends={"scripted": harness.factory}) as box:
         for ws in (running, stopped, gone):
             await box.store.write(workspace_rows.insert(ws))
     harness = Harness()

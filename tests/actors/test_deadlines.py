@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from pathlib import Path
 
@@ -126,4 +127,4 @@ async def test_supervisor_backoff_grows(tmp_path: Path, autojump_clock: trio.tes
             gaps.append(trio.current_time() - start)
         assert gaps[0] < 0.3 and gaps[-1] > 2.0, gaps
         # Each delay doubles, with +-20 % jitter: consecutive gaps grow by at least 2 * 0.8 / 1.2 = 1.33.
-        assert all(b >= a * 1.25 for a, b in zip(gaps, gaps[1:], strict=False)), gaps
+        assert all(b >= a * 1.25 for a, b in itertools.pairwise(gaps)), gaps

@@ -37,7 +37,8 @@ CASES = [
     ("POST", "/workspaces", "admin", {"name": "ok", "parent_id": "../etc"}, 400),
     ("POST", "/workspaces", "admin", {"name": "ok", "workspace_dir": "/etc/x"}, 400),
     ("POST", "/workspaces", "admin", {"name": "ok", "secrets": {"bad key": "v"}}, 400),
-    ("POST", "/workspaces", "admin", {"name": "ok", "runtime": "no-such", "backend": "docker"}, 400),  # ALLOWED_RUNTIMES
+    # a runtime outside ALLOWED_RUNTIMES
+    ("POST", "/workspaces", "admin", {"name": "ok", "runtime": "no-such", "backend": "docker"}, 400),
     ("POST", "/workspaces", "admin", {"name": "ok", "backend": "nope"}, 400),
     ("POST", "/workspaces", "admin", b"{" + b'"name": "' + b"x" * (1024 * 1024) + b'"}', 413),
     ("POST", "/workspaces", None, {"name": "ok"}, 401),

@@ -129,8 +129,8 @@ async def test_no_route_answers_5xx_to_deep_json_or_huge_numbers(client: httpx.A
             else {**(bearer(token) if doc.auth == "own" else ADMIN), "content-type": "application/json"}
         huge = json.dumps(_huge_numbers(doc.body)).replace('"@HUGE@"', HUGE)
         if doc.path.endswith("/a2a"):
-            huge = ('{"jsonrpc": "2.0", "id": %s, "method": "message/send", "params": {"message": {"parts": '
-                    '[{"kind": "text", "text": "x"}], "n": %s}}}') % (HUGE, HUGE)
+            huge = ('{"jsonrpc": "2.0", "id": ' + HUGE + ', "method": "message/send", "params": {"message": {"parts": '
+                    '[{"kind": "text", "text": "x"}], "n": ' + HUGE + "}}}")
         for body in (DEEP, b'{"a": ' + DEEP + b"}", huge.encode()):
             with trio.fail_after(10):
                 answer = await client.request(doc.method.upper(), path, content=body, headers=headers)

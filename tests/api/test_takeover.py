@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -37,7 +37,7 @@ class Recording(LifecycleStub):
     """A box-run backend that keeps every spec it was asked to start (what the container would be)."""
 
     name = "recording"
-    specs: list[WorkloadSpec] = []
+    specs: ClassVar[list[WorkloadSpec]] = []
 
     def capabilities(self) -> Capabilities:
         return Capabilities(lifecycle=True, prewrites_token=True)

@@ -1,8 +1,9 @@
 """Docker workspaces reach the box with the defaults (issue #11 item 4), against a real engine and the test image.
 
 With ``WORKSPACE_NETWORK=host`` and no ``PLATFORM_URL`` a workspace comes online; with a bridge network that cannot
-reach a loopback-only box the box starts and refuses each docker workspace, naming the settings to change; ``molecule-box doctor`` fetches
-``PLATFORM_URL`` from a real container on the configured network and fails when nothing answers there.
+reach a loopback-only box the box starts and refuses each docker workspace, naming the settings to change;
+``molecule-box doctor`` fetches ``PLATFORM_URL`` from a real container on the configured network and fails when
+nothing answers there.
 Everything listens on 127.0.0.1 only.
 """
 
@@ -93,7 +94,7 @@ async def test_doctor_reaches_the_running_box_from_a_container(runner: BoxRunner
     del env["PLATFORM_URL"]
     box = await runner.start(**env)
     try:
-        code, found = await trio.to_thread.run_sync(_platform_check, tmp_path / "doctor", port)
+        _, found = await trio.to_thread.run_sync(_platform_check, tmp_path / "doctor", port)
     finally:
         await runner.stop()
         await trio.to_thread.run_sync(remove_box, box.box_id)

@@ -48,14 +48,16 @@ def config(tier: int = 2, *, port: int | None = None, host_cpus: int | None = 8,
 
 def test_image_names() -> None:
     assert sp.image_ref(settings(), "langgraph") == "ghcr.io/molecule-ai/workspace-template-langgraph:latest"
-    assert sp.image_ref(settings(WORKSPACE_IMAGE_PREFIX="reg:5000/t-", WORKSPACE_IMAGE_TAG="v2"), "x") == "reg:5000/t-x:v2"
+    tagged = settings(WORKSPACE_IMAGE_PREFIX="reg:5000/t-", WORKSPACE_IMAGE_TAG="v2")
+    assert sp.image_ref(tagged, "x") == "reg:5000/t-x:v2"
     assert sp.split_image("reg:5000/t-x:v2") == ("reg:5000/t-x", "v2")
     assert sp.split_image("reg:5000/t-x") == ("reg:5000/t-x", "latest")
     assert sp.container_name(WID) == "ws-0123456789ab"
     assert sp.volume_names(WID) == ("ws-0123456789ab-configs", "ws-0123456789ab-workspace")
 
 
-@pytest.mark.parametrize(("tier", "memory", "cpus"), [(1, 512, 1), (2, 512, 1), (3, 2048, 2), (4, 4096, 4), (7, 512, 1)])
+@pytest.mark.parametrize(("tier", "memory", "cpus"),
+                         [(1, 512, 1), (2, 512, 1), (3, 2048, 2), (4, 4096, 4), (7, 512, 1)])
 def test_every_tier_has_memory_cpu_and_pid_limits(tier: int, memory: int, cpus: int) -> None:
     host = config(tier)["HostConfig"]
     assert host["Memory"] == host["MemorySwap"] == memory * MIB

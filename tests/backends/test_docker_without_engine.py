@@ -39,6 +39,7 @@ async def test_without_an_engine_a_bridge_network_that_cannot_reach_the_box_refu
         response = await client.post("/workspaces", json={"name": "w", "runtime": RUNTIME}, headers=ADMIN)
         assert response.status_code == 400, response.text
         assert response.json()["code"] == "workload_refused"
-        assert "BIND_ADDR=127.0.0.1" in response.json()["error"] and "WORKSPACE_NETWORK=host" in response.json()["error"]
+        error = response.json()["error"]
+        assert "BIND_ADDR=127.0.0.1" in error and "WORKSPACE_NETWORK=host" in error
         external = await client.post("/workspaces", json={"name": "x", "external": True}, headers=ADMIN)
         assert external.status_code == 201, external.text

@@ -282,8 +282,9 @@ async def test_orphans_of_this_box_are_swept(runner: BoxRunner, tmp_path: Path) 
     orphan = f"orphan-{uuid.uuid4().hex[:8]}"
     stranger = f"stranger-{uuid.uuid4().hex[:8]}"
     for name, owner in ((orphan, box_id), (stranger, other_box)):
-        await cli("create", "--name", name, "--label", "molecule-box.managed=true", "--label", f"molecule-box.box={owner}",
-                  "--label", f"molecule-box.workspace={uuid.uuid4()}", "molecule-box-test-agent-langgraph:latest")
+        await cli("create", "--name", name, "--label", "molecule-box.managed=true",
+                  "--label", f"molecule-box.box={owner}", "--label", f"molecule-box.workspace={uuid.uuid4()}",
+                  "molecule-box-test-agent-langgraph:latest")
     try:
         await trio.sleep(0.6)  # older than the grace, as a leftover of a crash would be
         await runner.start(**docker_env(port, ORPHAN_GRACE_SECONDS="0.5"))

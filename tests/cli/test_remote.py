@@ -188,7 +188,7 @@ async def test_the_cli_finds_the_box_from_url_port_and_env_file_before_or_after_
         (("workspaces", "ls", "--json", "--url", box_url), {"MOLECULE_BOX_URL": "http://127.0.0.1:9"}),
     ]
     for args, extra in ways:
-        result = await trio.to_thread.run_sync(lambda: run_cli(*args, env={**home, **extra}))
+        result = await trio.to_thread.run_sync(lambda args=args, extra=extra: run_cli(*args, env={**home, **extra}))
         assert result.returncode == 0, (args, extra, result.stderr)
     # Nothing points anywhere: the default address, and the error says where it looked.
     lost = await trio.to_thread.run_sync(lambda: run_cli("workspaces", "ls", env={**home, "PORT": "9"}))
@@ -288,8 +288,8 @@ def terminal_output(args: tuple[str, ...], env: dict[str, str], columns: int = 8
 async def test_ls_fits_80_columns_on_a_terminal_and_no_trunc_shows_everything(box_url: str, tmp_path: Path) -> None:
     env = bare_env(tmp_path, MOLECULE_BOX_URL=box_url, ADMIN_TOKEN=ADMIN_TOKEN)
     long_name = "a-workspace-name-long-enough-to-push-the-table-past-eighty-columns"
-    created = [ok(await trio.to_thread.run_sync(lambda: run_cli("workspaces", "create", name, "--external", "--json",
-                                                                env=env)))
+    created = [ok(await trio.to_thread.run_sync(lambda name=name: run_cli("workspaces", "create", name, "--external",
+                                                                          "--json", env=env)))
                for name in (long_name, "short")]
     async with httpx.AsyncClient(base_url=box_url, timeout=10) as client:
         beat = await client.post("/registry/heartbeat", json={"workspace_id": created[1]["id"]},

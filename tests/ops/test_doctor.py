@@ -107,11 +107,11 @@ def test_wrong_key_for_stored_secrets(tmp_path: Path) -> None:
     ok = doctor.diagnose(None, box_env(data, 0, SECRETS_ENCRYPTION_KEY="r" * 32))
     assert [f.status for f in ok if f.check == "secrets key"] == ["ok"]
     wrong = doctor.diagnose(None, box_env(data, 0, SECRETS_ENCRYPTION_KEY="w" * 32))
-    failure = [f for f in wrong if f.check == "secrets key"][0]
+    failure = next(f for f in wrong if f.check == "secrets key")
     assert failure.status == "fail" and "does not decrypt" in failure.message
     # No key at all while secrets are stored: the box would generate a fresh one that decrypts nothing.
     missing = doctor.diagnose(None, box_env(data, 0))
-    failure = [f for f in missing if f.check == "secrets key"][0]
+    failure = next(f for f in missing if f.check == "secrets key")
     assert failure.status == "fail" and "secrets.key" in (failure.fix or "")
     assert "r" * 32 not in repr(wrong) + repr(missing)  # the key itself is never shown
 
@@ -133,7 +133,7 @@ def test_newer_schema_fails_with_its_fix(tmp_path: Path) -> None:
     Store(data / "molecule-box.db").close()
     with closing(sqlite3.connect(data / "molecule-box.db")) as conn:
         conn.execute("PRAGMA user_version = 999")
-    store = [f for f in doctor.diagnose(None, box_env(data, 0)) if f.check == "store"][0]
+    store = next(f for f in doctor.diagnose(None, box_env(data, 0)) if f.check == "store")
     assert store.status == "fail" and "newer" in store.message and "upgrade" in (store.fix or "")
 
 

@@ -74,7 +74,8 @@ class TestAgent:
         for part in message.get("parts", []):
             text += part.get("text", "")
         out = json.dumps({"jsonrpc": "2.0", "id": payload.get("id"), "result": {
-            "kind": "message", "role": "agent", "messageId": "reply-1", "parts": [{"kind": "text", "text": f"echo: {text}"}]}}).encode()
+            "kind": "message", "role": "agent", "messageId": "reply-1",
+            "parts": [{"kind": "text", "text": f"echo: {text}"}]}}).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
         await send({"type": "http.response.body", "body": out})

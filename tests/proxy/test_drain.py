@@ -161,7 +161,7 @@ async def test_an_answer_that_is_not_a_success_stops_the_drain_until_the_next_he
     # The second drain sends what is left oldest first (answers may pass each other: a slow one is overtaken
     # by any number of others, so the order of answers proves nothing).
     again = [int(mid.split("-")[1]) for mid in agent.arrived[first:]]
-    assert all(abs(n - expected) < CAPACITY for n, expected in zip(again, sorted(again))), again
+    assert all(abs(n - expected) < CAPACITY for n, expected in zip(again, sorted(again), strict=True)), again
 
 
 async def test_a_drain_ends_with_the_box_and_its_messages_go_out_after_a_restart(

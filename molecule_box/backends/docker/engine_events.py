@@ -46,7 +46,8 @@ class ContainerEvent:
             return BackendEvent(self.workspace_id, "exited", exit_code=self.exit_code,
                                 detail=f"container {self.container_id[:12]} exited")
         if self.action == "oom":
-            return BackendEvent(self.workspace_id, "oom", detail=f"container {self.container_id[:12]} hit its memory limit")
+            return BackendEvent(self.workspace_id, "oom",
+                                detail=f"container {self.container_id[:12]} hit its memory limit")
         if self.action == "health":
             return BackendEvent(self.workspace_id, "health", health=self.health)
         if self.action == "destroy":

@@ -52,7 +52,8 @@ def default_platform_url(network: str, bind_addr: str, port: int) -> str:
 class DockerSettings(BackendSettings):
     docker_host: str | None = option(
         "DOCKER_HOST", text, None,
-        "Docker engine address (unix:///var/run/docker.sock, tcp://...). Default: the Docker context, else the local socket.")
+        "Docker engine address (unix:///var/run/docker.sock, tcp://...). Default: the Docker context, else the "
+        "local socket.")
     workspace_image_prefix: str = option(
         "WORKSPACE_IMAGE_PREFIX", text, "ghcr.io/molecule-ai/workspace-template-",
         "Image of a docker workspace: prefix + runtime + ':' + WORKSPACE_IMAGE_TAG. Pulled when missing.")
