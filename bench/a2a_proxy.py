@@ -71,6 +71,7 @@ CHILD_MAX_SECONDS = 1800.0  # every helper process stops by itself after this, w
 TARGETS = {
     "box/ceiling throughput ratio": (">= 0.5", lambda v: v >= 0.5),
     "added p50 latency at 50 req/s (ms)": ("<= 2", lambda v: v <= 2.0),
+    "added p50 to an http.server agent (ms)": ("<= 2", lambda v: v <= 2.0),
     "box errors under wrk (non-2xx, socket)": ("== 0", lambda v: v == 0),
     "2,000 concurrent: failed calls": ("== 0", lambda v: v == 0),
     "box peak RSS, VmHWM (MB)": ("< 300", lambda v: v < 300.0),
@@ -101,19 +102,22 @@ def pct(values: list[float], q: float) -> float:
 class Client:
     """One keep-alive HTTP/1.1 connection with h11 framing (client side of the helper roles)."""
 
-    def __init__(self, stream: Any, authority: str) -> None:
+    def __init__(self, stream: Any, authority: str, quickack: bool = False) -> None:
         import h11
 
         self.stream = stream
         self.authority = authority
         self.h11 = h11.Connection(h11.CLIENT)
+        #: ACK each read at once (TCP_QUICKACK), as the box does upstream: without it a straight call to an agent
+        #: that writes its head and body in two pieces waits for this client's delayed ACK (about 40 ms).
+        self.quickack = quickack and hasattr(socket, "TCP_QUICKACK")
 
     @classmethod
-    async def open(cls, url: str) -> Client:
+    async def open(cls, url: str, quickack: bool = False) -> Client:
         import trio
 
         host, port, _ = split_url(url)
-        return cls(await trio.open_tcp_stream(host, port), f"{host}:{port}")
+        return cls(await trio.open_tcp_stream(host, port), f"{host}:{port}", quickack)
 
     async def _next(self) -> Any:
         import h11
@@ -121,7 +125,10 @@ class Client:
         while True:
             event = self.h11.next_event()
             if event is h11.NEED_DATA:
-                self.h11.receive_data(await self.stream.receive_some(65536))
+                data = await self.stream.receive_some(65536)
+                if self.quickack:
+                    self.stream.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+                self.h11.receive_data(data)
                 continue
             return event
 
@@ -388,7 +395,8 @@ def role_latency(args: argparse.Namespace) -> None:
     errors: list[str] = []
 
     async def main() -> None:
-        clients = [(name, await Client.open(url), split_url(url)[2], headers) for name, url, headers in targets]
+        clients = [(name, await Client.open(url, args.quickack), split_url(url)[2], headers)
+                   for name, url, headers in targets]
         try:
             for _ in range(20):  # warm every path (connections, the box's pool)
                 for _, client, path, headers in clients:
@@ -503,8 +511,33 @@ def role_ttfb(args: argparse.Namespace) -> None:
     print(json.dumps(result), flush=True)
 
 
-ROLES = {"ceiling": role_ceiling, "agent": role_agent, "heartbeats": role_heartbeats, "latency": role_latency,
-         "concurrent": role_concurrent, "ttfb": role_ttfb}
+# -- role: an agent on Python's http.server ----------------------------------------------------------
+
+def role_two_piece(args: argparse.Namespace) -> None:
+    """A JSON-RPC agent on http.server: it writes each reply's head and its body in two writes, without
+    TCP_NODELAY, so a kept-alive caller that delays its ACKs waits about 40 ms for every body."""
+    import http.server
+
+    class Agent(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            body = b'{"jsonrpc":"2.0","id":1,"result":{"kind":"message","role":"agent","parts":[]}}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    http.server.ThreadingHTTPServer((HOST, args.port), Agent).serve_forever()
+
+
+ROLES = {"ceiling": role_ceiling, "two-piece": role_two_piece, "agent": role_agent, "heartbeats": role_heartbeats,
+         "latency": role_latency, "concurrent": role_concurrent, "ttfb": role_ttfb}
 
 
 # ================================================================================================
@@ -818,8 +851,8 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=2000, help="in-flight calls in scenario 3")
     parser.add_argument("--slow-delay", type=float, default=5.0, help="seconds the slow agent waits")
     parser.add_argument("--hb-rate", type=float, default=50.0, help="heartbeats per second during scenarios")
-    parser.add_argument("--scenarios", default="throughput,latency,concurrent,sse",
-                        help="comma-separated subset of: throughput, latency, concurrent, sse")
+    parser.add_argument("--scenarios", default="throughput,latency,two-piece,concurrent,sse",
+                        help="comma-separated subset of: throughput, latency, two-piece, concurrent, sse")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, nginx.conf)")
     parser.add_argument("--box-src", type=Path, help="run the box from this source tree (put first on PYTHONPATH), "
                         "e.g. a scratch copy with a proposed change, to compare against the installed one")
@@ -835,6 +868,7 @@ def main() -> int:
     parser.add_argument("--headers", default="[]")
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--count", type=int, default=250)
+    parser.add_argument("--quickack", action="store_true", help="latency role: ACK each read at once")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--max-seconds", type=float, default=600.0)
@@ -859,7 +893,8 @@ def drive(args: argparse.Namespace) -> int:
           f"temp dir {tmp}", flush=True)
     try:
         # ---- start everything ------------------------------------------------------------------
-        upstream_port, nginx_proxy_port, ceiling_port, agent_port, box_port = (free_port() for _ in range(5))
+        upstream_port, nginx_proxy_port, ceiling_port, agent_port, box_port, two_piece_port = (
+            free_port() for _ in range(6))
         (tmp / "nginx").mkdir()
         conf = tmp / "nginx" / "nginx.conf"
         conf.write_text(nginx_conf(tmp / "nginx", upstream_port, nginx_proxy_port))
@@ -867,6 +902,7 @@ def drive(args: argparse.Namespace) -> int:
                                     str(tmp / "nginx" / "nginx-error.log")])
         ceiling = procs.role("ceiling", "ceiling", "--port", str(ceiling_port))
         agent = procs.role("agent", "agent", "--port", str(agent_port), "--delay", str(args.slow_delay))
+        two_piece = procs.role("two-piece", "two-piece", "--port", str(two_piece_port))
         env = dict(os.environ, PORT=str(box_port), BIND_ADDR=HOST, ADMIN_TOKEN=ADMIN_TOKEN,
                    MOLECULE_BOX_DATA=str(tmp / "box-data"), MOLECULE_BOX_ALLOW_AGENT_NETWORKS="127.0.0.0/8",
                    CONTAINER_BACKEND="external", MOLECULE_BOX_SHUTDOWN_GRACE="2")
@@ -876,11 +912,13 @@ def drive(args: argparse.Namespace) -> int:
         box = procs.start("box", [sys.executable, "-m", "molecule_box", "run"], env=env, cwd=tmp)
         for port, proc, what in ((upstream_port, ngx, "nginx"), (nginx_proxy_port, ngx, "nginx proxy"),
                                  (ceiling_port, ceiling, "ceiling"), (agent_port, agent, "slow/SSE agent"),
+                                 (two_piece_port, two_piece, "http.server agent"),
                                  (box_port, box, "box")):
             wait_port(port, proc, what)
         box_url = f"http://{HOST}:{box_port}"
         ws = setup_box(box_url, {"fast": f"http://{HOST}:{upstream_port}/", "slow": f"http://{HOST}:{agent_port}/slow",
-                                 "sse": f"http://{HOST}:{agent_port}/sse"})
+                                 "sse": f"http://{HOST}:{agent_port}/sse",
+                                 "two-piece": f"http://{HOST}:{two_piece_port}/"})
         caller, caller_token = ws["caller"]
         (fast, _), (slow, _), (sse, _) = ws["targets"]["fast"], ws["targets"]["slow"], ws["targets"]["sse"]
 
@@ -967,6 +1005,24 @@ def drive(args: argparse.Namespace) -> int:
                   + (f"; errors {lat['errors']}" if lat["errors"] else ""), flush=True)
             figures.append(("added p50 latency at 50 req/s (ms)", added, ""))
 
+        # ---- 2b. added latency to an agent that writes its reply in two pieces (http.server) ---------
+        if "two-piece" in want:
+            refresh()
+            two, _ = ws["targets"]["two-piece"]
+            with heartbeats(procs, box_url, beaters, args.hb_rate, hb, "two-piece"):
+                lat = role_json(procs.role("latency-two-piece", "latency",
+                                           "--direct", f"http://{HOST}:{two_piece_port}/",
+                                           "--box", f"{box_url}/workspaces/{two}/a2a", "--headers", header_list,
+                                           "--rate", "50", "--count", "250", "--quickack",
+                                           stdout=subprocess.PIPE), 180)
+            added = lat["box"]["p50"] - lat["direct"]["p50"]
+            print(f"\n== 2b. latency at 50 req/s to an http.server agent (head and body in two writes, keep-alive; "
+                  f"the straight client ACKs at once): direct p50 {lat['direct']['p50']:.2f} "
+                  f"p99 {lat['direct']['p99']:.2f} ms; through the box p50 {lat['box']['p50']:.2f} "
+                  f"p99 {lat['box']['p99']:.2f} ms; added p50 {added:.2f} ms"
+                  + (f"; errors {lat['errors']}" if lat["errors"] else ""), flush=True)
+            figures.append(("added p50 to an http.server agent (ms)", added, ""))
+
         # ---- 3. 2,000 concurrent in-flight calls to a 5 s agent -------------------------------------
         if "concurrent" in want:
             refresh()
@@ -1008,7 +1064,7 @@ def drive(args: argparse.Namespace) -> int:
         # ---- heartbeats ----------------------------------------------------------------------------
         print(f"\n== heartbeats during each scenario ({args.hb_rate:g}/s over {len(beaters)} workspaces, latency "
               f"from the scheduled send)", flush=True)
-        for label in ("throughput", "latency", "concurrent", "sse"):
+        for label in ("throughput", "latency", "two-piece", "concurrent", "sse"):
             if label not in want:
                 continue
             h = hb.get(label, {})
