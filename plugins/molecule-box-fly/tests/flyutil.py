@@ -20,8 +20,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from molecule_box_fly import FlySettings
 from molecule_box_fly.emulator import DOCKER_LABEL, Emulator, Faults, serve
 from molecule_box_fly.emulator.machines import docker, remove_containers
+
+from molecule_box.backends.base import BackendContext, BackendEvent
 
 TOKEN = "fly-test-token-0123456789abcdef"
 APP = "molecule-test"
@@ -52,6 +55,12 @@ class Fly:
 
     def live(self) -> list[Any]:
         return [m for m in self.machines.values() if m.state != "destroyed"]
+
+def context(fly: Fly, box_id: str, events: list[BackendEvent] | None = None, **settings: Any) -> BackendContext[Any]:
+    """The context the box would hand the backend, its settings pointed at the emulator."""
+    own = FlySettings(**{"api_token": TOKEN, "app": APP, "api_base_url": fly.url, "request_timeout": 5, **settings})
+    return BackendContext(box_id=box_id, settings=own, report=(events if events is not None else []).append,
+                          platform_url="http://127.0.0.1:9", bind_addr="127.0.0.1")
 
 
 async def start_emulator(nursery: trio.Nursery, **kwargs: Any) -> Fly:

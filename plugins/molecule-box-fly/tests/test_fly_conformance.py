@@ -5,17 +5,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import pytest
-from flyutil import APP, TOKEN, Fly
-from molecule_box_fly import FlyBackend, FlySettings
+from flyutil import Fly, context
+from molecule_box_fly import FlyBackend
 
 from molecule_box.backends.base import BackendContext, BackendEvent
 from molecule_box.testing import BackendConformance
-
-
-def context(fly: Fly, box_id: str, events: list[BackendEvent] | None = None, **settings: Any) -> BackendContext[Any]:
-    own = FlySettings(api_token=TOKEN, app=APP, api_base_url=fly.url, request_timeout=5, **settings)
-    return BackendContext(box_id=box_id, settings=own, report=(events if events is not None else []).append,
-                          platform_url="http://127.0.0.1:9", bind_addr="127.0.0.1")
 
 
 class TestFlyBackend(BackendConformance):

@@ -34,7 +34,8 @@ from .http import Drop, Request, Response
 
 log = logging.getLogger("molecule_box_fly.emulator")
 
-ROUTE = re.compile(r"^/v1/apps/(?P<app>[^/]+)/machines(?:/(?P<id>[^/]+)(?:/(?P<action>[a-z]+)(?:/(?P<key>[^/]+))?)?)?$")
+ROUTE = re.compile(r"^/v1/apps/(?P<app>[^/]+)/machines"
+                   r"(?:/(?P<id>[^/]+)(?:/(?P<action>[a-z]+)(?:/(?P<key>[^/]+))?)?)?/?$")
 WAIT_STATES = {"started", "stopped", "suspended", "destroyed"}
 LEASE_HEADER = "fly-machine-lease-nonce"
 #: A docker label on every container the emulator runs, valued with the emulator's id.
