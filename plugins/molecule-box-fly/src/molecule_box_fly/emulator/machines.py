@@ -173,8 +173,9 @@ class Emulator:
                 return error(400, f"bad faults: {exc}")
             return Response(200, dataclasses.asdict(self.faults))
         if request.path == "/_emulator/stats" and request.method == "GET":
+            states = Counter(m.state for machines in self.apps.values() for m in machines.values())
             return Response(200, {"calls": dict(self.calls), "total": sum(self.calls.values()),
-                                  "machines": sum(len(m) for m in self.apps.values())})
+                                  "machines": sum(len(m) for m in self.apps.values()), "states": dict(states)})
         if request.path == "/_emulator/reset-stats" and request.method == "POST":
             self.calls.clear()
             return Response(200, {})
