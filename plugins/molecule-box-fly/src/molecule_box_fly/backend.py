@@ -178,10 +178,16 @@ class FlyBackend(BaseBackend):
         await self._wait(handle, "started")
         return Workload(handle=handle)
 
-    async def _machines(self, metadata: dict[str, str]) -> list[dict[str, Any]]:
+    async def _machines(self, metadata: dict[str, str], *, retry: bool = True) -> list[dict[str, Any]]:
+        """This box's live machines matching ``metadata``; ``retry``: wait out an outage (else it is an error, so
+        the orphan sweep skips a round instead of hanging)."""
         params = {"metadata.molecule_box": self.context.box_id, **metadata}
+
+        async def call() -> Any:
+            return await self.client.call("GET", params=params)
+
         try:
-            found = await retrying("list", lambda: self.client.call("GET", params=params))
+            found = await (retrying("list", call) if retry else call())
         except FlyFailure as exc:
             raise BackendError(f"cannot list Fly machines: {exc.message}") from None
         return [m for m in found or [] if isinstance(m, dict) and m.get("state") not in GONE]
@@ -277,4 +283,4 @@ class FlyBackend(BaseBackend):
     async def list_managed(self) -> list[Handle]:
         return [self.handle_of(m, str((m.get("config") or {}).get("metadata", {}).get("workspace_id")
                                       or (m.get("metadata") or {}).get("workspace_id")))
-                for m in await self._machines({})]
+                for m in await self._machines({}, retry=False)]
