@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
-from flyutil import APP, TOKEN, Fly
+import trio
+from flyutil import APP, TOKEN, Fly, free_port
 
 
 @pytest.fixture
@@ -68,3 +74,33 @@ async def test_faults_and_stats_are_knobs(api: httpx.AsyncClient, fly: Fly) -> N
             await api.get("")
         stats = (await control.get("/_emulator/stats")).json()
         assert stats["calls"]["GET machines"] == 3 and stats["total"] == 3
+
+
+async def test_it_runs_as_a_command(tmp_path: Path) -> None:
+    """``python -m molecule_box_fly.emulator``, as a user starts it: knobs on the command line, SIGTERM stops it."""
+    port = free_port()
+    command = [sys.executable, "-m", "molecule_box_fly.emulator", "--port", str(port), "--token", TOKEN,
+               "--app", APP, "--start-seconds", "0.1"]
+    with (tmp_path / "emulator.log").open("wb") as log:
+        process = await trio.lowlevel.open_process(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            with trio.fail_after(30):
+                while True:
+                    try:
+                        faults = (await client.post("/_emulator/faults", json={})).json()
+                        break
+                    except httpx.TransportError:
+                        await trio.sleep(0.05)
+            assert faults["start_seconds"] == 0.1
+            listed = await client.get(f"/v1/apps/{APP}/machines", headers={"Authorization": f"FlyV1 {TOKEN}"})
+            assert listed.status_code == 200 and listed.json() == []
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            await process.wait()
+    with trio.fail_after(60):
+        missing = await trio.run_process([sys.executable, "-m", "molecule_box_fly.emulator"], capture_stderr=True,
+                                         env={"PATH": os.environ.get("PATH", "")}, check=False)
+    refusal = missing.stderr.decode()
+    assert missing.returncode != 0 and "--token" in refusal and "Traceback" not in refusal
