@@ -57,6 +57,7 @@ RuntimeName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z
 UUIDStr = Annotated[str, AfterValidator(_uuid)]
 Dir = Annotated[str, Field(max_length=4096), AfterValidator(_abs_dir)]
 SecretKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+MetadataKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
 SecretValue = Annotated[str, Field(min_length=1, max_length=65536)]
 Text = Annotated[str, Field(max_length=8192)]
 #: Free-form JSON the box stores and re-emits: a NaN or infinity in it would make later answers non-strict JSON.
@@ -103,6 +104,9 @@ class CreateWorkspace(Body):
     #: claim the workspace, within ``bootstrap_expires_in`` seconds (default 3600, at most 7 days).
     bootstrap: Literal["token", "open"] = "token"
     bootstrap_expires_in: int | None = Field(default=None, ge=1, le=7 * 86400)
+    #: molecule-box addition: placement hints handed to the backend (``region`` for flyio), kept with the
+    #: workspace's config.
+    metadata: dict[MetadataKey, Short] | None = Field(default=None, max_length=20)
 
 
 class PatchWorkspace(Body):

@@ -276,6 +276,8 @@ class Supervisor:
             config["model"] = body.model
         if body.template:
             config["template"] = body.template
+        if body.metadata:
+            config["metadata"] = dict(body.metadata)
         outcome = t.created(Workspace(
             id=wid, name=body.name, role=body.role or None, tier=tier, status=S.PROVISIONING, runtime=runtime,
             backend=backend_name, url=url, parent_id=body.parent_id, budget_limit=body.budget_limit,

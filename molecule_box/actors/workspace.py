@@ -413,10 +413,11 @@ class WorkspaceActor:
         except MoleculeBoxError as exc:
             await self._commit(t.failed(self.record, self._now(), str(exc)))
             return
+        config = ws.config if isinstance(ws.config, dict) else {}
         spec = WorkloadSpec(
             workspace_id=ws.id, name=ws.name, runtime=ws.runtime, tier=ws.tier, env=env,
-            platform_url=self.deps.settings.platform_url, auth_token=spec_token,
-            config=ws.config if isinstance(ws.config, dict) else {}, previous=ws.backend_state,
+            platform_url=self.deps.settings.platform_url, auth_token=spec_token, config=config,
+            previous=ws.backend_state, metadata=dict(config.get("metadata") or {}),
         )
         async def start() -> Workload:
             if delay > 0:

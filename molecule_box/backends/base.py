@@ -140,6 +140,8 @@ class WorkloadSpec:
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: The handle from a previous start, if any (restart reuses volumes it names).
     previous: Handle | None = None
+    #: The create body's ``metadata`` (text values), e.g. ``region`` for a backend that places workloads.
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __repr__(self) -> str:  # never print env or token
         return f"WorkloadSpec(workspace_id={self.workspace_id!r}, runtime={self.runtime!r}, tier={self.tier})"

@@ -1,0 +1,286 @@
+"""The ``flyio`` backend: each workspace is one Fly Machine in ``FLY_WORKSPACE_APP``.
+
+A Machine is labelled before it exists (its ``metadata`` carries the box id and the workspace id, so the list
+filter finds every one this box made, even one whose create answer was lost), gets the workspace's token as a
+file at create (``config.files``), and is waited for with Fly's own ``/wait`` long-poll. The handle stores the
+machine id and instance id; later calls address the machine by id, never by name.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
+
+import trio
+
+from molecule_box.backends.base import (
+    BackendContext,
+    BackendError,
+    BaseBackend,
+    Capabilities,
+    Handle,
+    Workload,
+    WorkloadSpec,
+    WorkloadState,
+    WorkloadStatus,
+)
+
+from .client import FlyFailure, MachinesClient, NotFound, Refused, Unavailable
+from .settings import FlySettings
+
+log = logging.getLogger("molecule_box_fly")
+
+T = TypeVar("T")
+
+#: Guest sizes per tier (Fly's ``guest``): T2 1 shared CPU / 512 MB, T3 2 / 2048, T4 4 / 4096.
+GUESTS = {2: (1, 512), 3: (2, 2048), 4: (4, 4096)}
+#: The port the agent serves inside its Machine.
+AGENT_PORT = 8000
+TOKEN_PATH = "/configs/.auth_token"
+GONE = frozenset({"destroying", "destroyed", "replaced", "migrated"})
+RUNNING = frozenset({"started"})
+STARTING = frozenset({"created", "creating", "starting", "restarting", "updating", "replacing"})
+#: Seconds of one ``/wait`` long-poll: between polls the machine is looked at, so a failed launch is seen.
+POLL = 5
+#: Longest pause between retries while the API is unavailable.
+BACKOFF_MAX = 5.0
+
+
+def machine_name(workspace_id: str) -> str:
+    return f"ws-{workspace_id[:12]}"
+
+
+def workload_state(state: str) -> WorkloadState:
+    if state in RUNNING:
+        return WorkloadState.RUNNING
+    if state in STARTING:
+        return WorkloadState.STARTING
+    if state in GONE:
+        return WorkloadState.MISSING
+    return WorkloadState.STOPPED  # stopping, stopped, suspending, suspended, failed, launch_failed
+
+
+def created_at(machine: dict[str, Any]) -> float:
+    """The machine's creation as a unix time (the orphan sweep spares young ones); now when Fly did not say."""
+    try:
+        return datetime.datetime.fromisoformat(str(machine["created_at"])).timestamp()
+    except (KeyError, ValueError):
+        return time.time()
+
+
+def last_event(machine: dict[str, Any], kind: str, status: str | None = None) -> dict[str, Any] | None:
+    events = [e for e in machine.get("events") or [] if isinstance(e, dict) and e.get("type") == kind
+              and status in (None, e.get("status"))]
+    return max(events, key=lambda e: e.get("timestamp") or 0) if events else None
+
+
+async def retrying(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """``call()`` until the API answers (a :class:`Unavailable` is retried with backoff); the caller's deadline
+    bounds it. Fly's answer, good or bad, is returned or raised."""
+    pause = 0.25
+    while True:
+        try:
+            return await call()
+        except Unavailable as exc:
+            log.warning("flyio: %s: %s; retrying in %.1fs", what, exc.message, pause)
+        await trio.sleep(pause)
+        pause = min(pause * 2, BACKOFF_MAX)
+
+
+class FlyBackend(BaseBackend):
+    """Workspaces as Fly Machines (``CONTAINER_BACKEND=flyio``)."""
+
+    name = "flyio"
+    version = "0.1.0"
+    settings_type: ClassVar[type[FlySettings]] = FlySettings
+
+    def __init__(self, context: BackendContext[FlySettings]) -> None:
+        super().__init__(context)
+        self.settings: FlySettings = context.settings
+        self._client: MachinesClient | None = None
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(lifecycle=True, tiers=frozenset(GUESTS), prewrites_token=True)
+
+    def admit(self, *, runtime: str, tier: int) -> None:
+        missing = [env for env, value in (("FLY_API_TOKEN", self.settings.api_token),
+                                          ("FLY_WORKSPACE_APP", self.settings.app)) if not value]
+        if missing:
+            raise BackendError(f"the flyio backend needs {' and '.join(missing)}")
+
+    @property
+    def client(self) -> MachinesClient:
+        if self._client is None:
+            self.admit(runtime="", tier=0)
+            s = self.settings
+            self._client = MachinesClient(s.api_base_url, s.app, s.api_token, s.request_timeout)
+        return self._client
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            if self._client is not None:
+                await self._client.aclose()
+
+    # -- the machine's config ------------------------------------------------------------------------
+
+    def machine_config(self, spec: WorkloadSpec) -> dict[str, Any]:
+        if spec.tier not in GUESTS:
+            raise BackendError(f"tier {spec.tier} is not supported by backend flyio (supported: 2, 3, 4)")
+        cpus, memory = GUESTS[spec.tier]
+        files = []
+        if spec.auth_token:
+            files.append({"guest_path": TOKEN_PATH, "mode": 0o600,
+                          "raw_value": base64.b64encode(spec.auth_token.encode()).decode()})
+        return {
+            "image": f"{self.settings.image_prefix}{spec.runtime}:latest",
+            "env": {**spec.env, "PORT": str(AGENT_PORT)},
+            "guest": {"cpu_kind": "shared", "cpus": cpus, "memory_mb": memory},
+            "restart": {"policy": "on-failure"},
+            "metadata": {"molecule_box": self.context.box_id, "workspace_id": spec.workspace_id,
+                         "tier": str(spec.tier)},
+            "files": files,
+            "services": [{"internal_port": AGENT_PORT, "protocol": "tcp",
+                          "ports": [{"port": 443, "handlers": ["tls", "http"]}]}],
+        }
+
+    def handle_of(self, machine: dict[str, Any], workspace_id: str) -> Handle:
+        return {"workspace_id": workspace_id, "machine_id": machine["id"], "instance_id": machine.get("instance_id"),
+                "app": self.settings.app, "region": machine.get("region"), "created": created_at(machine)}
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def start(self, spec: WorkloadSpec) -> Workload:
+        config = self.machine_config(spec)
+        region = str(spec.metadata.get("region") or self.settings.region)
+        mine = await self._machines({"metadata.workspace_id": spec.workspace_id})
+        previous = (spec.previous or {}).get("machine_id")
+        mine.sort(key=lambda m: m.get("id") != previous)  # reuse the previous machine when it is still there
+        try:
+            if mine:
+                keep, extra = mine[0], mine[1:]
+                for machine in extra:  # e.g. a create whose answer was lost, then retried
+                    await self.destroy({"workspace_id": spec.workspace_id, "machine_id": machine["id"]})
+                machine = await retrying("update", lambda: self.client.call(
+                    "POST", f"/{keep['id']}", json={"config": config, "region": region}))
+            else:
+                machine = await retrying("create", lambda: self.client.call(
+                    "POST", json={"name": machine_name(spec.workspace_id), "region": region, "config": config}))
+        except FlyFailure as exc:
+            raise BackendError(f"Fly refused the machine: {exc.message}", detail=f"HTTP {exc.status}") from None
+        handle = self.handle_of(machine, spec.workspace_id)
+        await self._wait(handle, "started")
+        return Workload(handle=handle)
+
+    async def _machines(self, metadata: dict[str, str], *, retry: bool = True) -> list[dict[str, Any]]:
+        """This box's live machines matching ``metadata``; ``retry``: wait out an outage (else it is an error, so
+        the orphan sweep skips a round instead of hanging)."""
+        params = {"metadata.molecule_box": self.context.box_id, **metadata}
+
+        async def call() -> Any:
+            return await self.client.call("GET", params=params)
+
+        try:
+            found = await (retrying("list", call) if retry else call())
+        except FlyFailure as exc:
+            raise BackendError(f"cannot list Fly machines: {exc.message}") from None
+        return [m for m in found or [] if isinstance(m, dict) and m.get("state") not in GONE]
+
+    async def _wait(self, handle: Handle, state: str) -> None:
+        """Fly's ``/wait`` until the machine is in ``state``, re-issued after each 408; between polls a look at
+        the machine turns a failed launch into an error with its reason instead of a wait until the deadline."""
+        machine_id = handle["machine_id"]
+        instance = handle.get("instance_id") if state in ("started", "stopped") else None
+        while True:
+            try:
+                if await retrying(f"wait {state}", lambda: self.client.wait(machine_id, state, instance_id=instance,
+                                                                            timeout=POLL)):
+                    return
+                machine = await retrying("get", lambda: self.client.call("GET", f"/{machine_id}"))
+            except NotFound:
+                if state == "destroyed":
+                    return
+                raise BackendError(f"Fly machine {machine_id} disappeared while waiting for {state}") from None
+            except Refused as exc:
+                raise BackendError(f"Fly refused to wait for {state}: {exc.message}") from None
+            current = machine.get("state")
+            if state == "started" and current in ("failed", "launch_failed", "destroyed", "stopped"):
+                exit_event = last_event(machine, "exit") or {}
+                raise BackendError(f"Fly machine {machine_id} did not start: it is {current}"
+                                   + (f" ({exit_event['status']})" if exit_event.get("status") else ""))
+
+    async def stop(self, handle: Handle, *, grace: float = 10.0) -> None:
+        machine_id = handle.get("machine_id")
+        if not machine_id:
+            return
+        body = {"timeout": f"{max(1, round(grace))}s"}
+        try:
+            await retrying("stop", lambda: self.client.call("POST", f"/{machine_id}/stop", json=body))
+        except NotFound:
+            return
+        except Refused as exc:  # e.g. already stopped: the state decides
+            if (await self.inspect(handle)).state in (WorkloadState.STOPPED, WorkloadState.MISSING):
+                return
+            raise BackendError(f"Fly refused to stop machine {machine_id}: {exc.message}") from None
+        await self._wait(handle, "stopped")
+
+    async def destroy(self, handle: Handle) -> None:
+        machine_id = handle.get("machine_id")
+        if not machine_id:
+            return
+        try:
+            await retrying("destroy", lambda: self.client.call("DELETE", f"/{machine_id}", params={"force": "true"}))
+        except NotFound:
+            return
+        except Refused as exc:
+            if (await self.inspect(handle)).state is WorkloadState.MISSING:
+                return
+            raise BackendError(f"Fly refused to destroy machine {machine_id}: {exc.message}") from None
+        await self._wait(handle, "destroyed")
+
+    async def _machine(self, handle: Handle) -> dict[str, Any] | None:
+        """The handle's machine, None when there is none; raises :class:`FlyFailure` when the API cannot tell."""
+        machine_id = handle.get("machine_id")
+        if not machine_id:
+            return None
+        try:
+            machine: dict[str, Any] = await self.client.call("GET", f"/{machine_id}")
+        except NotFound:
+            return None
+        return machine
+
+    async def inspect(self, handle: Handle) -> WorkloadStatus:
+        try:
+            machine = await self._machine(handle)
+        except FlyFailure as exc:  # an outage or a refusal: cannot tell, so nobody acts destructively
+            return WorkloadStatus(WorkloadState.UNKNOWN, detail=exc.message)
+        if machine is None:
+            return WorkloadStatus(WorkloadState.MISSING)
+        state = workload_state(str(machine.get("state")))
+        started = last_event(machine, "start", "started") or {}
+        exited = last_event(machine, "exit") or {}
+        exit_info = (exited.get("request") or {}).get("exit_event") or {}
+        return WorkloadStatus(
+            state, exit_code=exit_info.get("exit_code") if state is WorkloadState.STOPPED else None,
+            oom_killed=bool(exit_info.get("oom_killed")), detail=str(machine.get("state")),
+            started_at=(started["timestamp"] / 1000) if started.get("timestamp") else None)
+
+    async def adopt(self, handle: Handle) -> Handle | None:
+        try:
+            machine = await self._machine(handle)
+        except FlyFailure:
+            return handle  # cannot tell now: keep it; inspect and the actor decide later
+        if machine is None or machine.get("state") in GONE:
+            return None
+        return {**handle, "instance_id": machine.get("instance_id"), "region": machine.get("region")}
+
+    async def list_managed(self) -> list[Handle]:
+        return [self.handle_of(m, str((m.get("config") or {}).get("metadata", {}).get("workspace_id")
+                                      or (m.get("metadata") or {}).get("workspace_id")))
+                for m in await self._machines({}, retry=False)]
