@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -58,6 +60,7 @@ class Pipeline:
     github_url: str = github.GITHUB
     #: Worker threads packing or scanning at once: gzip is CPU work, and the event loop must keep its core.
     threads: trio.CapacityLimiter = dataclasses.field(default_factory=lambda: trio.CapacityLimiter(2))
+    packed: PackCache = dataclasses.field(default_factory=lambda: PackCache())
 
     def parse(self, text: str | None) -> Source:
         return parse(text, allow_unpinned=self.allow_unpinned)
@@ -92,19 +95,59 @@ class Pipeline:
         return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self.threads)
 
     async def pack(self, staged: Staged) -> tuple[IO[bytes], int]:
-        """The staged plugin packed whole into an anonymous file in the work directory, and its size: nothing is
-        sent before packing succeeded, and memory holds one block at a time however large the plugin."""
-        self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        out = tempfile.TemporaryFile(dir=self.work_dir)
+        """The staged plugin as a gzip tar, packed whole into a file of the work directory before anything is
+        sent (so a failure is a clean error), with its size; memory holds one block at a time however large the
+        plugin. Concurrent downloads of an unchanged plugin share one packing (``PackCache``)."""
+        return await self.packed.open(staged, self)
+
+
+class PackCache:
+    """Packed plugins by (source, every entry's path, size, mode and mtime): fifty agents downloading the same
+    plugin at once cost one gzip run, and any change to a file (its size or mtime) is a new key. At most
+    ``KEEP`` packings are kept on disk; an evicted file is unlinked, and a download still reading it keeps its
+    open descriptor."""
+
+    KEEP = 8
+
+    def __init__(self) -> None:
+        self._done: OrderedDict[tuple[object, ...], tuple[Path, int]] = OrderedDict()
+        self._locks: dict[tuple[object, ...], trio.Lock] = {}
+
+    async def open(self, staged: Staged, pipeline: Pipeline) -> tuple[IO[bytes], int]:
+        key = (staged.source.raw, staged.tree.entries)
+        lock = self._locks.setdefault(key, trio.Lock())
+        async with lock:
+            found = self._done.get(key)
+            if found is None:
+                found = await self._pack(staged, pipeline)
+                self._done[key] = found
+                while len(self._done) > self.KEEP:
+                    old, (path, _) = self._done.popitem(last=False)
+                    self._locks.pop(old, None)
+                    path.unlink(missing_ok=True)
+            self._done.move_to_end(key)
+            path, size = found
+            # Opened under the lock: an eviction cannot unlink it first.
+            packed: IO[bytes] = await trio.to_thread.run_sync(lambda: open(path, "rb"))
+            return packed, size
+
+    @staticmethod
+    async def _pack(staged: Staged, pipeline: Pipeline) -> tuple[Path, int]:
+        work = pipeline.work_dir
+        work.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = work / f"packed-{secrets.token_hex(8)}.tar.gz"
+
+        def run() -> int:
+            with open(path, "xb") as out:
+                tree.pack(staged.tree, out)
+                return out.tell()
+
         try:
-            await self.run(tree.pack, staged.tree, out)
-            size = out.tell()
-            out.seek(0)
+            return path, await pipeline.run(run)
         except OSError as exc:
-            out.close()
             log.warning("packing plugin %s failed: %s", staged.name, exc)
+            path.unlink(missing_ok=True)
             raise PackFailed(plugin=staged.name) from None
         except BaseException:
-            out.close()
+            path.unlink(missing_ok=True)
             raise
-        return out, size

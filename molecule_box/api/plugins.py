@@ -9,6 +9,7 @@ its ``/configs/plugins/<name>`` and a restart, through the backend's file operat
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from typing import IO, Any
 
@@ -41,8 +42,10 @@ def pipeline() -> Pipeline:
     found = current_app.extensions.get("agent_plugins")
     if found is None:
         s = box().settings
+        work = s.data_dir / "plugin-work"
+        shutil.rmtree(work, ignore_errors=True)  # a previous run's checkouts and packings
         found = current_app.extensions["agent_plugins"] = Pipeline(
-            registry=s.plugins_dir, work_dir=s.data_dir / "plugin-work",
+            registry=s.plugins_dir, work_dir=work,
             limits=Limits(s.plugin_max_dir_bytes, s.plugin_max_files), allow_unpinned=s.plugin_allow_unpinned,
             fetch_timeout=s.plugin_fetch_timeout)
     assert isinstance(found, Pipeline)

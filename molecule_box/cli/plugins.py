@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -26,7 +27,8 @@ from .service import _settings, env_file_option
 
 
 def _pipeline(settings: Settings) -> Pipeline:
-    return Pipeline(registry=settings.plugins_dir, work_dir=settings.data_dir / "plugin-work",
+    # Its own work directory: the running box empties its own at start.
+    return Pipeline(registry=settings.plugins_dir, work_dir=Path(tempfile.gettempdir()),
                     limits=tree.Limits(settings.plugin_max_dir_bytes, settings.plugin_max_files),
                     allow_unpinned=settings.plugin_allow_unpinned, fetch_timeout=settings.plugin_fetch_timeout)
 
