@@ -61,6 +61,9 @@ class Pipeline:
     #: Worker threads packing or scanning at once: gzip is CPU work, and the event loop must keep its core.
     threads: trio.CapacityLimiter = dataclasses.field(default_factory=lambda: trio.CapacityLimiter(2))
     packed: PackCache = dataclasses.field(default_factory=lambda: PackCache())
+    #: Download chunks being read or sent at once, across all downloads: bounds the memory fifty concurrent
+    #: downloads hold, and leaves the event loop turns for heartbeats between chunks.
+    senders: trio.CapacityLimiter = dataclasses.field(default_factory=lambda: trio.CapacityLimiter(4))
 
     def parse(self, text: str | None) -> Source:
         return parse(text, allow_unpinned=self.allow_unpinned)

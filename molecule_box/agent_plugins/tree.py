@@ -146,26 +146,10 @@ def pack(tree: Tree, out: IO[bytes], *, prefix: str = "") -> None:
                 tar.addfile(info)
             else:
                 info.size = entry.size
-                tar.addfile(info, _Reader(chunks(tree, entry)))
-
-
-class _Reader:
-    """A file object over an iterator of byte blocks (what ``tarfile.addfile`` reads a member from)."""
-
-    def __init__(self, blocks: Iterator[bytes]) -> None:
-        self._blocks = blocks
-        self._buffer = b""
-
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
-            block = next(self._blocks, None)
-            if block is None:
-                break
-            self._buffer += block
-        if size < 0:
-            size = len(self._buffer)
-        out, self._buffer = self._buffer[:size], self._buffer[size:]
-        return out
+                with open_file(tree, entry) as f:
+                    tar.addfile(info, f)  # reads exactly the scanned size (tarfile fails on a shorter file)
+                    if f.read(1):
+                        raise OSError(f"{entry.path} grew while read")
 
 
 def sha256_file(tree: Tree, entry: Entry) -> str:

@@ -179,10 +179,15 @@ async def uninstall(call: Call[None], name: str) -> Any:
     return respond({"status": "uninstalled", "plugin": name})
 
 
-async def _stream(f: IO[bytes]) -> AsyncIterator[bytes]:
+async def _stream(f: IO[bytes], senders: trio.CapacityLimiter) -> AsyncIterator[bytes]:
+    """The packed file in chunks; each chunk is read and sent holding one of the ``senders``."""
     try:
-        while block := await trio.to_thread.run_sync(f.read, CHUNK):
-            yield block
+        while True:
+            async with senders:
+                block = await trio.to_thread.run_sync(f.read, CHUNK)
+                if not block:
+                    return
+                yield block
     finally:
         f.close()
 
@@ -205,7 +210,7 @@ async def download(call: Call[None], name: str) -> Any:
         packed, size = await p.pack(staged)
     headers = {"Content-Disposition": f'attachment; filename="{name}.tar.gz"', "Content-Length": str(size),
                "X-Plugin-Name": name, "X-Plugin-Source": source.raw, "Cache-Control": "no-store"}
-    return Response(_stream(packed), status=200, content_type="application/gzip", headers=headers)
+    return Response(_stream(packed, p.senders), status=200, content_type="application/gzip", headers=headers)
 
 
 def _org(org_id: str) -> str:
