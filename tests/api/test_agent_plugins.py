@@ -358,3 +358,31 @@ async def test_settings_find_the_registry(tmp_path: Path) -> None:
     timed = Settings.from_mapping(base | {"PLUGIN_INSTALL_FETCH_TIMEOUT": "5m"}, environ={})
     assert timed.plugin_fetch_timeout == 300.0
     assert os.sep == "/"
+
+
+async def test_a_box_run_workspace_install_waits_for_the_backends_file_operations(runner: BoxRunner,
+                                                                                  tmp_path: Path) -> None:
+    """Until the backend contract can put files into a workload, a box-run workspace's install is a clear 501
+    and records nothing (no install row, no event, no restart)."""
+    from molecule_box.backends import BackendError, Workload, WorkloadSpec
+
+    from ..actors.stubs import LifecycleStub
+
+    class NoStart(LifecycleStub):
+        name = "nostart"
+
+        async def start(self, spec: WorkloadSpec) -> Workload:
+            raise BackendError("no workload in this test")
+
+    registry = make_registry(tmp_path)
+    await runner.start(MOLECULE_BOX_PLUGINS_DIR=str(registry), extra_backends={"nostart": NoStart})
+    async with httpx.AsyncClient(base_url=runner.url, timeout=30) as api:
+        created = await api.post("/workspaces", json={"name": "boxed", "backend": "nostart"}, headers=ADMIN)
+        wid = created.json()["id"]
+        refused = await api.post(f"/workspaces/{wid}/plugins", json={"source": "hello-plugin"}, headers=ADMIN)
+        assert refused.status_code == 501 and "cannot put files into its workload" in refused.json()["error"]
+        assert (await api.get(f"/workspaces/{wid}/plugins", headers=ADMIN)).json() == []
+        events = (await api.get(f"/events/{wid}", headers=ADMIN)).json()
+        assert not [e for e in events if e["event_type"].startswith("PLUGIN_")]
+        gone = await api.delete(f"/workspaces/{wid}/plugins/hello-plugin", headers=ADMIN)
+        assert gone.json() == {"status": "uninstalled", "plugin": "hello-plugin"}
