@@ -61,8 +61,8 @@ class Pipeline:
     #: Worker threads packing or scanning at once: gzip is CPU work, and the event loop must keep its core.
     threads: trio.CapacityLimiter = dataclasses.field(default_factory=lambda: trio.CapacityLimiter(2))
     packed: PackCache = dataclasses.field(default_factory=lambda: PackCache())
-    #: Download chunks being read or sent at once, across all downloads: bounds the memory fifty concurrent
-    #: downloads hold, and leaves the event loop turns for heartbeats between chunks.
+    #: Download chunks read from disk at once, across all downloads (each download then holds its one chunk
+    #: until it is sent): the event loop keeps turns for heartbeats between chunks.
     senders: trio.CapacityLimiter = dataclasses.field(default_factory=lambda: trio.CapacityLimiter(4))
 
     def parse(self, text: str | None) -> Source:

@@ -180,14 +180,15 @@ async def uninstall(call: Call[None], name: str) -> Any:
 
 
 async def _stream(f: IO[bytes], senders: trio.CapacityLimiter) -> AsyncIterator[bytes]:
-    """The packed file in chunks; each chunk is read and sent holding one of the ``senders``."""
+    """The packed file in chunks, each read holding one of the ``senders`` and sent without it (a client that
+    reads slowly holds up only its own download)."""
     try:
         while True:
             async with senders:
                 block = await trio.to_thread.run_sync(f.read, CHUNK)
-                if not block:
-                    return
-                yield block
+            if not block:
+                return
+            yield block
     finally:
         f.close()
 

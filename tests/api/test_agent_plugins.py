@@ -386,3 +386,29 @@ async def test_a_box_run_workspace_install_waits_for_the_backends_file_operation
         assert not [e for e in events if e["event_type"].startswith("PLUGIN_")]
         gone = await api.delete(f"/workspaces/{wid}/plugins/hello-plugin", headers=ADMIN)
         assert gone.json() == {"status": "uninstalled", "plugin": "hello-plugin"}
+
+
+async def test_clients_that_stop_reading_hold_up_only_their_own_downloads(runner: BoxRunner, tmp_path: Path) -> None:
+    registry = tmp_path / "plugins"
+    write(registry / "big" / "plugin.yaml", "name: big\n")
+    (registry / "big" / "blob.bin").write_bytes(os.urandom(16 * 1024 * 1024))  # beyond any socket buffer
+    await runner.start(MOLECULE_BOX_PLUGINS_DIR=str(registry))
+    async with httpx.AsyncClient(base_url=runner.url, timeout=30) as api:
+        wid, token = await joined(api, "agent", url="remote://no-inbound")
+        path = f"/workspaces/{wid}/plugins/big/download"
+        host, port = runner.url.removeprefix("http://").split(":")
+        stalled = []
+        for _ in range(6):  # more than the box's senders: each reads its first bytes, then nothing more
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n"
+                                  .encode())
+            with trio.fail_after(30):
+                assert (await stream.receive_some(4096)).startswith(b"HTTP/1.1 200")
+            stalled.append(stream)
+        try:
+            with trio.fail_after(30):
+                whole = await api.get(path, headers=bearer(token))
+            assert whole.status_code == 200 and len(whole.content) == int(whole.headers["content-length"])
+        finally:
+            for stream in stalled:
+                await stream.aclose()
