@@ -21,6 +21,7 @@ from .backends import loader, options
 from .backends.base import BackendSettings, bind_scope
 from .backends.options import (
     Setting,
+    boolean,
     name,
     non_negative_float,
     option,
@@ -98,6 +99,19 @@ def _log_level(raw: str) -> str:
 
 def _data_dir(raw: str) -> Path:
     return Path(raw).expanduser()
+
+
+def _duration(raw: str) -> float:
+    """Seconds, or the platform's Go-style ``300s`` / ``5m`` / ``1h`` (an env file written for it keeps working)."""
+    raw = raw.strip().lower()
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(raw[-1:], None)
+    try:
+        value = float(raw[:-1] if scale else raw) * (scale or 1.0)
+    except ValueError:
+        raise ValueError("must be a number of seconds, or a duration such as 90s, 5m or 1h") from None
+    if not value > 0:
+        raise ValueError("must be more than 0")
+    return value
 
 
 def own_platform_url(bind_addr: str, port: int) -> str:
@@ -266,6 +280,26 @@ class Settings:
         "ORPHAN_GRACE_SECONDS", non_negative_float, 60.0,
         "Managed workloads of this box that belong to no live workspace are removed after this many seconds "
         "(first sweep after start, then every 60 s).")
+    # -- agent plugins (docs/agent-plugins.md) --
+    plugins_dir: Path = option(
+        "MOLECULE_BOX_PLUGINS_DIR", _data_dir, Path("plugins"),
+        "The agent plugin registry: one directory per plugin. Default: $CONFIGS_DIR/../plugins when CONFIGS_DIR "
+        "is set (the platform's layout), else <data dir>/plugins.", derived=True)
+    plugin_max_dir_bytes: int = option(
+        "PLUGIN_INSTALL_MAX_DIR_BYTES", positive_int, 104857600,
+        "Largest plugin (sum of its file sizes) the box stages, installs or serves; counted while reading (413).")
+    plugin_max_files: int = option(
+        "MOLECULE_BOX_PLUGIN_MAX_FILES", positive_int, 10000,
+        "Most files a plugin may hold (413 beyond).")
+    plugin_fetch_timeout: float = option(
+        "PLUGIN_INSTALL_FETCH_TIMEOUT", _duration, 300.0,
+        "Deadline of fetching a github plugin source, in seconds or as 90s/5m/1h (504 beyond).")
+    plugin_allow_unpinned: bool = option(
+        "PLUGIN_ALLOW_UNPINNED", boolean, False,
+        "Allow github://owner/repo plugin sources without a #tag, #branch or #sha pin (refused with 422 otherwise).")
+    plugin_body_max_bytes: int = option(
+        "PLUGIN_INSTALL_BODY_MAX_BYTES", positive_int, 65536,
+        "Largest plugin install request body (413 beyond).")
     #: Each installed backend's own settings by backend name, read from the same environment.
     backends: Mapping[str, BackendSettings] = dataclasses.field(default_factory=dict)
 
@@ -291,6 +325,10 @@ class Settings:
             raise ConfigError(problems)
         if parsed["data_dir"] is None:
             parsed["data_dir"] = _default_data_dir(environ)
+        if parsed["plugins_dir"] is None:
+            configs = values.get("CONFIGS_DIR", "").strip()
+            parsed["plugins_dir"] = (Path(configs).expanduser().parent / "plugins" if configs
+                                     else parsed["data_dir"] / "plugins")
         if parsed["platform_url"] is None:
             parsed["platform_url"] = _default_platform_url(backends, parsed["container_backend"],
                                                            parsed["bind_addr"], parsed["port"] or 8080)

@@ -146,3 +146,10 @@ class GatewayTimeout(HTTPError):
     status = 504
     default_message = "the agent did not answer in time"
 
+
+
+class UnprocessableEntity(HTTPError):
+    """422: the request is well formed but refused on its content (an unpinned source, an integrity check)."""
+
+    status = 422
+    default_message = "unprocessable entity"

@@ -245,3 +245,18 @@ def describe_error(exc: Exception) -> str:
         message = err["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {message}")
     return "; ".join(parts)
+
+
+class InstallPlugin(Body):
+    """``POST /workspaces/:id/plugins``. ``sha256``: the caller's pin, the hex SHA-256 of the plugin's
+    ``plugin.yaml`` (422 when it differs)."""
+
+    source: str = Field("", max_length=1024)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+
+
+class PluginAllowlist(Body):
+    """``PUT /orgs/:id/plugins/allowlist``: the org's allowed plugins (empty: all), replacing the list."""
+
+    plugins: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=1000)
+    enabled_by: str = Field("", max_length=256)

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"_version", "errors", "models", "strictjson", "metrics"},
     {"backends", "schemas", "access", "store"},
     {"config", "bus"},
-    {"security"},
+    {"security", "agent_plugins"},
     {"vault", "asgi", "authz"},
     {"actors"},
     {"api", "proxy", "ops"},

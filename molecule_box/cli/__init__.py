@@ -3,7 +3,8 @@
 * :mod:`.run`: ``run`` (the box itself) and ``config`` (its settings);
 * :mod:`.service`: what runs on the box's host: ``systemd``, ``backup``, ``restore``, ``doctor``;
 * :mod:`.remote`: a client of a running box over its HTTP API: ``login``, ``workspaces``, ``tokens``,
-  ``secrets``, ``events``, ``logs``.
+  ``secrets``, ``events``, ``logs``;
+* :mod:`.plugins`: ``plugins add|list``, the agent plugin registry on the box's host.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import click
 
 from .._version import __version__
-from . import remote, run, service
+from . import plugins, remote, run, service
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,3 +25,4 @@ main.add_command(run.run)
 main.add_command(run.show_config)
 service.register(main)
 remote.register(main)
+plugins.register(main)

@@ -183,6 +183,25 @@ MIGRATIONS: list[str] = [
         taken_through INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 7: agent plugins (store/plugins.py). plugin_installs records what was installed into a workspace (remote
+    # agents fetch it themselves, so the record is all the box keeps of it); plugin_allowlist holds an org's
+    # allowed plugins, keyed by the org's root workspace (workspace_id), empty meaning all are allowed.
+    """
+    CREATE TABLE plugin_installs (
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        name TEXT NOT NULL,
+        source TEXT NOT NULL,
+        installed_at REAL NOT NULL,
+        PRIMARY KEY (workspace_id, name)
+    );
+    CREATE TABLE plugin_allowlist (
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        plugin_name TEXT NOT NULL,
+        enabled_by TEXT NOT NULL,
+        enabled_at REAL NOT NULL,
+        PRIMARY KEY (workspace_id, plugin_name)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
