@@ -1,0 +1,153 @@
+"""Templates, the model and the files API on real Docker workspaces (the test agent image, a real engine)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import yaml
+
+from ..conftest import ADMIN, bearer
+from .dockerutil import RUNTIME, containers
+from .test_docker_workspaces import DockerBox, cli, docker_box, until
+
+pytestmark = pytest.mark.docker
+__all__ = ["docker_box"]
+
+
+def _env(data: dict[str, object]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in data["Config"]["Env"])  # type: ignore[index]
+
+
+async def test_a_template_and_the_model_reach_the_container(docker_box: DockerBox) -> None:
+    root = docker_box.box.settings.templates_root / "researcher"
+    (root / "prompts").mkdir(parents=True)
+    (root / "config.yaml").write_text(f"name: Researcher\nruntime: {RUNTIME}\nruntime_config:\n"
+                                      "  model: openai:gpt-4o\n  timeout: 5\n")
+    (root / "prompts" / "system.md").write_bytes(b"be brief\r\nand kind\r\n")
+    (root / "data.bin").write_bytes(b"\x00\x01\r\n")
+    listed = (await docker_box.client.get("/templates", headers=ADMIN)).json()
+    assert [(t["id"], t["model"], t["runtime"]) for t in listed] == [("researcher", "openai:gpt-4o", RUNTIME)]
+
+    # runtime and model come from the template when the request names neither
+    made = await docker_box.client.post("/workspaces", json={"name": "r", "template": "researcher"}, headers=ADMIN)
+    assert made.status_code == 201, made.text
+    wid = made.json()["id"]
+    plain = await docker_box.create("plain", model="anthropic:claude-haiku")
+    for each in (wid, plain):
+        await docker_box.wait_for(each, "online")
+    assert (await docker_box.get(wid))["runtime"] == RUNTIME
+    container = docker_box.container_of(wid)["Id"]
+    config = yaml.safe_load(await cli("exec", container, "cat", "/configs/config.yaml"))
+    assert config["name"] == "Researcher" and config["runtime_config"]["timeout"] == 5
+    assert config["model"] == "openai:gpt-4o"  # the runtime reads the model at the top level
+    assert await cli("exec", container, "cat", "/configs/prompts/system.md") == "be brief\nand kind\n"
+    assert (await cli("exec", container, "od", "-An", "-c", "/configs/data.bin")).split() == \
+        ["\\0", "001", "\\r", "\\n"]  # only .sh, .py and .md files lose their CR
+    assert _env(docker_box.container_of(wid))["MODEL_PROVIDER"] == "openai:gpt-4o"
+
+    # without a template: the platform's minimal config.yaml, with the model given at create
+    other = docker_box.container_of(plain)["Id"]
+    minimal = yaml.safe_load(await cli("exec", other, "cat", "/configs/config.yaml"))
+    assert minimal == {"name": "plain", "description": "", "version": "1.0.0", "tier": 3, "runtime": RUNTIME,
+                       "model": "anthropic:claude-haiku"}
+    assert _env(docker_box.container_of(plain))["MODEL_PROVIDER"] == "anthropic:claude-haiku"
+
+    # an edit through the files API survives a restart: the template seeds an empty /configs only
+    put = await docker_box.client.put(f"/workspaces/{wid}/files/config.yaml", headers=ADMIN,
+                                      json={"content": "name: Edited\nruntime: langgraph\n", "restart": True})
+    assert put.status_code == 200 and put.json()["restarted"] is True, put.text
+    await docker_box.wait_for(wid, "online")
+    restarted = docker_box.container_of(wid)["Id"]
+    assert restarted != container
+    assert "Edited" in await cli("exec", restarted, "cat", "/configs/config.yaml")
+
+
+async def test_files_round_trip_running_and_stopped(docker_box: DockerBox) -> None:
+    client = docker_box.client
+    wid = await docker_box.create("files")
+    await docker_box.wait_for(wid, "online")
+    base = f"/workspaces/{wid}/files"
+    container = docker_box.container_of(wid)["Id"]
+    uid = (await cli("exec", container, "id", "-u")).strip()
+
+    put = await client.put(f"{base}/notes/today.md", json={"content": "héllo"}, headers=ADMIN)
+    assert put.status_code == 200 and put.json() == {"status": "saved", "path": "notes/today.md", "size": 6,
+                                                     "restarted": False}, put.text
+    got = await client.get(f"{base}/notes/today.md", headers=ADMIN)
+    assert got.json() == {"path": "notes/today.md", "content": "héllo", "size": 6, "encoding": "utf-8"}
+    # the running agent sees it at once, owned by its own user
+    assert await cli("exec", container, "cat", "/configs/notes/today.md") == "héllo"
+    assert (await cli("exec", container, "stat", "-c", "%u", "/configs/notes/today.md")).strip() == uid
+    listing = (await client.get(base, headers=ADMIN)).json()
+    paths = {e["path"]: e for e in listing}
+    assert {"config.yaml", "notes", "notes/today.md"} <= set(paths) and ".auth_token" not in paths
+    assert paths["notes"]["dir"] and not paths["notes/today.md"]["dir"]
+    assert [e["path"] for e in (await client.get(base, params={"path": "notes"}, headers=ADMIN)).json()] == \
+        ["notes/today.md"]
+
+    # stopped: the files are still there, and writable
+    assert (await client.post(f"/workspaces/{wid}/pause", headers=ADMIN)).status_code == 200
+    await until(lambda: _stopped(container), "the container to stop")
+    raw = bytes(range(256))
+    binary = await client.put(f"{base}/bin/blob", json={"content": base64.b64encode(raw).decode(),
+                                                         "encoding": "base64"}, headers=ADMIN)
+    assert binary.status_code == 200, binary.text
+    back = (await client.get(f"{base}/bin/blob", headers=ADMIN)).json()
+    assert back["encoding"] == "base64" and base64.b64decode(back["content"]) == raw
+    assert (await client.delete(f"{base}/notes", headers=ADMIN)).status_code == 200
+    assert (await client.get(f"{base}/notes/today.md", headers=ADMIN)).status_code == 404
+    assert (await client.delete(f"{base}/notes", headers=ADMIN)).status_code == 404
+
+    # replace all: exactly these files (the token file stays the box's)
+    replaced = await client.put(base, json={"files": {"config.yaml": "name: new\n", "skills/a/SKILL.md": "# a"}},
+                                headers=ADMIN)
+    assert replaced.status_code == 200 and replaced.json()["restarted"] is False, replaced.text
+    after = {e["path"] for e in (await client.get(base, headers=ADMIN)).json()}
+    assert after == {"config.yaml", "skills", "skills/a", "skills/a/SKILL.md"}
+    assert (await client.post(f"/workspaces/{wid}/resume", headers=ADMIN)).status_code == 200
+    await docker_box.wait_for(wid, "online")  # it registered: its token file was kept
+    fresh = docker_box.container_of(wid)["Id"]
+    assert (await cli("exec", fresh, "cat", "/configs/config.yaml")) == "name: new\n"
+    # no helper container is left behind
+    assert set(containers(docker_box.box.box_id)) == {fresh}
+
+
+async def _stopped(container: str) -> bool:
+    return (await cli("inspect", "-f", "{{.State.Running}}", container)).strip() == "false"
+
+
+async def test_files_refusals(docker_box: DockerBox) -> None:
+    client = docker_box.client
+    wid = await docker_box.create("refusals")
+    await docker_box.wait_for(wid, "online")
+    base = f"/workspaces/{wid}/files"
+    container = docker_box.container_of(wid)["Id"]
+    await cli("exec", container, "ln", "-s", "/etc", "/configs/out")
+    await cli("exec", container, "sh", "-c", "echo secret > /tmp/x && ln -s /tmp/x /configs/leak")
+    listing = {e["path"]: e for e in (await client.get(base, headers=ADMIN)).json()}
+    assert listing["out"]["link"] and "out/passwd" not in listing  # listed as a link, never followed
+    for path in ("out", "leak"):
+        read = await client.get(f"{base}/{path}", headers=ADMIN)
+        assert read.status_code == 400 and "link" in read.json()["error"], read.text
+    through = await client.put(f"{base}/out/hostname", json={"content": "x"}, headers=ADMIN)
+    assert through.status_code == 400 and "link" in through.json()["error"], through.text
+    assert (await client.delete(f"{base}/out/hostname", headers=ADMIN)).status_code in (400, 404)
+    assert (await cli("exec", container, "cat", "/etc/hostname")).strip() != "x"
+    for bad in ("../escape", "/etc/passwd", "a/../../b", ".auth_token", ""):
+        refused = await client.put(base, json={"files": {bad: "x"}}, headers=ADMIN)
+        assert refused.status_code == 400 and refused.json()["error"], (bad, refused.text)
+    token = await client.get(f"{base}/.auth_token", headers=ADMIN)
+    assert token.status_code == 400 and "mol_" not in token.text
+    big = await client.put(f"{base}/big", json={"content": "x" * (1024 * 1024 + 10)}, headers=ADMIN)
+    assert big.status_code == 413
+    # another workspace's token is refused; nothing was written by any refusal
+    other = await docker_box.create("other")
+    await docker_box.wait_for(other, "online")
+    other_token = (await cli("exec", docker_box.container_of(other)["Id"], "cat", "/configs/.auth_token")).strip()
+    foreign = await client.get(f"{base}/config.yaml", headers=bearer(other_token))
+    assert foreign.status_code == 401, foreign.text
+    own_token = (await cli("exec", container, "cat", "/configs/.auth_token")).strip()
+    assert (await client.get(f"{base}/config.yaml", headers=bearer(own_token))).status_code == 200
+    names = set((await cli("exec", container, "ls", "-A", "/configs")).split())
+    assert names == {".auth_token", "config.yaml", "out", "leak"}
