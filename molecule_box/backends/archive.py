@@ -122,7 +122,7 @@ class Member:
 
 def members(data: bytes, *, max_bytes: int = MAX_BYTES, max_files: int = MAX_FILES,
             what: str = "the workspace's files") -> list[Member]:
-    """Every member of a tar (plain or gzip), names as they are but for outer slashes, the content's size and
+    """Every member of a tar (plain or gzip), names as they are but for a trailing slash, the content's size and
     the member count capped while reading; raises :class:`UnsafeArchive`."""
     found: list[Member] = []
     total = 0
@@ -131,8 +131,8 @@ def members(data: bytes, *, max_bytes: int = MAX_BYTES, max_files: int = MAX_FIL
             for member in tar:
                 if len(found) >= max_files:
                     raise ArchiveTooLarge(f"{what} has more than {max_files} entries")
-                name = member.name.strip("/")
-                if name in ("", "."):
+                name = member.name.rstrip("/") or member.name  # "/" stays absolute, for read() to refuse
+                if name in ("", ".", "./"):
                     continue
                 mode = member.mode & 0o7777
                 if member.isreg():

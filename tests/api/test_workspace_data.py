@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 import trio
 
 from molecule_box.box import Box
@@ -23,6 +24,9 @@ async def test_config_is_shallow_merged(client: httpx.AsyncClient) -> None:
     assert (await client.get(f"/workspaces/{wid}/config", headers=ADMIN)).json() == second.json()
 
 
+# The box answers 413 and closes the connection before httpx has sent the whole body; httpx then leaves its
+# request-body generator to the garbage collector (a client-side warning, not a box problem).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_config_refuses_bad_bodies(client: httpx.AsyncClient) -> None:
     wid, token = await joined(client)
     for raw in (b"[1]", b"{", b'{"a": NaN}', b'"x"'):
