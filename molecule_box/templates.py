@@ -183,7 +183,10 @@ def import_archive(root: Path, data: bytes, *, name: str | None, replace: bool) 
             target.unlink()
         elif target.exists():
             shutil.rmtree(target)
-        staging.rename(target)
+        try:
+            staging.rename(target)
+        except OSError:  # another import of the same name got there in between
+            raise Conflict(f"template {name!r} was imported meanwhile; try again") from None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

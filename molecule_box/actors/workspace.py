@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator
@@ -431,9 +432,11 @@ class WorkspaceActor:
         config = ws.config if isinstance(ws.config, dict) else {}
         seed = None
         if backend.capabilities().files:
-            try:
-                seed = templates.seed(self.deps.settings.templates_root, config.get("template"), name=ws.name,
-                                      role=ws.role, tier=ws.tier, runtime=ws.runtime, model=config.get("model"))
+            make = functools.partial(templates.seed, self.deps.settings.templates_root, config.get("template"),
+                                     name=ws.name, role=ws.role, tier=ws.tier, runtime=ws.runtime,
+                                     model=config.get("model"))
+            try:  # a template may be megabytes: read off the event loop
+                seed = await trio.to_thread.run_sync(make)
             except MoleculeBoxError as exc:  # the template went away or went bad since create
                 await self._commit(t.failed(self.record, self._now(), str(exc)))
                 return

@@ -8,8 +8,10 @@ larger template is copied into the templates directory by the operator.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import trio
 from quart import Blueprint, request
 
 from .. import templates as tpl
@@ -24,7 +26,7 @@ IMPORT_LIMIT = 1024 * 1024
 @route(bp, "/templates", "GET", summary="The workspace templates", auth="admin",
        responses={200: "[{id, name, description, tier, runtime, model, skills}]"})
 async def list_templates(call: Call[None]) -> Any:
-    return respond(tpl.listing(box().settings.templates_root))
+    return respond(await trio.to_thread.run_sync(tpl.listing, box().settings.templates_root))
 
 
 @route(bp, "/templates/import", "POST", summary="Import a template folder (a tar, plain or gzip)", auth="admin",
@@ -39,6 +41,7 @@ async def import_template(call: Call[None]) -> Any:
     assert isinstance(data, bytes)
     if len(data) > IMPORT_LIMIT:
         raise PayloadTooLarge(f"request body over {IMPORT_LIMIT} bytes")
-    found = tpl.import_archive(box().settings.templates_root, data, name=request.args.get("name") or None,
-                               replace=query_bool("replace"))
+    unpack = functools.partial(tpl.import_archive, box().settings.templates_root, data,
+                               name=request.args.get("name") or None, replace=query_bool("replace"))
+    found = await trio.to_thread.run_sync(unpack)  # file I/O off the event loop
     return respond(found, 201)
