@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import subprocess
 
+import httpx
 import pytest
+import trio
 import yaml
 
-from ..conftest import ADMIN, bearer
-from .dockerutil import RUNTIME, containers
+from ..conftest import ADMIN, BoxRunner, bearer
+from .dockerutil import IMAGE, IMAGE_PREFIX, RUNTIME, containers, docker, docker_env, free_port, remove_box
 from .test_docker_workspaces import DockerBox, cli, docker_box, until
 
 pytestmark = pytest.mark.docker
@@ -154,3 +157,30 @@ async def test_files_refusals(docker_box: DockerBox) -> None:
     assert (await client.get(f"{base}/config.yaml", headers=bearer(own_token))).status_code == 200
     names = set((await cli("exec", container, "ls", "-A", "/configs")).split())
     assert names == {".auth_token", "config.yaml", "out", "leak"}
+
+
+async def test_files_are_owned_by_the_agents_user(runner: BoxRunner) -> None:
+    """An image that runs as a non-root user gets its seeded and written files owned by that uid:gid (what an
+    agent plugin's install relies on)."""
+    runtime = "filesuid"
+    image = f"{IMAGE_PREFIX}{runtime}:latest"
+    dockerfile = f"FROM {IMAGE}\nUSER 4321:4322\nLABEL molecule-box.test=files-uid\n"
+    await trio.to_thread.run_sync(lambda: subprocess.run(["docker", "build", "-q", "-t", image, "-"], check=True,
+                                                         input=dockerfile.encode(), capture_output=True, timeout=60))
+    box = await runner.start(**docker_env(free_port(), ALLOWED_RUNTIMES=f"{RUNTIME},{runtime}"))
+    try:
+        async with httpx.AsyncClient(base_url=runner.url, timeout=15) as client:
+            docker_box = DockerBox(runner, box, client)
+            wid = await docker_box.create("uid", runtime=runtime)
+            await docker_box.wait_for(wid, "online")
+            put = await client.put(f"/workspaces/{wid}/files/plugins/p/manifest.json", json={"content": "{}"},
+                                   headers=ADMIN)
+            assert put.status_code == 200, put.text
+            container = docker_box.container_of(wid)["Id"]
+            owners = await cli("exec", container, "stat", "-c", "%n %u:%g", "/configs/config.yaml",
+                               "/configs/plugins", "/configs/plugins/p/manifest.json", "/configs/.auth_token")
+            assert [line.split()[1] for line in owners.splitlines()] == ["4321:4322"] * 4, owners
+    finally:
+        await runner.stop()
+        await trio.to_thread.run_sync(remove_box, box.box_id)
+        await trio.to_thread.run_sync(lambda: docker("rmi", "-f", image, check=False))
