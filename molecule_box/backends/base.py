@@ -329,8 +329,8 @@ class BaseBackend:
     # Archives are plain tars whose member names are relative to ``/configs`` (``config.yaml``,
     # ``plugins/<name>/manifest.json``); the box checks them with :mod:`.archive` before it calls (only
     # regular files and directories, no ``..``, no absolute names, no links, sizes capped), and a backend
-    # must still never follow a link out of ``/configs``. ``.auth_token`` is the box's: never listed, written
-    # or deleted through these.
+    # must still never follow a link out of ``/configs``. ``.auth_token`` is the box's: the box never asks to
+    # write or delete it, ``replace`` keeps it, and the API leaves it out of what it shows.
 
     async def read_config_files(self, handle: Handle) -> bytes:
         """A tar of everything under ``/configs`` (links included as links, never followed)."""
