@@ -61,10 +61,10 @@ CLEANUP_DEADLINE = 60.0
 ADOPT_DEADLINE = 60.0
 #: Longest the actor waits for an ``inspect`` or a log tail while reacting to a backend event.
 OBSERVE_DEADLINE = 10.0
-#: States in which a workload the box started is expected to run, so its death is a crash.
 #: A file operation must finish within this many seconds (below the API's wait for an actor's answer); the actor
 #: answers nothing else meanwhile.
 FILES_DEADLINE = 25.0
+#: States in which a workload the box started is expected to run, so its death is a crash.
 RUNNING_STATES = frozenset({S.ONLINE, S.DEGRADED, S.OFFLINE, S.PROVISIONING})
 
 
@@ -620,6 +620,8 @@ class WorkspaceActor:
         return {"status": "removed"}
 
     async def _file_ops(self) -> ConfigFiles:
+        """The backend's file operations, called here because this actor owns the workload's handle (the API
+        never holds one, and the row may lag the actor's record)."""
         self._require_not_removed()
         backend = await self._backend()
         if not backend.capabilities().files or not isinstance(backend, ConfigFiles):
