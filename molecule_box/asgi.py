@@ -16,11 +16,14 @@ import trio
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException as WerkzeugHTTPException
 
-from .backends.base import BackendNotInstalled
+from .backends.archive import ArchiveTooLarge, UnsafeArchive
+from .backends.base import BackendError, BackendNotInstalled, FilesNotSupported
 from .errors import (
     BadRequest,
     ConfigError,
+    Conflict,
     HTTPError,
+    NotImplementedHere,
     PayloadTooLarge,
     RequestTimeout,
     ServiceUnavailable,
@@ -28,7 +31,7 @@ from .errors import (
     Unauthorized,
 )
 from .schemas import describe_error
-from .store.errors import BootstrapClosed, QueueFull, StoreError, StoreUnavailable, TooManyTokens
+from .store.errors import BootstrapClosed, QueueFull, StoreError, StoreUnavailable, TooManyTokens, VersionMismatch
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,8 @@ def _from_store(exc: StoreError) -> HTTPError | StoreError:
         return TooManyRequests(str(exc))
     if isinstance(exc, BootstrapClosed):  # a register that lost the race for the bootstrap, like one without any
         return Unauthorized("missing workspace auth token")
+    if isinstance(exc, VersionMismatch):
+        return Conflict(str(exc), current_version=exc.current)
     if isinstance(exc, StoreUnavailable):  # exc.detail is for the log, never the client
         return ServiceUnavailable(str(exc), retry_after=STORE_RETRY_AFTER, code="platform_unavailable")
     return exc  # unmapped: a 500 below, with its traceback in the log
@@ -99,6 +104,14 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, s
         exc = _from_store(exc)
     if isinstance(exc, BackendNotInstalled):
         exc = BadRequest(str(exc), code="backend_not_installed", backend=exc.name)
+    if isinstance(exc, FilesNotSupported):
+        exc = NotImplementedHere(exc.reason, code="files_not_supported")
+    elif isinstance(exc, BackendError):  # a backend call a route waited for (file operations)
+        exc = ServiceUnavailable(exc.reason, code="backend_error")
+    if isinstance(exc, ArchiveTooLarge):
+        exc = PayloadTooLarge(str(exc))
+    elif isinstance(exc, UnsafeArchive):
+        exc = BadRequest(str(exc))
     if isinstance(exc, HTTPError):
         return exc.status, exc.body(), exc.headers
     if isinstance(exc, ValidationError):

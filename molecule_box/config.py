@@ -170,6 +170,10 @@ class Settings:
         "MOLECULE_BOX_DATA", _data_dir, Path("."),
         "Data directory (SQLite store, secrets key). Default: $STATE_DIRECTORY under systemd, else "
         "$XDG_DATA_HOME/molecule-box.", derived=True)
+    templates_dir: Path | None = option(
+        "MOLECULE_BOX_TEMPLATES_DIR", _data_dir, None,
+        "Workspace templates, the platform's CONFIGS_DIR layout: one folder per template holding its config.yaml "
+        "(org-templates/ is not a template). Default: <MOLECULE_BOX_DATA>/templates.")
     admin_token: str | None = option(
         "ADMIN_TOKEN", _admin_token, None,
         "Admin bearer token; it replaces the stored one, which is how a lost token is recovered. Unset: one is "
@@ -306,6 +310,10 @@ class Settings:
     @property
     def store_path(self) -> Path:
         return self.data_dir / "molecule-box.db"
+
+    @property
+    def templates_root(self) -> Path:
+        return self.templates_dir if self.templates_dir is not None else self.data_dir / "templates"
 
     @property
     def default_backend(self) -> str:

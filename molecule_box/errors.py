@@ -133,6 +133,13 @@ class ServiceUnavailable(HTTPError):
         super().__init__(message, headers=headers, **extra)
 
 
+class NotImplementedHere(HTTPError):
+    """501: the route exists, but what it needs is not there for this workspace (e.g. its backend's files)."""
+
+    status = 501
+    default_message = "not implemented"
+
+
 class BadGateway(HTTPError):
     """502: the workspace's agent could not be reached (the proxy)."""
 

@@ -7,7 +7,7 @@ import re
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .strictjson import finite
 
@@ -228,6 +228,56 @@ class Delegate(Body):
     task: Annotated[str, Field(min_length=1, max_length=262144)]
     target_id: UUIDStr | None = None
     idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+
+class PatchConfig(Body):
+    """``PATCH /workspaces/:id/config``: the keys to set, shallow-merged into the stored config. The platform's
+    body is the object itself; ``{"data": {...}}`` (what GET answers) is taken as the same."""
+
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _finite(self) -> PatchConfig:
+        _finite_json(self.model_extra)
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        extra = dict(self.model_extra or {})
+        data = extra.get("data")
+        return dict(data) if set(extra) == {"data"} and isinstance(data, dict) else extra
+
+
+MemoryKey = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f/]+$")]
+
+
+class PutMemory(Body):
+    """``POST /workspaces/:id/memory``: set one entry. ``if_match_version``: write only if the live entry is at
+    that version (0: only if there is none), else 409 with ``current_version``."""
+
+    key: MemoryKey
+    value: JSONValue
+    ttl_seconds: int | None = Field(default=None, ge=1, le=10 * 365 * 86400)
+    if_match_version: int | None = Field(default=None, ge=0, le=2**62)
+
+
+FilePath = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class PutFile(Body):
+    """``PUT /workspaces/:id/files/*path``: one file's content (``encoding`` base64 for bytes that are not
+    UTF-8); ``restart`` (or ``?restart=true``): restart a running workload afterwards, so its agent reads it."""
+
+    content: Annotated[str, Field(max_length=1024 * 1024)]
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+    restart: bool = False
+
+
+class ReplaceFiles(Body):
+    """``PUT /workspaces/:id/files``: ``/configs`` becomes exactly these files (path → content)."""
+
+    files: dict[FilePath, Annotated[str, Field(max_length=1024 * 1024)]] = Field(max_length=1000)
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+    restart: bool = False
 
 
 class Empty(Body):

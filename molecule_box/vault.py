@@ -100,4 +100,9 @@ class Vault:
         )
         if ws.role:
             env.setdefault("MOLECULE_AGENT_ROLE", ws.role)
+        model = ws.config.get("model") if isinstance(ws.config, dict) else None
+        if isinstance(model, str) and model:  # a MODEL_PROVIDER secret (PUT /model) wins over create's model
+            env.setdefault("MODEL_PROVIDER", model)
+            if ws.runtime == "hermes":
+                env.setdefault("HERMES_DEFAULT_MODEL", model)
         return env

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "molecule_box"
 LAYERS: list[set[str]] = [
     {"_version", "errors", "models", "strictjson", "metrics"},
     {"backends", "schemas", "access", "store"},
-    {"config", "bus"},
+    {"config", "bus", "templates"},
     {"security", "agent_plugins"},
     {"vault", "asgi", "authz"},
     {"actors"},

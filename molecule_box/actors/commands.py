@@ -118,6 +118,26 @@ class Seen(Command):
 
 
 @dataclasses.dataclass(eq=False)
+class ReadFiles(Command):
+    """A tar of the workload's ``/configs`` (the backend's ``read_config_files``)."""
+
+
+@dataclasses.dataclass(eq=False)
+class WriteFiles(Command):
+    """Extract a checked tar into the workload's ``/configs`` (``replace``: everything else goes first)."""
+
+    archive: bytes
+    replace: bool = False
+
+
+@dataclasses.dataclass(eq=False)
+class DeleteFiles(Command):
+    """Remove paths (relative to ``/configs``) from the workload's config files."""
+
+    paths: list[str]
+
+
+@dataclasses.dataclass(eq=False)
 class Crash(Command):
     """Fault injection for tests: the actor raises while handling it (exercises the supervisor)."""
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from .. import templates
 from ..backends.base import BackendError
 from ..errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from ..models import Workspace, WorkspaceStatus
@@ -245,7 +246,13 @@ class Supervisor:
         """Check a create request against its backend, commit the row (with its secrets, its token or open
         bootstrap and its first event) and start its actor."""
         external = body.external or body.runtime == "external"
-        runtime = "external" if external else (body.runtime or "langgraph")
+        model = body.model
+        prefilled = None
+        if body.template and not external:  # 400 "invalid template" (with a body) before anything is stored
+            prefilled = templates.prefill(self.deps.settings.templates_root, body.template)
+            model = model or prefilled.model
+        template_runtime = prefilled.runtime if prefilled is not None else None
+        runtime = "external" if external else (body.runtime or template_runtime or "langgraph")
         backend_name = self.backend_for(runtime=runtime, external=external, requested=body.backend)
         backend = await self.deps.backends.get(backend_name)
         caps = backend.capabilities()
@@ -272,9 +279,9 @@ class Supervisor:
         now = self.deps.now()
         wid = str(uuid.uuid4())
         config: dict[str, Any] = {}
-        if body.model:
-            config["model"] = body.model
-        if body.template:
+        if model:
+            config["model"] = model
+        if body.template and not external:
             config["template"] = body.template
         if body.metadata:
             config["metadata"] = dict(body.metadata)
@@ -363,6 +370,18 @@ class Supervisor:
         self._check_ancestors(workspace_id)
         result: dict[str, Any] = await self.ask(workspace_id, c.Restart())
         return result
+
+    async def read_files(self, workspace_id: str) -> bytes:
+        """A tar of the workspace's ``/configs``, from its backend through its actor (which owns the handle)."""
+        found: bytes = await self.ask(workspace_id, c.ReadFiles())
+        return found
+
+    async def write_files(self, workspace_id: str, archive: bytes, *, replace: bool = False) -> None:
+        """Extract a checked tar into the workspace's ``/configs`` (see ``BaseBackend.write_config_files``)."""
+        await self.ask(workspace_id, c.WriteFiles(archive, replace))
+
+    async def delete_files(self, workspace_id: str, paths: list[str]) -> None:
+        await self.ask(workspace_id, c.DeleteFiles(paths))
 
     async def wake(self, workspace_id: str) -> dict[str, Any]:
         self._check_ancestors(workspace_id)

@@ -12,15 +12,28 @@ delete; a new lifecycle command cancels the operation in flight.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import trio
 
-from ..backends.base import Backend, BackendError, BackendEvent, Handle, Workload, WorkloadSpec, WorkloadState
+from .. import templates
+from ..backends.base import (
+    Backend,
+    BackendError,
+    BackendEvent,
+    ConfigFiles,
+    FilesNotSupported,
+    Handle,
+    Workload,
+    WorkloadSpec,
+    WorkloadState,
+)
 from ..bus import REMOVED, REVOKED
 from ..errors import MoleculeBoxError
 from ..models import BROADCAST_ONLY, Workspace, WorkspaceStatus
@@ -48,6 +61,9 @@ CLEANUP_DEADLINE = 60.0
 ADOPT_DEADLINE = 60.0
 #: Longest the actor waits for an ``inspect`` or a log tail while reacting to a backend event.
 OBSERVE_DEADLINE = 10.0
+#: A file operation must finish within this many seconds (below the API's wait for an actor's answer); the actor
+#: answers nothing else meanwhile.
+FILES_DEADLINE = 25.0
 #: States in which a workload the box started is expected to run, so its death is a crash.
 RUNNING_STATES = frozenset({S.ONLINE, S.DEGRADED, S.OFFLINE, S.PROVISIONING})
 
@@ -414,10 +430,21 @@ class WorkspaceActor:
             await self._commit(t.failed(self.record, self._now(), str(exc)))
             return
         config = ws.config if isinstance(ws.config, dict) else {}
+        seed = None
+        if backend.capabilities().files:
+            make = functools.partial(templates.seed, self.deps.settings.templates_root, config.get("template"),
+                                     name=ws.name, role=ws.role, tier=ws.tier, runtime=ws.runtime,
+                                     model=config.get("model"))
+            try:  # a template may be megabytes: read off the event loop
+                seed = await trio.to_thread.run_sync(make)
+            except MoleculeBoxError as exc:  # the template went away or went bad since create
+                await self._commit(t.failed(self.record, self._now(), str(exc)))
+                return
         spec = WorkloadSpec(
             workspace_id=ws.id, name=ws.name, runtime=ws.runtime, tier=ws.tier, env=env,
-            platform_url=self.deps.settings.platform_url, auth_token=spec_token, config=config,
-            previous=ws.backend_state, metadata=dict(config.get("metadata") or {}),
+            platform_url=self.deps.settings.platform_url, auth_token=spec_token,
+            config=config, previous=ws.backend_state, seed_files=seed,
+            metadata=dict(config.get("metadata") or {}),
         )
         async def start() -> Workload:
             if delay > 0:
@@ -593,8 +620,41 @@ class WorkspaceActor:
         self._start_op("destroy", self._destroy_after(0))
         return {"status": "removed"}
 
+    async def _file_ops(self) -> ConfigFiles:
+        """The backend's file operations, called here because this actor owns the workload's handle (the API
+        never holds one, and the row may lag the actor's record)."""
+        self._require_not_removed()
+        backend = await self._backend()
+        if not backend.capabilities().files or not isinstance(backend, ConfigFiles):
+            raise FilesNotSupported(backend.name)
+        return backend
+
+    async def _on_ReadFiles(self, cmd: c.ReadFiles) -> bytes:
+        backend = await self._file_ops()
+        with _files_deadline("reading"):
+            return await backend.read_config_files(self._handle())
+
+    async def _on_WriteFiles(self, cmd: c.WriteFiles) -> None:
+        backend = await self._file_ops()
+        with _files_deadline("writing"):
+            await backend.write_config_files(self._handle(), cmd.archive, replace=cmd.replace)
+
+    async def _on_DeleteFiles(self, cmd: c.DeleteFiles) -> None:
+        backend = await self._file_ops()
+        with _files_deadline("deleting"):
+            await backend.delete_config_files(self._handle(), cmd.paths)
+
     async def _on_Crash(self, cmd: c.Crash) -> None:
         raise RuntimeError("injected actor fault")
+
+
+@contextlib.contextmanager
+def _files_deadline(doing: str) -> Iterator[None]:
+    try:
+        with trio.fail_after(FILES_DEADLINE):
+            yield
+    except trio.TooSlowError:
+        raise BackendError(f"{doing} the workspace's files did not finish within {FILES_DEADLINE:g}s") from None
 
 
 class _NotRunning(BackendError):

@@ -15,14 +15,27 @@ if TYPE_CHECKING:
 
 
 def create_app(box: Box) -> QuartTrio:
-    from . import activity, meta, plugins, registry, secrets, streams, tokens, workspaces
+    from . import (
+        activity,
+        files,
+        meta,
+        plugins,
+        registry,
+        secrets,
+        streams,
+        templates,
+        tokens,
+        workspace_data,
+        workspaces,
+    )
 
     app = QuartTrio("molecule_box")
     app.extensions["molecule_box"] = box
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     app.config["BODY_TIMEOUT"] = BODY_DEADLINE
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
-    for module in (workspaces, registry, secrets, tokens, streams, activity, plugins, meta):
+    for module in (workspaces, registry, secrets, tokens, streams, activity, plugins, meta, workspace_data, files,
+                   templates):
         app.register_blueprint(module.bp)
 
     @app.errorhandler(Exception)

@@ -9,6 +9,7 @@ its ``/configs/plugins/<name>`` and a restart, through the backend's file operat
 
 from __future__ import annotations
 
+import io
 import shutil
 from collections.abc import AsyncIterator
 from typing import IO, Any
@@ -17,10 +18,11 @@ import trio
 from quart import Blueprint, Response, current_app, request
 
 from ..agent_plugins import registry
+from ..agent_plugins import tree as plugin_tree
 from ..agent_plugins.pipeline import Pipeline, Staged
 from ..agent_plugins.sources import SCHEMES, Source, check_name, valid_name
 from ..agent_plugins.tree import CHUNK, Limits
-from ..errors import BadRequest, Forbidden, HTTPError, NotFound
+from ..errors import BadRequest, Forbidden, NotFound
 from ..models import Workspace, WorkspaceStatus, rfc3339
 from ..schemas import InstallPlugin, PluginAllowlist
 from ..store import plugins as plugin_rows
@@ -28,13 +30,6 @@ from ..store import workspaces as workspace_rows
 from .routing import Call, box, find, parse, respond, route
 
 bp = Blueprint("plugins", __name__)
-
-
-class BackendCannotInstall(HTTPError):
-    """501: the workspace's backend has no file operations to put a plugin into its workload."""
-
-    status = 501
-    default_message = "this workspace's backend cannot install plugins"
 
 
 def pipeline() -> Pipeline:
@@ -119,19 +114,24 @@ async def compatibility(call: Call[None]) -> Any:
 
 
 async def deliver_to_workload(ws: Workspace, staged: Staged) -> None:
-    """Put the staged plugin into the box-run workload's ``/configs/plugins/<name>``, owned by the agent's uid.
+    """Put the staged plugin into the box-run workload's ``/configs/plugins/<name>`` as one archive, through the
+    backend's config-file operations (by the workspace's actor), which own every file as the agent's uid. A
+    backend without them answers 501 and nothing is recorded."""
+    def packed() -> bytes:
+        out = io.BytesIO()
+        plugin_tree.pack(staged.tree, out, prefix=f"plugins/{staged.name}/")
+        return out.getvalue()
 
-    This needs the backend contract's file operations, which this branch does not have yet: until they are
-    wired here, a box-run workspace's install is refused with 501 and nothing is recorded."""
-    raise BackendCannotInstall(f"the {ws.backend} backend cannot put files into its workload yet; plugins "
-                               "install into remote workspaces only", plugin=staged.name)
+    await box().supervisor.write_files(ws.id, await trio.to_thread.run_sync(packed))
 
 
 async def remove_from_workload(ws: Workspace, name: str) -> None:
     """Remove ``/configs/plugins/<name>`` from the box-run workload (the counterpart of
-    :func:`deliver_to_workload`, waiting for the same file operations)."""
-    raise BackendCannotInstall(f"the {ws.backend} backend cannot remove files from its workload yet",
-                               plugin=name)
+    :func:`deliver_to_workload`)."""
+    try:
+        await box().supervisor.delete_files(ws.id, [f"plugins/{name}"])
+    except NotFound:  # its files are gone already (removed through /files): uninstalling stays idempotent
+        pass
 
 
 async def _is_remote(ws: Workspace) -> bool:

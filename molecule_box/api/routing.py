@@ -98,7 +98,8 @@ def declare(path: str, method: str, *, summary: str, auth: Tier, tag: str, body:
 def route(bp: Blueprint, path: str, method: str, *, summary: str, auth: Tier, body: type[BaseModel] | None = None,
           responses: dict[int, str] | None = None, query: dict[str, str] | None = None,
           endpoint: str | None = None, id_from: IdFrom | None = None,
-          load: Literal["live", "any"] | None = None) -> Callable[[Handler], Handler]:
+          load: Literal["live", "any"] | None = None,
+          limit: int = 256 * 1024) -> Callable[[Handler], Handler]:
     """Register a view on ``bp`` and describe it for OpenAPI in one step; the view runs the declaration.
 
     The view canonicalises the path's ``<raw_id>``, checks ``auth`` for it (or, with ``id_from``, for the
@@ -112,11 +113,11 @@ def route(bp: Blueprint, path: str, method: str, *, summary: str, auth: Tier, bo
         async def view(**params: str) -> Any:
             raw_id = params.pop("raw_id", None)
             wid = workspace_id(raw_id) if raw_id is not None else None
-            parsed = await parse(body) if body is not None and id_from is not None else None
+            parsed = await parse(body, limit=limit) if body is not None and id_from is not None else None
             checked = id_from(parsed, wid) if id_from is not None else wid
             principal = await authorize(box(), auth, request.headers, checked)
             if body is not None and id_from is None:
-                parsed = await parse(body)
+                parsed = await parse(body, limit=limit)
             wid = wid if wid is not None else checked
             ws = None
             if load is not None:

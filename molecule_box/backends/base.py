@@ -28,7 +28,8 @@ Rules every method follows:
   them with its own and hands the backend the typed object as
   ``BackendContext.settings``.
 
-This module and :mod:`.options` import nothing else of the box but its error
+This module, :mod:`.options` and :mod:`.archive` (the checked tars of the config-file operations) import
+nothing else of the box but its error
 root, so a plugin importing the contract loads only the contract.
 """
 
@@ -42,12 +43,15 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 import trio
 
 from ..errors import MoleculeBoxError
+from . import archive
 from .options import Setting, bind_scope, option, table
 
 __all__ = [
     "CONTRACT_VERSION", "Backend", "BackendContext", "BackendError", "BackendEvent", "BackendFactory",
-    "BackendNotInstalled", "BackendSettings", "BaseBackend", "Capabilities", "Handle", "Setting", "Workload",
-    "WorkloadSpec", "WorkloadState", "WorkloadStatus", "bind_scope", "option", "table",
+    "BackendNotInstalled", "BackendSettings", "BaseBackend", "Capabilities", "ConfigFiles", "FilesNotSupported",
+    "Handle",
+    "Setting", "Workload",
+    "WorkloadSpec", "WorkloadState", "WorkloadStatus", "archive", "bind_scope", "option", "table",
 ]
 
 #: Version of this contract. A plugin declares the version it implements in
@@ -66,6 +70,14 @@ class BackendError(MoleculeBoxError):
         self.reason = reason
         self.detail = detail
         super().__init__(reason)
+
+
+class FilesNotSupported(BackendError):
+    """The backend has no config-file operations (``Capabilities.files`` is False)."""
+
+    def __init__(self, backend: str) -> None:
+        super().__init__(f"the {backend} backend has no file access to its workspaces (remote agents keep their "
+                         "own files)")
 
 
 class BackendNotInstalled(MoleculeBoxError):
@@ -114,6 +126,10 @@ class Capabilities:
     prewrites_token: bool = False
     #: :meth:`Backend.logs` returns output.
     logs: bool = False
+    #: The config-file operations (:meth:`BaseBackend.read_config_files`, ``write_config_files``,
+    #: ``delete_config_files``) work on the workload's ``/configs``, whether it runs or not. Without them the
+    #: files API answers 501 and templates are not copied (remote agents keep their own files).
+    files: bool = False
 
     def public(self) -> dict[str, Any]:
         body = dataclasses.asdict(self)
@@ -142,6 +158,10 @@ class WorkloadSpec:
     previous: Handle | None = None
     #: The create body's ``metadata`` (text values), e.g. ``region`` for a backend that places workloads.
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: With ``Capabilities.files``: a tar (names relative to ``/configs``, checked) to put into ``/configs``
+    #: before the workload starts, when ``/configs`` has no ``config.yaml`` yet (a template's files, or the
+    #: minimal ``config.yaml``); later starts keep what is there (edits through the files API survive them).
+    seed_files: bytes | None = None
 
     def __repr__(self) -> str:  # never print env or token
         return f"WorkloadSpec(workspace_id={self.workspace_id!r}, runtime={self.runtime!r}, tier={self.tier})"
@@ -264,6 +284,19 @@ class Backend(Protocol):
         ...
 
 
+@runtime_checkable
+class ConfigFiles(Protocol):
+    """The optional config-file operations of a backend whose ``Capabilities.files`` is True (see
+    :class:`BaseBackend` for their rules). Not part of :class:`Backend`: a version-2 plugin written before
+    them still loads, and says ``files=False`` by default."""
+
+    async def read_config_files(self, handle: Handle) -> bytes: ...
+
+    async def write_config_files(self, handle: Handle, archive: bytes, *, replace: bool = False) -> None: ...
+
+    async def delete_config_files(self, handle: Handle, paths: list[str]) -> None: ...
+
+
 class BaseBackend:
     """Convenience base: defaults for the optional parts of :class:`Backend`."""
 
@@ -291,6 +324,29 @@ class BaseBackend:
 
     async def logs(self, handle: Handle, *, tail: int = 100) -> str:
         return ""
+
+    # -- config files (optional: Capabilities.files) -------------------------------------------
+    #
+    # Called by the workspace's actor only, like the lifecycle methods, on a running or stopped workload.
+    # Archives are plain tars whose member names are relative to ``/configs`` (``config.yaml``,
+    # ``plugins/<name>/manifest.json``); the box checks them with :mod:`.archive` before it calls (only
+    # regular files and directories, no ``..``, no absolute names, no links, sizes capped), and a backend
+    # must still never follow a link out of ``/configs``. ``.auth_token`` is the box's: the box never asks to
+    # write or delete it, ``replace`` keeps it, and the API leaves it out of what it shows.
+
+    async def read_config_files(self, handle: Handle) -> bytes:
+        """A tar of everything under ``/configs`` (links included as links, never followed)."""
+        raise FilesNotSupported(self.name)
+
+    async def write_config_files(self, handle: Handle, archive: bytes, *, replace: bool = False) -> None:
+        """Extract ``archive`` into ``/configs``, creating parent directories, every member owned by the agent's
+        user (the image's uid/gid), modes as in the archive; files already there are overwritten. ``replace``:
+        first remove everything else under ``/configs``. Nothing is restarted: the caller decides."""
+        raise FilesNotSupported(self.name)
+
+    async def delete_config_files(self, handle: Handle, paths: list[str]) -> None:
+        """Remove each path (relative to ``/configs``, a file or a whole directory); a missing one is fine."""
+        raise FilesNotSupported(self.name)
 
 
 BackendFactory = Callable[[BackendContext[Any]], Backend]

@@ -46,6 +46,14 @@ class BootstrapClosed(StoreError):
         super().__init__("the workspace's register bootstrap is closed")
 
 
+class VersionMismatch(StoreError):
+    """A memory write's ``if_match_version`` named another version than the live one (0: no such key)."""
+
+    def __init__(self, current: int) -> None:
+        self.current = current
+        super().__init__(f"version mismatch: the entry is at version {current}")
+
+
 class SchemaTooNew(ConfigError):
     """The store file was written by a newer molecule-box; a start-up error like any bad setting."""
 

@@ -202,6 +202,25 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (workspace_id, plugin_name)
     );
     """,
+    # 8: what a workspace keeps on the box for itself: its JSON config (GET/PATCH /config, shallow merge) and
+    # its key/value memory, each entry versioned (optimistic if_match_version) and optionally expiring.
+    """
+    CREATE TABLE workspace_config (
+        workspace_id TEXT PRIMARY KEY,
+        data TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE workspace_memory (
+        workspace_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        expires_at REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (workspace_id, key)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -102,7 +102,8 @@ def save(workspace: Workspace) -> Callable[[sqlite_utils.Database], None]:
 
 #: The tables whose rows belong to one workspace (``workspace_id``) and go with it when it is purged.
 OWNED_BY_WORKSPACE = ("tokens", "register_bootstrap", "secrets", "activity", "inbox_cursors", "events",
-                      "actor_failures", "plugin_installs", "plugin_allowlist")
+                      "actor_failures", "plugin_installs", "plugin_allowlist",
+                      "workspace_config", "workspace_memory")
 
 
 def purge(family: list[str]) -> Callable[[sqlite_utils.Database], None]:

@@ -9,10 +9,13 @@ from typing import Any, ClassVar
 import pytest
 import trio
 
+from ..backends import archive as ar
 from ..backends.base import (
     CONTRACT_VERSION,
     Backend,
     Capabilities,
+    ConfigFiles,
+    FilesNotSupported,
     Workload,
     WorkloadSpec,
     WorkloadState,
@@ -186,3 +189,35 @@ class BackendConformance:
         if backend.capabilities().lifecycle:
             assert (await backend.inspect(workload.handle)).state is WorkloadState.MISSING
         assert spec.workspace_id not in {h["workspace_id"] for h in await backend.list_managed()}
+
+    async def test_config_files(self, open_backend: Any, spec: WorkloadSpec) -> None:
+        """With ``Capabilities.files``: the seed lands before the start, writes (parents created) and deletes
+        work on a running and on a stopped workload, and a read lists what is there. Without: the operations
+        raise ``FilesNotSupported`` (the API's 501)."""
+        backend: Backend = await open_backend()
+        if not isinstance(backend, ConfigFiles):
+            assert not backend.capabilities().files, "files=True needs the ConfigFiles methods"
+            return
+        if not backend.capabilities().files:
+            with pytest.raises(FilesNotSupported):
+                await backend.read_config_files({"workspace_id": spec.workspace_id})
+            return
+        seed = ar.pack([ar.Entry("config.yaml", b"name: conformance\n")])
+        workload = await backend.start(dataclasses.replace(spec, seed_files=seed))
+
+        async def files() -> dict[str, bytes | None]:
+            return {m.name: m.data for m in ar.members(await backend.read_config_files(workload.handle))}
+
+        try:
+            assert (await files())["config.yaml"] == b"name: conformance\n"
+            await backend.write_config_files(workload.handle, ar.pack([ar.Entry("plugins/p/a.md", b"a")]))
+            assert (await files())["plugins/p/a.md"] == b"a"
+            await backend.stop(workload.handle, grace=2)
+            await backend.write_config_files(workload.handle, ar.pack([ar.Entry("b.txt", b"b")]))
+            await backend.delete_config_files(workload.handle, ["plugins", "missing"])
+            found = await files()
+            assert found["b.txt"] == b"b" and "plugins/p/a.md" not in found and "plugins" not in found
+            await backend.write_config_files(workload.handle, ar.pack([ar.Entry("only", b"1")]), replace=True)
+            assert {name for name in await files() if name != ar.TOKEN_FILE} == {"only"}
+        finally:
+            await backend.destroy(workload.handle)

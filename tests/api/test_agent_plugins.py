@@ -360,10 +360,9 @@ async def test_settings_find_the_registry(tmp_path: Path) -> None:
     assert os.sep == "/"
 
 
-async def test_a_box_run_workspace_install_waits_for_the_backends_file_operations(runner: BoxRunner,
-                                                                                  tmp_path: Path) -> None:
-    """Until the backend contract can put files into a workload, a box-run workspace's install is a clear 501
-    and records nothing (no install row, no event, no restart)."""
+async def test_a_box_run_workspace_without_file_operations_is_a_501(runner: BoxRunner, tmp_path: Path) -> None:
+    """A box-run workspace whose backend has no config-file operations cannot get a plugin: a clear 501 that
+    records nothing (no install row, no event, no restart). Docker's install: tests/backends/test_docker_files.py."""
     from molecule_box.backends import BackendError, Workload, WorkloadSpec
 
     from ..actors.stubs import LifecycleStub
@@ -380,7 +379,7 @@ async def test_a_box_run_workspace_install_waits_for_the_backends_file_operation
         created = await api.post("/workspaces", json={"name": "boxed", "backend": "nostart"}, headers=ADMIN)
         wid = created.json()["id"]
         refused = await api.post(f"/workspaces/{wid}/plugins", json={"source": "hello-plugin"}, headers=ADMIN)
-        assert refused.status_code == 501 and "cannot put files into its workload" in refused.json()["error"]
+        assert refused.status_code == 501 and "has no file access" in refused.json()["error"], refused.text
         assert (await api.get(f"/workspaces/{wid}/plugins", headers=ADMIN)).json() == []
         events = (await api.get(f"/events/{wid}", headers=ADMIN)).json()
         assert not [e for e in events if e["event_type"].startswith("PLUGIN_")]

@@ -84,7 +84,7 @@ async def test_every_route_refuses_what_its_tier_refuses(box: Box, client: httpx
             victim = await create_external(client, "victim")
             wid, token = victim["id"], victim["connection"]["auth_token"]
             url = path.replace("{raw_id}", wid).replace("{id}", wid).replace("{key}", "X").replace(
-                "{token_id}", "x")
+                "{token_id}", "x").replace("{file_path}", "config.yaml")
             claims = {"X-Workspace-ID": wid}
             headers = {"none": claims, "wrong": {**claims, **bearer("mol_" + "0" * 43)},
                        "foreign": {**claims, **bearer(foreign_token)}, "own": {**claims, **bearer(token)},
@@ -97,7 +97,8 @@ async def test_every_route_refuses_what_its_tier_refuses(box: Box, client: httpx
                                              json=_body(op, wid, foreign_id)) as response:
                         status = response.status_code  # a stream admitted is left at its head
                 where = f"{method.upper()} {path} as {who} (tier {tier})"
-                assert status < 500, where
+                # 501 is an answer, not a fault: a victim's backend (external) without what the route needs
+                assert status < 500 or (status == 501 and "501" in op["responses"]), where
                 if who in ADMITS[tier]:
                     assert status != 401, where
                 else:

@@ -17,7 +17,7 @@ from molecule_box.backends.base import Backend
 ROOT = Path(__file__).resolve().parent.parent.parent
 DOCKER = ROOT / "molecule_box" / "backends" / "docker"
 #: What a plugin may import of molecule-box, and what importing it loads (packages on the way included).
-CONTRACT = {"molecule_box.backends.base", "molecule_box.backends.options"}
+CONTRACT = {"molecule_box.backends.base", "molecule_box.backends.options", "molecule_box.backends.archive"}
 CONTRACT_LOADS = CONTRACT | {"molecule_box", "molecule_box._version", "molecule_box.errors", "molecule_box.backends"}
 
 

@@ -19,9 +19,10 @@ import importlib.metadata
 import logging
 import math
 import re
+import secrets
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import trio
@@ -38,6 +39,7 @@ from ..base import (
     WorkloadState,
     WorkloadStatus,
 )
+from ..base import archive as ar
 from . import engine_events as ev
 from . import spec as sp
 from .client import (
@@ -64,6 +66,8 @@ DESTROY_GRACE = 10.0
 START_RETRY_EVERY = 5.0
 #: Server errors (5xx) a start retries while the engine keeps answering, before it fails the workspace.
 START_SERVER_ERRORS = 2
+#: A files helper's removal (``rm -rf`` or clearing /configs) must finish within this many seconds.
+HELPER_DEADLINE = 60.0
 #: How long an image lookup is trusted (a removed image is noticed at create and looked up again).
 IMAGE_CACHE_SECONDS = 60.0
 
@@ -100,7 +104,7 @@ class DockerBackend(BaseBackend):
 
     def capabilities(self) -> Capabilities:
         return Capabilities(lifecycle=True, remote=False, tiers=frozenset({1, 2, 3, 4}), prewrites_token=True,
-                            logs=True)
+                            logs=True, files=True)
 
     def admit(self, *, runtime: str, tier: int) -> None:
         """Refuse a runtime outside ``ALLOWED_RUNTIMES``, or any workspace when its container could not reach the
@@ -345,6 +349,9 @@ class DockerBackend(BaseBackend):
                 raise
         self._known[wid] = container_id  # from now on, events of any older container of it are stale
         try:
+            if spec.seed_files is not None and not await self._has_config(client, container_id):
+                uid, gid = sp.image_user(image_config)
+                await client.put_archive(container_id, sp.TOKEN_PATH, _owned(spec.seed_files, uid, gid))
             if spec.auth_token is not None:
                 uid, gid = sp.image_user(image_config)
                 await client.put_archive(container_id, sp.TOKEN_PATH,
@@ -364,6 +371,13 @@ class DockerBackend(BaseBackend):
         if port is not None:
             handle["port"] = port
         return Workload(handle=handle, url=url)
+
+    async def _has_config(self, client: DockerClient, container_id: str) -> bool:
+        try:
+            await client.get_archive(container_id, f"{sp.TOKEN_PATH}/config.yaml")
+        except EngineNotFound:
+            return False
+        return True
 
     def _port_for(self, spec: WorkloadSpec) -> int | None:
         if not self.host_network:
@@ -601,6 +615,78 @@ class DockerBackend(BaseBackend):
             return await client.logs(data["Id"], tail)
         except EngineError:
             return ""
+
+    # -- config files (Capabilities.files) -------------------------------------------------------
+    #
+    # Every operation mounts the workspace's config volume in a short-lived helper container of the workspace's
+    # image (the volume is shared with the workload, so a running agent sees a write at once): the same path
+    # whether the workload runs, is stopped, or its container is gone. The whole tree is read with the
+    # engine's archive API and checked here, so a link in the volume is listed as a link and never followed.
+
+    @asynccontextmanager
+    async def _helper(self, handle: Handle, script: str = "true",
+                      args: list[str] | None = None) -> AsyncIterator[tuple[DockerClient, str]]:
+        client = self._require_client()
+        workspace_id = str(handle.get("workspace_id") or "")
+        image = handle.get("image")
+        if not workspace_id or not isinstance(image, str):
+            raise BackendError("the workspace has no container yet: its files exist from its first start")
+        with self._engine_errors("opening the workspace's config volume"):
+            config = sp.files_helper_config(self.box_id, workspace_id, image, script, args or [])
+            helper = await client.create_container(config, f"{sp.container_name(workspace_id)}-files-"
+                                                   f"{secrets.token_hex(4)}")
+        try:
+            yield client, helper
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(15):
+                try:
+                    await client.remove_container(helper)
+                except EngineError:
+                    log.warning("docker: could not remove the files helper %s", helper[:12])
+
+    async def _run_helper(self, client: DockerClient, helper: str) -> None:
+        await client.start_container(helper)
+        code = await client.wait_container(helper, HELPER_DEADLINE)
+        if code != 0:
+            raise BackendError(f"changing the workspace's files failed (exit code {code})",
+                               detail=await client.logs(helper, 20))
+
+    async def _tree(self, client: DockerClient, helper: str) -> bytes:
+        """The engine's tar of /configs, names made relative to it (``configs/a`` → ``a``)."""
+        raw = await client.get_archive(helper, sp.TOKEN_PATH)
+        return ar.strip_root(raw, "configs")
+
+    async def read_config_files(self, handle: Handle) -> bytes:
+        async with self._helper(handle) as (client, helper):
+            with self._engine_errors("reading the workspace's files"):
+                return await self._tree(client, helper)
+
+    async def write_config_files(self, handle: Handle, archive: bytes, *, replace: bool = False) -> None:
+        entries = [e for e in ar.read(archive) if e.name != ar.TOKEN_FILE]
+        script = sp.CLEAR_CONFIGS if replace else "true"
+        async with self._helper(handle, script) as (client, helper):
+            with self._engine_errors("writing the workspace's files"):
+                if not replace:
+                    ar.check_inside(await self._tree(client, helper), [e.name for e in entries])
+                else:
+                    await self._run_helper(client, helper)
+                uid, gid = sp.image_user(await self._image_config(client, str(handle["image"]),
+                                                                  str(handle["workspace_id"])))
+                await client.put_archive(helper, sp.TOKEN_PATH, ar.pack(entries, uid=uid, gid=gid))
+
+    async def delete_config_files(self, handle: Handle, paths: list[str]) -> None:
+        cleaned = [p for p in (ar.clean_path(p) for p in paths) if p != ar.TOKEN_FILE]
+        if not cleaned:
+            return
+        async with self._helper(handle, sp.REMOVE_CONFIGS, cleaned) as (client, helper):
+            with self._engine_errors("deleting the workspace's files"):
+                ar.check_inside(await self._tree(client, helper), cleaned)
+                await self._run_helper(client, helper)
+
+
+def _owned(archive: bytes, uid: int, gid: int) -> bytes:
+    """``archive`` (checked) again, every member owned by the agent's ``uid:gid``."""
+    return ar.pack(ar.read(archive), uid=uid, gid=gid)
 
 
 _RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?")

@@ -16,6 +16,7 @@ loop), which a box without Docker workspaces should not pay for.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import math
@@ -126,6 +127,26 @@ class DockerClient:
     async def put_archive(self, container_id: str, path: str, data: bytes) -> None:
         container = self.docker.containers.container(container_id)
         await self._run(lambda: container.put_archive(path, data))  # type: ignore[no-untyped-call]
+
+    async def get_archive(self, container_id: str, path: str) -> bytes:
+        """The tar the engine makes of ``path`` in the container (running or not), as bytes."""
+
+        async def read() -> bytes:
+            tar = await self.docker.containers.container(container_id).get_archive(path)
+            fileobj = tar.fileobj
+            assert isinstance(fileobj, io.BytesIO)
+            return fileobj.getvalue()
+
+        return await self._run(read)
+
+    async def wait_container(self, container_id: str, deadline: float) -> int:
+        """Wait for the container to exit; its exit code."""
+
+        async def wait() -> int:
+            done = await self.docker.containers.container(container_id).wait()
+            return int(done.get("StatusCode", -1))
+
+        return await self._run(wait, deadline=deadline)
 
     async def start_container(self, container_id: str) -> None:
         await self._run(lambda: self.docker.containers.container(container_id).start())

@@ -234,6 +234,39 @@ def container_config(
     return body
 
 
+#: Marks the short-lived containers the file operations mount a workspace's config volume in.
+LABEL_HELPER = "molecule-box.helper"
+#: Removes everything under /configs but the token file (``write_config_files(replace=True)``).
+CLEAR_CONFIGS = "cd /configs && find . -mindepth 1 -maxdepth 1 ! -name .auth_token -exec rm -rf -- {} +"
+#: Removes the paths given as arguments, relative to /configs.
+REMOVE_CONFIGS = 'cd /configs && rm -rf -- "$@"'
+
+
+def files_helper_config(box_id: str, workspace_id: str, image: str, script: str, args: list[str]) -> dict[str, Any]:
+    """A container of the workspace's own image with only its config volume mounted, no network, as root (the
+    files' owner may be any uid), for the engine's archive API (which works on a container that never ran)
+    and, started, for removals. It carries the box's label without a workspace one: the orphan sweep removes
+    one a crash left behind, and nothing takes it for the workspace's workload."""
+    configs_volume, _ = volume_names(workspace_id)
+    return {
+        "Image": image,
+        "Entrypoint": ["/bin/sh", "-c"],
+        "Cmd": [script, "sh", *args],
+        "User": "0:0",
+        "Labels": {LABEL_MANAGED: "true", LABEL_BOX: box_id, LABEL_HELPER: "files"},
+        "NetworkDisabled": True,
+        "HostConfig": {
+            "Mounts": [{"Type": "volume", "Source": configs_volume, "Target": "/configs",
+                        "VolumeOptions": {"Labels": labels(box_id, workspace_id)}}],
+            "NetworkMode": "none",
+            "RestartPolicy": {"Name": "no"},
+            "Memory": 128 * MIB,
+            "PidsLimit": 64,
+            "LogConfig": LOG_CONFIG,
+        },
+    }
+
+
 def network_config(name: str, box_id: str) -> dict[str, Any]:
     return {"Name": name, "Driver": "bridge", "CheckDuplicate": True,
             "Labels": {LABEL_MANAGED: "true", LABEL_BOX: box_id}}
