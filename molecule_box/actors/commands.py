@@ -118,6 +118,14 @@ class Seen(Command):
 
 
 @dataclasses.dataclass(eq=False)
+class BootstrapFailed(Command):
+    """The backend's platform saw the workload's runtime crash while booting (the control plane's bootstrap
+    watcher): ``reason`` becomes the failure reason while the workspace is still provisioning."""
+
+    reason: str
+
+
+@dataclasses.dataclass(eq=False)
 class Crash(Command):
     """Fault injection for tests: the actor raises while handling it (exercises the supervisor)."""
 
