@@ -181,3 +181,7 @@ async def register_as_agent(client: httpx.AsyncClient, emulator: RunningEmulator
                                json={"id": wid, "url": "http://127.0.0.1:9/agent",
                                      "agent_card": {"name": "cp-agent"}})
     assert answer.status_code == 200, answer.text
+
+
+async def none_live(emulator: RunningEmulator, wid: str) -> bool:
+    return not emulator.live_of(wid)

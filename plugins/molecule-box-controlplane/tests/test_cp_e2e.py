@@ -20,6 +20,7 @@ from cp_support import (
     RunningEmulator,
     cp_env,
     create,
+    none_live,
     register_as_agent,
     running_instance,
     status_is,
@@ -48,7 +49,7 @@ async def test_lifecycle_through_the_api(emulator: RunningEmulator, box_factory:
 
         answer = await client.post(f"/workspaces/{wid}/pause", headers=ADMIN, json={})
         assert answer.status_code == 200, answer.text
-        await wait_until(lambda: _none_live(emulator, wid))
+        await wait_until(lambda: none_live(emulator, wid))
         answer = await client.post(f"/workspaces/{wid}/resume", headers=ADMIN, json={})
         assert answer.status_code == 200, answer.text
         await register_as_agent(client, emulator, wid)
@@ -58,12 +59,8 @@ async def test_lifecycle_through_the_api(emulator: RunningEmulator, box_factory:
 
         answer = await client.delete(f"/workspaces/{wid}", headers=ADMIN, params={"confirm": "true"})
         assert answer.status_code == 200, answer.text
-        await wait_until(lambda: _none_live(emulator, wid))
+        await wait_until(lambda: none_live(emulator, wid))
         assert emulator.state.calls.get("DELETE /cp/workspaces", 0) >= 2
-
-
-async def _none_live(emulator: RunningEmulator, wid: str) -> bool:
-    return not emulator.live_of(wid)
 
 
 async def test_sigkill_restart_adopts(emulator: RunningEmulator, box_factory: Any) -> None:

@@ -10,9 +10,11 @@ import httpx
 import pytest
 import trio
 from cp_support import (
+    ADMIN,
     RunningEmulator,
     cp_env,
     create,
+    none_live,
     register_as_agent,
     running_instance,
     status_is,
@@ -137,3 +139,18 @@ async def test_orphans_are_reconciled_away(emulator: RunningEmulator, box_factor
 
 async def _not_live(emulator: RunningEmulator, instance_id: str) -> bool:
     return instance_id not in {i.instance_id for i in emulator.state.live()}
+
+
+async def test_delete_through_an_outage_still_deprovisions(emulator: RunningEmulator, box_factory: Any) -> None:
+    """The DELETE's answer is read: 5xx answers are retried until the instance reads terminated."""
+    box = box_factory(cp_env(emulator))
+    await box.start()
+    async with httpx.AsyncClient(base_url=box.url, timeout=10) as client:
+        wid = (await create(client))["id"]
+        await running_instance(emulator, wid)
+        await emulator.knob("fault", mode="5xx", count=3)
+        answer = await client.delete(f"/workspaces/{wid}", headers=ADMIN,
+                                     params={"confirm": "true"})
+        assert answer.status_code == 200, answer.text
+        await wait_until(lambda: none_live(emulator, wid))
+        assert emulator.state.fault is None, "the faults were all met"
