@@ -169,7 +169,8 @@ class Settings:
         "Backend for non-external workspaces (an installed molecule_box.backends entry point).")
     org_id: str | None = option(
         "MOLECULE_ORG_ID", text, None,
-        "When set, non-external workspaces default to the controlplane backend, as on the platform.")
+        "When set, non-external workspaces default to the controlplane backend (before CONTAINER_BACKEND), as on "
+        "the platform; install its plugin, plugins/molecule-box-controlplane.")
     platform_url: str = option(
         "PLATFORM_URL", _url, "http://host.docker.internal:8080",
         "URL of this box as workloads reach it. Default: http://<BIND_ADDR>:<PORT> (127.0.0.1 for 0.0.0.0); "
