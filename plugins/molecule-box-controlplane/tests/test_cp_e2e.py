@@ -118,3 +118,23 @@ async def test_bootstrap_failed_needs_the_admin_token(emulator: RunningEmulator,
         answer = await client.post(f"/admin/workspaces/{wid}/bootstrap-failed", json={"error": 5}, headers=ADMIN)
         assert answer.status_code == 400
         assert (await workspace(client, wid))["status"] == "provisioning"
+
+
+async def test_a_control_plane_without_the_listing(emulator: RunningEmulator, box_factory: Any) -> None:
+    """The instance listing is the box's addition: a control plane answering it 404 still provisions, stops
+    and deprovisions (only the orphan sweep has nothing to go on)."""
+    emulator.state.lists = False
+    box = box_factory(cp_env(emulator))
+    await box.start()
+    async with httpx.AsyncClient(base_url=box.url, timeout=10) as client:
+        wid = (await create(client))["id"]
+        await register_as_agent(client, emulator, wid)
+        await status_is(client, wid, "online")
+        answer = await client.post(f"/workspaces/{wid}/restart", headers=ADMIN, json={})
+        assert answer.status_code == 200, answer.text
+        await register_as_agent(client, emulator, wid)
+        await status_is(client, wid, "online")
+        assert len(emulator.live_of(wid)) == 1, "the previous instance was replaced"
+        answer = await client.delete(f"/workspaces/{wid}", headers=ADMIN, params={"confirm": "true"})
+        assert answer.status_code == 200, answer.text
+        await wait_until(lambda: none_live(emulator, wid))

@@ -150,8 +150,8 @@ class ControlPlaneBackend(BaseBackend):
 
     async def start(self, spec: WorkloadSpec) -> Workload:
         self._watched.pop(spec.workspace_id, None)
-        leftovers = {h["instance_id"] for h in await self._retrying("list", self._list)
-                     if h["workspace_id"] == spec.workspace_id}
+        listed = await self._retrying("list", self._list)
+        leftovers = {h["instance_id"] for h in listed or [] if h["workspace_id"] == spec.workspace_id}
         if spec.previous and spec.previous.get("instance_id"):
             leftovers.add(str(spec.previous["instance_id"]))
         for instance_id in sorted(leftovers):  # replaced, never duplicated
@@ -240,9 +240,13 @@ class ControlPlaneBackend(BaseBackend):
             self._watched[adopted["workspace_id"]] = adopted
         return adopted
 
-    async def _list(self) -> list[Handle]:
+    async def _list(self) -> list[Handle] | None:
+        """The box's live instances; None when the control plane has no such listing (it is the box's addition,
+        answered 404 or 405 by a control plane without it): start then replaces only the previous instance."""
         status, body = await self._call("GET", "/cp/admin/workspaces", admin=True,
                                         params={"org_id": self.settings.org_id or "", "box_id": self.context.box_id})
+        if status in (404, 405):
+            return None
         rows = body.get("instances") if isinstance(body, dict) else None
         if status != 200 or not isinstance(rows, list):
             raise self._refusal("instance list", status, body)
@@ -253,9 +257,12 @@ class ControlPlaneBackend(BaseBackend):
 
     async def list_managed(self) -> list[Handle]:
         try:
-            return await self._list()
+            listed = await self._list()
         except Outage as exc:
             raise BackendError(exc.reason) from None
+        if listed is None:
+            raise BackendError("this control plane does not list instances (GET /cp/admin/workspaces)")
+        return listed
 
     async def logs(self, handle: Handle, *, tail: int = 100) -> str:
         """The instance's serial console (the EC2 console output), best effort: a failure reads as no output."""

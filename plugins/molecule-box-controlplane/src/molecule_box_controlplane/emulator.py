@@ -85,6 +85,8 @@ class Emulator:
         self.tenant_admin_token = tenant_admin_token
         self.boot, self.stop, self.provision, self.hang = boot, stop, provision, hang
         self.instances: dict[str, Instance] = {}
+        #: False: answer the instance listing (the box's addition) 404, as a control plane without it would.
+        self.lists = True
         self.fault: str | None = None
         self.fault_count: int | None = None
         #: Control-plane calls answered, by route ("POST /cp/workspaces/provision" ...), for tests and benches.
@@ -194,7 +196,7 @@ class Emulator:
                     found.console.append("[emulator] instance shutting down")
                 return 200, {"state": found.state(now)}
         if parts[:3] == ["cp", "admin", "workspaces"]:
-            if method == "GET" and len(parts) == 3:
+            if method == "GET" and len(parts) == 3 and self.lists:
                 rows = [i.public(now) for i in self.instances.values()
                         if i.org_id == query.get("org_id", i.org_id) and i.box_id == query.get("box_id", i.box_id)]
                 return 200, {"instances": rows}
