@@ -38,6 +38,8 @@ BODY_CAP = 64 * 1024
 CONSOLE_CAP = 256 * 1024
 #: Longest pause between two attempts of a retried call.
 MAX_BACKOFF = 5.0
+#: Status checks the watcher has in flight at once.
+WATCH_CONCURRENCY = 8
 #: What the instance states mean to the box (EC2's, as the control plane reports them).
 STATES = {"running": WorkloadState.RUNNING, "pending": WorkloadState.STARTING, "stopping": WorkloadState.STOPPED,
           "terminated": WorkloadState.MISSING}
@@ -140,13 +142,20 @@ class ControlPlaneBackend(BaseBackend):
     async def _watch_once(self) -> None:
         """Report instances that ended without the box asking (the actor confirms with inspect and applies its
         restart policy, quoting the console in a failure)."""
-        for workspace_id, handle in list(self._watched.items()):
-            status = await self.inspect(handle)
+        limiter = trio.CapacityLimiter(WATCH_CONCURRENCY)  # one slow answer does not hold up the others
+
+        async def check(workspace_id: str, handle: Handle) -> None:
+            async with limiter:
+                status = await self.inspect(handle)
             if status.state in (WorkloadState.MISSING, WorkloadState.STOPPED) and \
                     self._watched.get(workspace_id) is handle:
                 del self._watched[workspace_id]
                 self.context.report(BackendEvent(workspace_id=workspace_id, kind="exited",
                                                  detail="control-plane instance ended"))
+
+        async with trio.open_nursery() as nursery:
+            for workspace_id, handle in list(self._watched.items()):
+                nursery.start_soon(check, workspace_id, handle)
 
     async def start(self, spec: WorkloadSpec) -> Workload:
         self._watched.pop(spec.workspace_id, None)
