@@ -154,3 +154,20 @@ async def test_delete_through_an_outage_still_deprovisions(emulator: RunningEmul
         assert answer.status_code == 200, answer.text
         await wait_until(lambda: none_live(emulator, wid))
         assert emulator.state.fault is None, "the faults were all met"
+
+
+async def test_delete_finds_an_instance_the_box_never_stored(emulator: RunningEmulator, box_factory: Any) -> None:
+    """An instance of the workspace that the box holds no handle for (its provision answered after the box
+    died, say) is deprovisioned by the workspace's delete too: found in the control plane's listing."""
+    box = box_factory(cp_env(emulator))
+    await box.start()
+    async with httpx.AsyncClient(base_url=box.url, timeout=10) as client:
+        wid = (await create(client))["id"]
+        mine = await running_instance(emulator, wid)
+        status, _ = await emulator.state.provision_instance(
+            {"workspace_id": wid, "tier": 3, "box_id": emulator.state.instances[mine].box_id, "org_id": "org-test"},
+            None)
+        assert status == 201 and len(emulator.live_of(wid)) == 2
+        answer = await client.delete(f"/workspaces/{wid}", headers=ADMIN, params={"confirm": "true"})
+        assert answer.status_code == 200, answer.text
+        await wait_until(lambda: none_live(emulator, wid))

@@ -230,7 +230,16 @@ class ControlPlaneBackend(BaseBackend):
             await self._deprovision(handle["workspace_id"], str(handle["instance_id"]))
 
     async def destroy(self, handle: Handle) -> None:
+        """Deprovision the handle's instance and any other the control plane lists for the workspace (a handle
+        the box never stored: its start was cut short after the provision)."""
         await self.stop(handle)
+        try:
+            listed = await self._list()
+        except Outage as exc:
+            raise BackendError(exc.reason) from None
+        for other in listed or []:
+            if other["workspace_id"] == handle["workspace_id"]:
+                await self._deprovision(other["workspace_id"], other["instance_id"])
 
     async def inspect(self, handle: Handle) -> WorkloadStatus:
         if not handle.get("instance_id"):
