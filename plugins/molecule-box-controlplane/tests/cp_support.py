@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import IO, Any
 
@@ -165,17 +165,22 @@ async def status_is(client: httpx.AsyncClient, wid: str, *wanted: str, timeout: 
     return found
 
 
-async def running_instance(emulator: RunningEmulator, wid: str) -> str:
+async def running_instance(emulator: RunningEmulator, wid: str, *, not_in: Collection[str] = ()) -> str:
+    """The workspace's instance once it runs, once it is its only live one (an old one still being replaced
+    carries a revoked token), leaving out ``not_in``."""
     async def check() -> str | None:
         live = [i for i in emulator.state.live() if i.workspace_id == wid]
-        return live[0].instance_id if live and live[0].state(time.time()) == "running" else None
+        if len(live) != 1 or live[0].instance_id in not_in or live[0].state(time.time()) != "running":
+            return None
+        return live[0].instance_id
     found: str = await wait_until(check)
     return found
 
 
-async def register_as_agent(client: httpx.AsyncClient, emulator: RunningEmulator, wid: str) -> None:
+async def register_as_agent(client: httpx.AsyncClient, emulator: RunningEmulator, wid: str, *,
+                            not_in: Collection[str] = ()) -> None:
     """What the agent on the instance does: register with the token from its env."""
-    instance_id = await running_instance(emulator, wid)
+    instance_id = await running_instance(emulator, wid, not_in=not_in)
     token = emulator.state.instances[instance_id].env["MOLECULE_WORKSPACE_TOKEN"]
     answer = await client.post("/registry/register", headers={"Authorization": f"Bearer {token}"},
                                json={"id": wid, "url": "http://127.0.0.1:9/agent",

@@ -52,7 +52,7 @@ async def test_lifecycle_through_the_api(emulator: RunningEmulator, box_factory:
         await wait_until(lambda: none_live(emulator, wid))
         answer = await client.post(f"/workspaces/{wid}/resume", headers=ADMIN, json={})
         assert answer.status_code == 200, answer.text
-        await register_as_agent(client, emulator, wid)
+        await register_as_agent(client, emulator, wid, not_in=first)
         await status_is(client, wid, "online")
         second = emulator.live_of(wid)
         assert len(second) == 1 and second != first
@@ -130,9 +130,10 @@ async def test_a_control_plane_without_the_listing(emulator: RunningEmulator, bo
         wid = (await create(client))["id"]
         await register_as_agent(client, emulator, wid)
         await status_is(client, wid, "online")
+        before = emulator.live_of(wid)
         answer = await client.post(f"/workspaces/{wid}/restart", headers=ADMIN, json={})
         assert answer.status_code == 200, answer.text
-        await register_as_agent(client, emulator, wid)
+        await register_as_agent(client, emulator, wid, not_in=before)
         await status_is(client, wid, "online")
         assert len(emulator.live_of(wid)) == 1, "the previous instance was replaced"
         answer = await client.delete(f"/workspaces/{wid}", headers=ADMIN, params={"confirm": "true"})
