@@ -91,6 +91,8 @@ class Emulator:
         self.fault_count: int | None = None
         #: Control-plane calls answered, by route ("POST /cp/workspaces/provision" ...), for tests and benches.
         self.calls: dict[str, int] = {}
+        #: Control-plane calls answered with an injected fault.
+        self.faulted = 0
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -157,6 +159,7 @@ class Emulator:
         if refused is not None:
             return 401, {"error": refused}
         fault = self._take_fault()
+        self.faulted += fault is not None
         if fault == "5xx":
             return 503, {"error": "control plane unavailable (injected)"}
         if fault == "hang":
@@ -253,7 +256,8 @@ class Emulator:
         body = body if isinstance(body, dict) else {}
         now = time.time()
         if method == "GET" and parts == ["instances"]:
-            return 200, {"instances": [i.public(now) for i in self.instances.values()], "calls": self.calls}
+            return 200, {"instances": [i.public(now) for i in self.instances.values()], "calls": self.calls,
+                         "faulted": self.faulted}
         if method == "GET" and len(parts) == 3 and parts[0] == "instances" and parts[2] == "env":
             found = self.instances.get(parts[1])
             return (200, {"env": found.env}) if found else (404, {"error": "unknown instance_id"})
