@@ -195,6 +195,7 @@ class Box:
                     try:
                         await backend.destroy(handle)
                         removed += 1
+                        self.metrics.orphans_removed.labels(name).inc()
                     except BackendError as exc:
                         log.warning("orphan sweep: could not remove it (%s); retrying at the next sweep", exc.reason)
         return removed

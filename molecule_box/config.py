@@ -187,7 +187,8 @@ class Settings:
         "Backend for non-external workspaces (an installed molecule_box.backends entry point).")
     org_id: str | None = option(
         "MOLECULE_ORG_ID", text, None,
-        "When set, non-external workspaces default to the controlplane backend, as on the platform.")
+        "When set, non-external workspaces default to the controlplane backend (before CONTAINER_BACKEND), as on "
+        "the platform; install its plugin, plugins/molecule-box-controlplane.")
     platform_url: str = option(
         "PLATFORM_URL", _url, "http://host.docker.internal:8080",
         "URL of this box as workloads reach it. Default: http://<BIND_ADDR>:<PORT> (127.0.0.1 for 0.0.0.0); "
@@ -318,7 +319,7 @@ class Settings:
     @property
     def default_backend(self) -> str:
         """Backend of non-external workspaces: ``MOLECULE_ORG_ID`` means the control plane, as on the platform."""
-        return "controlplane" if self.org_id else self.container_backend
+        return default_backend(self.org_id, self.container_backend)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str], *, environ: Mapping[str, str] | None = None) -> Settings:
@@ -338,8 +339,9 @@ class Settings:
             parsed["plugins_dir"] = (Path(configs).expanduser().parent / "plugins" if configs
                                      else parsed["data_dir"] / "plugins")
         if parsed["platform_url"] is None:
-            parsed["platform_url"] = _default_platform_url(backends, parsed["container_backend"],
-                                                           parsed["bind_addr"], parsed["port"] or 8080)
+            default = default_backend(parsed["org_id"], parsed["container_backend"])
+            parsed["platform_url"] = _default_platform_url(backends, default, parsed["bind_addr"],
+                                                           parsed["port"] or 8080)
         return cls(**parsed, backends=backends)
 
     @classmethod
@@ -358,6 +360,13 @@ class Settings:
 
 #: The box's own settings, in the order they are documented.
 SETTINGS: tuple[Setting, ...] = table(Settings)
+
+
+def default_backend(org_id: str | None, container_backend: str) -> str:
+    """``MOLECULE_ORG_ID`` set means the control plane (the ``controlplane`` plugin), before
+    ``CONTAINER_BACKEND``, as on the platform; where workloads reach the box is then that backend's knowledge
+    first (a control-plane instance cannot use the docker bridge's gateway)."""
+    return "controlplane" if org_id else container_backend
 
 
 def _default_platform_url(backends: Mapping[str, BackendSettings], container_backend: str, bind_addr: str,

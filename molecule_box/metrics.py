@@ -42,6 +42,8 @@ class BoxMetrics:
         self.transitions = Counter(
             "molecule_box_status_transitions", "Workspace status changes", ["to"], registry=self.registry
         )
+        self.orphans_removed = Counter("molecule_box_orphans_removed", "Managed workloads the orphan sweep removed "
+                                       "(no workspace of this box claims them)", ["backend"], registry=self.registry)
         self.auth_failures = Counter("molecule_box_auth_failures", "Requests refused by their auth tier (401, 403)",
                                      ["tier"], registry=self.registry)
         self.offline_lateness = Histogram(

@@ -191,6 +191,14 @@ class Restart(Body):
     rebuild_config: bool = False
 
 
+class BootstrapFailed(Body):
+    """``POST /admin/workspaces/:id/bootstrap-failed``: the control plane's bootstrap watcher saw the
+    workspace's runtime crash while it booted (the platform's body, both fields optional)."""
+
+    error: Annotated[str, Field(max_length=8192)] = ""
+    log_tail: Annotated[str, Field(max_length=65536)] = ""
+
+
 class Attachment(Body):
     uri: Annotated[str, Field(min_length=1, max_length=4096)]
     name: Annotated[str, Field(max_length=1000)] = ""

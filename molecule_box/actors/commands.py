@@ -138,6 +138,14 @@ class DeleteFiles(Command):
 
 
 @dataclasses.dataclass(eq=False)
+class BootstrapFailed(Command):
+    """The backend's platform saw the workload's runtime crash while booting (the control plane's bootstrap
+    watcher): ``reason`` becomes the failure reason while the workspace is still provisioning."""
+
+    reason: str
+
+
+@dataclasses.dataclass(eq=False)
 class Crash(Command):
     """Fault injection for tests: the actor raises while handling it (exercises the supervisor)."""
 

@@ -644,6 +644,16 @@ class WorkspaceActor:
         with _files_deadline("deleting"):
             await backend.delete_config_files(self._handle(), cmd.paths)
 
+    async def _on_BootstrapFailed(self, cmd: c.BootstrapFailed) -> dict[str, Any]:
+        """Only a workspace still provisioning fails (the platform's rule): a later report is stale (the
+        workspace came up, was restarted or is already failed) and changes nothing."""
+        if self.record.status is not S.PROVISIONING:
+            return {"ok": True, "no_change": True}
+        self._cancel_op()
+        log.warning("workspace %s: its platform reports the bootstrap failed", self.record.id)
+        await self._commit(t.failed(self.record, self._now(), cmd.reason, source="bootstrap_watcher"))
+        return {"ok": True}
+
     async def _on_Crash(self, cmd: c.Crash) -> None:
         raise RuntimeError("injected actor fault")
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 def create_app(box: Box) -> QuartTrio:
     from . import (
         activity,
+        bootstrap,
         files,
         meta,
         plugins,
@@ -35,7 +36,7 @@ def create_app(box: Box) -> QuartTrio:
     app.config["BODY_TIMEOUT"] = BODY_DEADLINE
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     for module in (workspaces, registry, secrets, tokens, streams, activity, plugins, meta, workspace_data, files,
-                   templates):
+                   templates, bootstrap):
         app.register_blueprint(module.bp)
 
     @app.errorhandler(Exception)
