@@ -7,7 +7,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTRACT = {"molecule_box.backends", "molecule_box.backends.base", "molecule_box.backends.options"}
+CONTRACT = {"molecule_box.backends", "molecule_box.backends.base", "molecule_box.backends.options",
+            "molecule_box.backends.archive"}
 TESTS_MAY = CONTRACT | {"molecule_box.testing"}
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from molecule_box_fly import FlyBackend
 
 SOURCES = Path(__file__).resolve().parent.parent / "src" / "molecule_box_fly"
-CONTRACT = {"molecule_box.backends", "molecule_box.backends.base", "molecule_box.backends.options"}
+CONTRACT = {"molecule_box.backends", "molecule_box.backends.base", "molecule_box.backends.options",
+            "molecule_box.backends.archive"}
 #: What importing the contract loads (the packages on the way included).
 CONTRACT_LOADS = CONTRACT | {"molecule_box", "molecule_box._version", "molecule_box.errors"}
 
