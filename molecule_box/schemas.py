@@ -226,6 +226,12 @@ class Delegate(Body):
     idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
 
 
+class Login(Body):
+    """``POST /session``: the dashboard's login (the token in the body, never in a URL)."""
+
+    admin_token: Annotated[str, Field(min_length=1, max_length=512)]
+
+
 class Empty(Body):
     """A body-less request (anything sent is ignored)."""
 

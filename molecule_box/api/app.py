@@ -15,14 +15,14 @@ if TYPE_CHECKING:
 
 
 def create_app(box: Box) -> QuartTrio:
-    from . import activity, meta, registry, secrets, streams, tokens, workspaces
+    from . import activity, dashboard, meta, registry, secrets, streams, tokens, workspaces
 
     app = QuartTrio("molecule_box")
     app.extensions["molecule_box"] = box
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     app.config["BODY_TIMEOUT"] = BODY_DEADLINE
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
-    for module in (workspaces, registry, secrets, tokens, streams, activity, meta):
+    for module in (workspaces, registry, secrets, tokens, streams, activity, meta, dashboard):
         app.register_blueprint(module.bp)
 
     @app.errorhandler(Exception)

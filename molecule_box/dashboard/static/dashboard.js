@@ -1,0 +1,326 @@
+// The box's dashboard: plain DOM, no framework, no build. Every text from the box (names, tasks, cards,
+// errors) goes in through textContent, never as HTML.
+
+const LABELS = {
+  online: "Online", provisioning: "Starting", degraded: "Degraded", failed: "Failed", paused: "Paused",
+  offline: "Offline", hibernating: "Hibernating", hibernated: "Hibernated", awaiting_agent: "Awaiting agent",
+  removed: "Removed",
+};
+// Lifecycle events and the status each one means.
+const STATUS_OF = {
+  WORKSPACE_PROVISIONING: "provisioning", WORKSPACE_ONLINE: "online", WORKSPACE_OFFLINE: "offline",
+  WORKSPACE_DEGRADED: "degraded", WORKSPACE_PROVISION_FAILED: "failed", WORKSPACE_PAUSED: "paused",
+  WORKSPACE_HIBERNATED: "hibernated", WORKSPACE_AWAITING_AGENT: "awaiting_agent",
+};
+const FEED_MAX = 300;
+
+const state = {
+  csrf: "", workspaces: new Map(), rows: new Map(), remote: new Set(), source: null, feed: [],
+  types: new Set(), refetch: new Map(), layoutQueued: false,
+};
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, text) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+class HttpError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  if (method !== "GET") headers["X-CSRF-Token"] = state.csrf;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method, headers, credentials: "same-origin", body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = response.status === 204 ? null : await response.json().catch(() => null);
+  if (response.status === 401 && path !== "/session") showLogin("Your session ended: log in again.");
+  if (!response.ok) throw new HttpError(response.status, (data && data.error) || response.statusText);
+  return data;
+}
+
+// --- login and logout -------------------------------------------------------------------------------
+
+function showLogin(message = "") {
+  stopEvents();
+  state.csrf = "";
+  $("main-view").hidden = true;
+  $("logout").hidden = true;
+  $("login-view").hidden = false;
+  $("login-error").textContent = message;
+  $("token").focus();
+}
+
+async function showMain(session) {
+  state.csrf = session.csrf_token;
+  $("login-view").hidden = true;
+  $("main-view").hidden = false;
+  $("logout").hidden = false;
+  const health = await api("GET", "/health");
+  // REMOTE is what the backend can do (its capabilities), never its name.
+  state.remote = new Set(Object.entries(health.backends || {}).filter(([, c]) => c.remote).map(([n]) => n));
+  startEvents();
+}
+
+$("login").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const input = $("token");
+  const token = input.value;
+  input.value = "";
+  try {
+    await showMain(await api("POST", "/session", { admin_token: token }));
+  } catch (err) {
+    showLogin(err.status === 401 ? "Wrong admin token." : `Login failed: ${err.message}`);
+  }
+});
+
+$("logout").addEventListener("click", async () => {
+  try { await api("DELETE", "/session"); } finally { showLogin("Logged out."); }
+});
+
+// --- live events --------------------------------------------------------------------------------------
+
+function setConn(value) {
+  const pill = $("conn");
+  pill.dataset.state = value;
+  pill.textContent = value;
+}
+
+function stopEvents() {
+  if (state.source) state.source.close();
+  state.source = null;
+  setConn("offline");
+}
+
+function startEvents() {
+  stopEvents();
+  setConn("reconnecting");
+  const source = new EventSource("/events/stream");
+  state.source = source;
+  source.onopen = async () => {
+    // Everything missed while away: the list again, then events on top of it.
+    try { await hydrate(); setConn("live"); } catch { setConn("reconnecting"); }
+  };
+  source.onerror = () => {
+    if (state.source !== source) return;
+    if (source.readyState === EventSource.CLOSED) {
+      setConn("offline");
+      // Closed for good (refused): ask why, then come back later unless the session is gone.
+      api("GET", "/session").then((s) => {
+        if (!s.logged_in) showLogin("Your session ended: log in again.");
+        else setTimeout(() => state.source === source && startEvents(), 3000);
+      }, () => {});
+    } else {
+      setConn("reconnecting");
+    }
+  };
+  source.onmessage = (message) => {
+    let frame;
+    try { frame = JSON.parse(message.data); } catch { return; }
+    apply(frame);
+  };
+}
+
+async function hydrate() {
+  const rows = await api("GET", "/workspaces");
+  const seen = new Set();
+  for (const ws of rows) { seen.add(ws.id); state.workspaces.set(ws.id, ws); renderRow(ws); }
+  for (const id of [...state.workspaces.keys()]) if (!seen.has(id)) dropWorkspace(id);
+  queueLayout();
+}
+
+function apply(frame) {
+  const { event: type, workspace_id: id, payload = {}, timestamp } = frame;
+  addFeed(frame);
+  if (!id) return;
+  const ws = state.workspaces.get(id);
+  if (type === "WORKSPACE_REMOVED") { dropWorkspace(id); queueLayout(); return; }
+  if (type === "WORKSPACE_HEARTBEAT") {
+    if (!ws) return;
+    ws.last_heartbeat_at = timestamp;
+    if (payload.active_tasks !== undefined) ws.active_tasks = payload.active_tasks;
+    renderRow(ws);
+    return;
+  }
+  if (type === "TASK_UPDATED") {
+    if (!ws) return;
+    ws.current_task = payload.current_task || "";
+    if (payload.active_tasks !== undefined) ws.active_tasks = payload.active_tasks;
+    renderRow(ws);
+    return;
+  }
+  if (ws && STATUS_OF[type]) {
+    ws.status = STATUS_OF[type];
+    if (payload.sample_error !== undefined || payload.error !== undefined) {
+      ws.last_sample_error = payload.sample_error || payload.error || "";
+    }
+    renderRow(ws);
+  }
+  if (type.startsWith("WORKSPACE_") || type === "AGENT_CARD_UPDATED") refetch(id);
+}
+
+// The event says what changed; the record says everything else (failure reason, URL, card): fetched once
+// per burst of events of one workspace.
+function refetch(id) {
+  if (state.refetch.has(id)) return;
+  state.refetch.set(id, setTimeout(async () => {
+    state.refetch.delete(id);
+    try {
+      const ws = await api("GET", `/workspaces/${id}`);
+      if (ws.status === "removed") dropWorkspace(id);
+      else { state.workspaces.set(id, { ...state.workspaces.get(id), ...ws }); renderRow(state.workspaces.get(id)); }
+      queueLayout();
+    } catch (err) {
+      if (err.status === 404) { dropWorkspace(id); queueLayout(); }
+    }
+  }, 150));
+}
+
+// --- the workspace list ---------------------------------------------------------------------------------
+
+function dropWorkspace(id) {
+  state.workspaces.delete(id);
+  const row = state.rows.get(id);
+  if (row) row.li.remove();
+  state.rows.delete(id);
+}
+
+function ageText(iso) {
+  if (!iso) return "no heartbeat yet";
+  const seconds = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  if (seconds < 60) return `heartbeat ${seconds}s ago`;
+  if (seconds < 3600) return `heartbeat ${Math.floor(seconds / 60)}m ago`;
+  return `heartbeat ${Math.floor(seconds / 3600)}h ago`;
+}
+
+function makeRow(id) {
+  const li = el("li", { "data-testid": `ws-${id}` });
+  const row = el("div", { class: "row", tabindex: "0", role: "group" });
+  const parts = {
+    dot: el("span", { class: "dot", "aria-hidden": "true" }),
+    name: el("span", { class: "name", "data-testid": "name" }),
+    status: el("span", { class: "status", "data-testid": "status" }),
+    remote: el("span", { class: "tag remote", "data-testid": "remote" }, "★ REMOTE"),
+    backend: el("span", { class: "tag", title: "backend" }),
+    runtime: el("span", { class: "tag", title: "runtime" }),
+    tier: el("span", { class: "tag", title: "tier" }),
+    active: el("span", { class: "tag", title: "active tasks" }),
+    age: el("span", { class: "muted age", "data-testid": "age" }),
+    task: el("span", { class: "task", "data-testid": "task" }),
+    reason: el("span", { class: "reason", "data-testid": "reason" }),
+  };
+  row.append(...Object.values(parts));
+  const children = el("ul");
+  li.append(row, children);
+  const entry = { li, row, children, parts };
+  state.rows.set(id, entry);
+  return entry;
+}
+
+function renderRow(ws) {
+  const entry = state.rows.get(ws.id) || makeRow(ws.id);
+  const p = entry.parts;
+  entry.li.dataset.status = ws.status;
+  entry.li.dataset.parent = ws.parent_id || "";
+  entry.row.setAttribute("aria-label", `${ws.name}: ${LABELS[ws.status] || ws.status}`);
+  p.name.textContent = ws.name;
+  p.status.textContent = LABELS[ws.status] || ws.status;
+  p.remote.hidden = !state.remote.has(ws.backend);
+  p.backend.textContent = ws.backend;
+  p.runtime.textContent = ws.runtime || "";
+  p.runtime.hidden = !ws.runtime;
+  p.tier.textContent = `T${ws.tier}`;
+  p.active.textContent = `${ws.active_tasks || 0} active`;
+  p.age.dataset.at = ws.last_heartbeat_at || "";
+  p.age.textContent = ageText(ws.last_heartbeat_at);
+  p.task.textContent = ws.current_task ? `Task: ${ws.current_task}` : "";
+  p.task.hidden = !ws.current_task;
+  const failing = ws.status === "degraded" || ws.status === "failed";
+  p.reason.textContent = failing ? ws.failure_reason || ws.last_sample_error || "" : "";
+  p.reason.hidden = !p.reason.textContent;
+  if (entry.parent !== (ws.parent_id || "")) { entry.parent = ws.parent_id || ""; queueLayout(); }
+  if (!entry.li.isConnected) queueLayout();
+}
+
+function queueLayout() {
+  if (state.layoutQueued) return;
+  state.layoutQueued = true;
+  requestAnimationFrame(layout);
+}
+
+// Parents contain their children; a child whose parent is not listed is shown at the top level.
+function layout() {
+  state.layoutQueued = false;
+  const kids = new Map();
+  const roots = [];
+  for (const ws of state.workspaces.values()) {
+    const parent = ws.parent_id && state.workspaces.has(ws.parent_id) ? ws.parent_id : null;
+    if (parent) { if (!kids.has(parent)) kids.set(parent, []); kids.get(parent).push(ws.id); } else roots.push(ws.id);
+  }
+  for (const [id, entry] of state.rows) entry.children.replaceChildren(...(kids.get(id) || []).map((k) => state.rows.get(k).li));
+  $("workspaces").replaceChildren(...roots.map((id) => state.rows.get(id).li));
+  $("ws-count").textContent = `(${state.workspaces.size})`;
+  $("ws-empty").hidden = state.workspaces.size > 0;
+  const select = $("feed-ws");
+  const chosen = select.value;
+  select.replaceChildren(el("option", { value: "" }, "all"),
+    ...[...state.workspaces.values()].map((ws) => el("option", { value: ws.id }, ws.name)));
+  select.value = chosen;
+}
+
+setInterval(() => {
+  for (const entry of state.rows.values()) entry.parts.age.textContent = ageText(entry.parts.age.dataset.at);
+}, 1000);
+
+// --- the live feed ----------------------------------------------------------------------------------
+
+function feedLine(frame) {
+  const { event: type, workspace_id: id, payload = {}, timestamp } = frame;
+  const li = el("li", { "data-type": type, "data-ws": id || "" });
+  const ws = id && state.workspaces.get(id);
+  li.append(el("span", { class: "muted" }, `${(timestamp || "").slice(11, 19)} `),
+    el("span", { class: "kind" }, type), document.createTextNode(ws ? ` ${ws.name}` : ""));
+  if (type === "ACTIVITY_LOGGED") {
+    const who = payload.target_id ? ` → ${state.workspaces.get(payload.target_id)?.name || payload.target_id}` : "";
+    const bits = [payload.method, payload.duration_ms != null ? `${payload.duration_ms} ms` : "", payload.status,
+      payload.error || payload.summary].filter(Boolean).join(" · ");
+    li.append(document.createTextNode(`${who} ${bits}`));
+  } else if (payload.error || payload.reason) {
+    li.append(document.createTextNode(` ${payload.error || payload.reason}`));
+  }
+  return li;
+}
+
+function feedShown(frame) {
+  const ws = $("feed-ws").value, type = $("feed-type").value;
+  return (!ws || frame.workspace_id === ws || frame.payload?.target_id === ws) && (!type || frame.event === type);
+}
+
+function addFeed(frame) {
+  if (frame.event === "WORKSPACE_HEARTBEAT") return; // every few seconds per workspace: the age shows it
+  state.feed.push(frame);
+  if (state.feed.length > FEED_MAX) state.feed.shift();
+  if (!state.types.has(frame.event)) {
+    state.types.add(frame.event);
+    $("feed-type").append(el("option", { value: frame.event }, frame.event));
+  }
+  if (!feedShown(frame)) return;
+  const list = $("feed");
+  list.prepend(feedLine(frame));
+  while (list.childElementCount > FEED_MAX) list.lastElementChild.remove();
+}
+
+function refilter() {
+  $("feed").replaceChildren(...state.feed.filter(feedShown).reverse().map(feedLine));
+}
+$("feed-ws").addEventListener("change", refilter);
+$("feed-type").addEventListener("change", refilter);
+
+// --- start --------------------------------------------------------------------------------------------
+
+api("GET", "/session").then((s) => (s.logged_in ? showMain(s) : showLogin()), () => showLogin());
