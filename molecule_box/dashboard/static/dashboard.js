@@ -63,7 +63,8 @@ async function showMain(session) {
   $("logout").hidden = false;
   const health = await api("GET", "/health");
   // REMOTE is what the backend can do (its capabilities), never its name.
-  state.remote = new Set(Object.entries(health.backends || {}).filter(([, c]) => c.remote).map(([n]) => n));
+  state.backends = health.backends || {};
+  state.remote = new Set(Object.entries(state.backends).filter(([, c]) => c.remote).map(([n]) => n));
   startEvents();
 }
 
@@ -184,6 +185,7 @@ function refetch(id) {
 // --- the workspace list ---------------------------------------------------------------------------------
 
 function dropWorkspace(id) {
+  if (state.open === id) closeDetails();
   state.workspaces.delete(id);
   const row = state.rows.get(id);
   if (row) row.li.remove();
@@ -200,7 +202,11 @@ function ageText(iso) {
 
 function makeRow(id) {
   const li = el("li", { "data-testid": `ws-${id}` });
-  const row = el("div", { class: "row", tabindex: "0", role: "group" });
+  const row = el("div", { class: "row", tabindex: "0", role: "button" });
+  row.addEventListener("click", () => openDetails(id));
+  row.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") { event.preventDefault(); openDetails(id); }
+  });
   const parts = {
     dot: el("span", { class: "dot", "aria-hidden": "true" }),
     name: el("span", { class: "name", "data-testid": "name" }),
@@ -245,6 +251,7 @@ function renderRow(ws) {
   p.reason.hidden = !p.reason.textContent;
   if (entry.parent !== (ws.parent_id || "")) { entry.parent = ws.parent_id || ""; queueLayout(); }
   if (!entry.li.isConnected) queueLayout();
+  if (state.open === ws.id) renderDetails(ws);
 }
 
 function queueLayout() {
@@ -320,6 +327,187 @@ function refilter() {
 }
 $("feed-ws").addEventListener("change", refilter);
 $("feed-type").addEventListener("change", refilter);
+
+// --- one workspace: details, lifecycle, tokens, secrets, logs ------------------------------------------
+
+const ACTIONS = {
+  restart: { verb: "Restart", call: (id) => api("POST", `/workspaces/${id}/restart`, {}) },
+  pause: { verb: "Pause", call: (id) => api("POST", `/workspaces/${id}/pause`, {}) },
+  resume: { verb: "Resume", call: (id) => api("POST", `/workspaces/${id}/resume`, {}) },
+  hibernate: { verb: "Hibernate", call: (id) => api("POST", `/workspaces/${id}/hibernate`, {}) },
+  wake: { verb: "Wake", call: (id) => api("POST", `/workspaces/${id}/wake`, {}) },
+  delete: { verb: "Delete", call: (id) => api("DELETE", `/workspaces/${id}?confirm=true`) },
+};
+
+function confirmAction(text) {
+  const dialog = $("confirm");
+  $("confirm-text").textContent = text;
+  return new Promise((resolve) => {
+    const done = (answer) => { dialog.close(); resolve(answer); };
+    $("confirm-yes").onclick = () => done(true);
+    $("confirm-no").onclick = () => done(false);
+    dialog.oncancel = () => resolve(false);
+    dialog.showModal();
+    $("confirm-no").focus();
+  });
+}
+
+function fact(name, value) {
+  return [el("dt", {}, name), el("dd", {}, value === null || value === undefined || value === "" ? "—" : String(value))];
+}
+
+function renderDetails(ws) {
+  const dialog = $("details");
+  dialog.dataset.status = ws.status;
+  $("d-name").textContent = ws.name;
+  $("d-status").textContent = LABELS[ws.status] || ws.status;
+  const parent = ws.parent_id && state.workspaces.get(ws.parent_id);
+  $("d-facts").replaceChildren(
+    ...fact("ID", ws.id), ...fact("URL", ws.url), ...fact("Backend", ws.backend),
+    ...fact("Runtime", ws.runtime), ...fact("Tier", `T${ws.tier}`),
+    ...fact("Parent", parent ? parent.name : ws.parent_id),
+    ...fact("Active tasks", ws.active_tasks), ...fact("Uptime", ws.uptime_seconds ? `${ws.uptime_seconds} s` : ""),
+    ...fact("Error rate", ws.last_error_rate), ...fact("Last heartbeat", ws.last_heartbeat_at),
+    ...fact("Failure", ws.failure_reason || ws.last_sample_error));
+  $("d-card").textContent = ws.agent_card ? JSON.stringify(ws.agent_card, null, 2) : "none yet";
+  const caps = state.backends[ws.backend] || {};
+  $("d-logs-box").hidden = !caps.logs;
+  // A remote agent's workload is not the box's to restart.
+  const restart = document.querySelector("#details [data-action=restart]");
+  restart.disabled = !caps.lifecycle;
+  restart.title = caps.lifecycle ? "" : "This backend's agents run outside the box: restart them there.";
+}
+
+async function loadLists(id) {
+  const [tokens, secrets, peers] = await Promise.all([
+    api("GET", `/workspaces/${id}/tokens`), api("GET", `/workspaces/${id}/secrets`),
+    api("GET", `/registry/${id}/peers`).catch(() => []),
+  ]);
+  if (state.open !== id) return;
+  $("d-tokens").replaceChildren(...tokens.tokens.map((t) => {
+    const revoke = el("button", { type: "button" }, "Revoke");
+    revoke.addEventListener("click", () => act(`Revoke token ${t.prefix}…?`, async () => {
+      await api("DELETE", `/workspaces/${id}/tokens/${encodeURIComponent(t.id)}`);
+      return `Token ${t.prefix}… revoked.`;
+    }));
+    const li = el("li", { "data-prefix": t.prefix });
+    li.append(el("span", {}, `${t.prefix}… created ${t.created_at}, last used ${t.last_used_at || "never"}`), revoke);
+    return li;
+  }));
+  $("d-secrets").replaceChildren(...secrets.map((sec) => {
+    const li = el("li", { "data-key": sec.key });
+    li.append(el("span", {}, `${sec.key} (${sec.scope})`));
+    if (sec.scope === "workspace") {
+      const remove = el("button", { type: "button" }, "Delete");
+      remove.addEventListener("click", () => act(`Delete secret ${sec.key}?`, async () => {
+        await api("DELETE", `/workspaces/${id}/secrets/${encodeURIComponent(sec.key)}`);
+        return `Secret ${sec.key} deleted.`;
+      }));
+      li.append(remove);
+    }
+    return li;
+  }));
+  const list = Array.isArray(peers) ? peers : peers.peers || [];
+  $("d-peers").replaceChildren(...(list.length ? list.map((p) => el("li", {}, `${p.name} (${LABELS[p.status] || p.status})`))
+    : [el("li", { class: "muted" }, "none")]));
+}
+
+// Run a confirmed change and say what came of it; the lists are read again after it.
+async function act(question, change) {
+  const id = state.open;
+  if (!(await confirmAction(question))) return;
+  try {
+    $("d-msg").textContent = await change();
+  } catch (err) {
+    $("d-msg").textContent = `Refused: ${err.message}`;
+  }
+  if (state.open === id) loadLists(id).catch(() => {});
+}
+
+function openDetails(id) {
+  const ws = state.workspaces.get(id);
+  if (!ws) return;
+  state.open = id;
+  $("d-msg").textContent = "";
+  $("d-logs").textContent = "";
+  hideMinted();
+  renderDetails(ws);
+  const dialog = $("details");
+  if (!dialog.open) dialog.showModal();
+  loadLists(id).catch((err) => { $("d-msg").textContent = `Could not load: ${err.message}`; });
+}
+
+function hideMinted() {
+  $("d-token").textContent = "";
+  $("d-minted").hidden = true;
+}
+
+function closeDetails() {
+  state.open = null;
+  hideMinted();
+  if ($("details").open) $("details").close();
+}
+
+$("d-close").addEventListener("click", closeDetails);
+$("details").addEventListener("close", () => { state.open = null; hideMinted(); });
+
+for (const button of document.querySelectorAll("#details [data-action]")) {
+  button.addEventListener("click", () => {
+    const { verb, call } = ACTIONS[button.dataset.action];
+    const ws = state.workspaces.get(state.open);
+    if (!ws) return;
+    const id = ws.id;
+    act(`${verb} ${ws.name}?`, async () => {
+      const answer = await call(id);
+      if (button.dataset.action === "delete") closeDetails();
+      return `${verb}: ${(answer && answer.status) || "done"}.`;
+    });
+  });
+}
+
+$("d-mint").addEventListener("click", async () => {
+  const id = state.open;
+  try {
+    const minted = await api("POST", `/workspaces/${id}/tokens`, {});
+    if (state.open !== id) return;
+    $("d-token").textContent = minted.auth_token; // shown once: never kept, gone when the panel closes
+    $("d-minted").hidden = false;
+    loadLists(id).catch(() => {});
+  } catch (err) {
+    $("d-msg").textContent = `Refused: ${err.message}`;
+  }
+});
+
+$("d-copy").addEventListener("click", () => {
+  navigator.clipboard?.writeText($("d-token").textContent).then(
+    () => { $("d-msg").textContent = "Copied."; }, () => { $("d-msg").textContent = "Copy it by hand."; });
+});
+
+$("d-secret-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const id = state.open;
+  const key = $("d-secret-key").value;
+  const value = $("d-secret-value").value;
+  $("d-secret-value").value = ""; // the value is never shown back
+  try {
+    await api("PUT", `/workspaces/${id}/secrets`, { key, value });
+    $("d-secret-key").value = "";
+    $("d-msg").textContent = `Secret ${key} set.`;
+  } catch (err) {
+    $("d-msg").textContent = `Refused: ${err.message}`;
+  }
+  loadLists(id).catch(() => {});
+});
+
+$("d-logs-load").addEventListener("click", async () => {
+  const id = state.open;
+  try {
+    const answer = await api("GET", `/workspaces/${id}/logs?tail=200`);
+    $("d-logs").textContent = answer.logs || "(empty)";
+  } catch (err) {
+    $("d-logs").textContent = `Refused: ${err.message}`;
+  }
+});
 
 // --- start --------------------------------------------------------------------------------------------
 
