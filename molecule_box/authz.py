@@ -13,9 +13,10 @@ every refusal is counted in ``/metrics`` (``molecule_box_auth_failures_total{tie
   only until the workspace's first token (``store.tokens.bootstrap_open``).
 
 The dashboard's session (:class:`Sessions`) stands for the admin wherever the admin token would (tiers
-admin, workspace and state), when no bearer token is presented: a signed, expiring cookie of a session the box
-still holds, plus, on every request that is not a read (``safe=False``, the default), the session's CSRF
-token in ``X-CSRF-Token``. A cookie alone never changes anything.
+admin, workspace, state, and caller without ``X-Workspace-ID``), when no bearer token is presented: a
+signed, expiring cookie of a session the box still holds, plus, on every request that is not a read
+(``safe=False``, the default), the session's CSRF token in ``X-CSRF-Token``. A cookie alone never changes
+anything.
 
 Tokens are never logged.
 """
@@ -92,9 +93,9 @@ CSRF_HEADER = "X-CSRF-Token"
 SESSION_TTL = 12 * 3600.0
 #: Sessions one box holds at once; past it a login ends the oldest.
 SESSIONS_MAX = 64
-#: The tiers the admin token satisfies, and so the admin's session too (``caller`` and the rest read the
-#: caller's identity from headers a session does not carry).
-SESSION_TIERS = frozenset({"admin", "workspace", "state"})
+#: The tiers the admin token satisfies, and so the admin's session too; ``caller`` only as the operator
+#: (no ``X-Workspace-ID``: a session never speaks for a workspace), the rest never.
+SESSION_TIERS = frozenset({"admin", "workspace", "state", "caller"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,7 +313,8 @@ async def authorize(box: Box, tier: Tier, headers: Headers, workspace_id: str | 
     records liveness itself (the heartbeat). ``safe``: the request only reads (GET), so a dashboard session
     needs no CSRF token for it."""
     try:
-        if tier in SESSION_TIERS and bearer_from(headers) is None:
+        if tier in SESSION_TIERS and bearer_from(headers) is None and not (
+                tier == "caller" and (headers.get("X-Workspace-ID") or "").strip()):
             principal = _session(box, headers, safe)
             if principal is not None:
                 return principal

@@ -52,6 +52,12 @@ async def test_a_session_reads_with_its_cookie_and_writes_only_with_its_csrf_tok
     wid = made.json()["id"]
     assert (await client.get(f"/workspaces/{wid}", headers=_cookie(cookie))).status_code == 200
     assert (await client.get(f"/workspaces/{wid}/secrets/values", headers=_cookie(cookie))).status_code == 401
+    # The A2A proxy (a raw-ASGI entry point) applies the same rule: the cookie alone is refused.
+    call = {"jsonrpc": "2.0", "id": 1, "method": "message/send",
+            "params": {"message": {"role": "user", "messageId": "m1", "parts": [{"kind": "text", "text": "hi"}]}}}
+    assert (await client.post(f"/workspaces/{wid}/a2a", json=call, headers=_cookie(cookie))).status_code == 401
+    queued = await client.post(f"/workspaces/{wid}/a2a", json=call, headers={**_cookie(cookie), CSRF_HEADER: csrf})
+    assert queued.status_code != 401, queued.text
     state = await client.get("/session", headers=_cookie(cookie))
     assert state.json()["logged_in"] is True and state.json()["csrf_token"] == csrf
 

@@ -430,6 +430,8 @@ function openDetails(id) {
   state.open = id;
   $("d-msg").textContent = "";
   $("d-logs").textContent = "";
+  if (state.chatWith !== id) $("d-chat").replaceChildren();
+  state.chatWith = id;
   hideMinted();
   renderDetails(ws);
   const dialog = $("details");
@@ -506,6 +508,90 @@ $("d-logs-load").addEventListener("click", async () => {
     $("d-logs").textContent = answer.logs || "(empty)";
   } catch (err) {
     $("d-logs").textContent = `Refused: ${err.message}`;
+  }
+});
+
+// --- chat: A2A message/stream through the box's proxy, the reply shown as it streams in ---------------
+
+const CHAT_TIMEOUT_MS = 120000;
+
+function newId() {
+  return globalThis.crypto?.randomUUID?.() || `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+}
+
+// The text of one JSON-RPC result of the A2A 0.3 shapes (a message, a task, a status or artifact update).
+function resultText(result) {
+  if (!result || typeof result !== "object") return "";
+  const parts = result.parts || result.status?.message?.parts || result.artifact?.parts || [];
+  return parts.filter((p) => typeof p.text === "string").map((p) => p.text).join("");
+}
+
+async function readStream(response, onResult) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    // Server-sent events may end their lines with CRLF (sse-starlette does) or LF.
+    buffer = (buffer + decoder.decode(value || new Uint8Array(), { stream: !done }))
+      .replace(/\r\n/g, "\n").replace(/\r(?!$)/g, "\n"); // a CR at the end may be half of a CRLF
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const chunk = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const data = chunk.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+      if (data) { try { onResult(JSON.parse(data)); } catch { /* not JSON: skipped */ } }
+    }
+    if (done) return;
+  }
+}
+
+$("d-chat-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const id = state.open;
+  const text = $("d-chat-text").value;
+  if (!id || !text.trim()) return;
+  $("d-chat-text").value = "";
+  const log = $("d-chat");
+  log.append(el("li", { class: "you" }, text));
+  const reply = el("li", { class: "agent", "data-testid": "chat-reply", "data-state": "waiting" }, "…");
+  log.append(reply);
+  const lines = [];
+  const show = (line) => {
+    if (!line) return;
+    lines.push(line);
+    reply.textContent = lines.join("\n");
+    reply.dataset.state = "streaming";
+    log.scrollTop = log.scrollHeight;
+  };
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), CHAT_TIMEOUT_MS);
+  try {
+    const body = { jsonrpc: "2.0", id: newId(), method: "message/stream",
+      params: { message: { role: "user", messageId: newId(), parts: [{ kind: "text", text }] } } };
+    const response = await fetch(`/workspaces/${id}/a2a`, {
+      method: "POST", credentials: "same-origin", signal: abort.signal, body: JSON.stringify(body),
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream", "X-CSRF-Token": state.csrf },
+    });
+    const type = response.headers.get("content-type") || "";
+    let failed = !response.ok;
+    if (type.startsWith("text/event-stream")) {
+      await readStream(response, (frame) => {
+        if (frame.error) { failed = true; show(`error: ${frame.error.message || JSON.stringify(frame.error)}`); }
+        else show(resultText(frame.result));
+      });
+    } else {
+      const answer = await response.json().catch(() => null);
+      if (answer?.error) { failed = true; show(`error: ${answer.error.message || answer.error}`); }
+      else show(resultText(answer?.result) || (response.ok ? "(accepted: the agent will reply later)" : ""));
+    }
+    if (!lines.length) show(failed ? `error: HTTP ${response.status}` : "(no text in the reply)");
+    reply.dataset.state = failed ? "failed" : "done";
+  } catch (err) {
+    reply.textContent = `error: ${err.name === "AbortError" ? "no reply in 120 s" : err.message}`;
+    reply.dataset.state = "failed";
+  } finally {
+    clearTimeout(timer);
   }
 });
 
