@@ -480,10 +480,14 @@ $("d-mint").addEventListener("click", async () => {
   }
 });
 
-$("d-copy").addEventListener("click", () => {
-  navigator.clipboard?.writeText($("d-token").textContent).then(
-    () => { $("d-msg").textContent = "Copied."; }, () => { $("d-msg").textContent = "Copy it by hand."; });
-});
+// The clipboard needs a secure context (https, or the box on 127.0.0.1); elsewhere the text is copied by hand.
+function copyText(text, message) {
+  const done = (said) => { message.textContent = said; };
+  if (!navigator.clipboard) { done("Copy it by hand."); return; }
+  navigator.clipboard.writeText(text).then(() => done("Copied."), () => done("Copy it by hand."));
+}
+
+$("d-copy").addEventListener("click", () => copyText($("d-token").textContent, $("d-msg")));
 
 $("d-secret-form").addEventListener("submit", async (event) => {
   event.preventDefault();
@@ -592,6 +596,62 @@ $("d-chat-form").addEventListener("submit", async (event) => {
     reply.dataset.state = "failed";
   } finally {
     clearTimeout(timer);
+  }
+});
+
+// --- connect an agent: create a remote workspace, show its one-time token and the API's snippets --------
+
+function copyButton(text, message) {
+  const button = el("button", { type: "button" }, "Copy");
+  button.addEventListener("click", () => copyText(text, message));
+  return button;
+}
+
+function snippet(title, text, testid) {
+  const box = el("section", { class: "snippet", "data-testid": testid });
+  const bar = el("div", { class: "bar" });
+  bar.append(el("h3", {}, title), copyButton(text, $("connect-msg")));
+  box.append(bar, el("pre", {}, text));
+  return box;
+}
+
+function closeConnect() {
+  $("connect-snippets").replaceChildren(); // the token leaves the page with the dialog
+  $("connect-out").hidden = true;
+  $("connect-msg").textContent = "";
+  if ($("connect").open) $("connect").close();
+}
+
+$("connect-open").addEventListener("click", () => {
+  closeConnect();
+  $("connect").showModal();
+  $("connect-name").focus();
+});
+$("connect-close").addEventListener("click", closeConnect);
+$("connect").addEventListener("close", closeConnect);
+
+$("connect-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const name = $("connect-name").value;
+  try {
+    const created = await api("POST", "/workspaces", { name, external: true });
+    const c = created.connection || {};
+    $("connect-name").value = "";
+    const blocks = [];
+    if (c.auth_token) {
+      blocks.push(snippet("Token", c.auth_token, "connect-token"),
+        snippet("Shell", `export MOLECULE_TOKEN=${c.auth_token}`, "connect-export"));
+    }
+    blocks.push(snippet("Register (curl)", c.curl_register_template || "", "connect-curl"));
+    if (c.curl_heartbeat_template) {
+      blocks.push(snippet("Heartbeat every 30 s (curl)", c.curl_heartbeat_template, "connect-heartbeat"));
+    }
+    blocks.push(snippet("Python (the platform SDK)", c.python_snippet || "", "connect-python"));
+    $("connect-snippets").replaceChildren(...blocks);
+    $("connect-out").hidden = false;
+    $("connect-msg").textContent = `Created ${name}: waiting for its agent.`;
+  } catch (err) {
+    $("connect-msg").textContent = `Refused: ${err.message}`;
   }
 });
 
