@@ -30,13 +30,15 @@ SERVING = re.compile(r"serving on (http://127\.0\.0\.1:\d+)")
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "browser: drives a real browser (system chromium) against a real box")
+    config.addinivalue_line("markers", "box_env(**settings): settings of the test's own box (fresh_box)")
 
 
 class DashBox:
     """A box process under test, and an admin client for setting the scene (as an operator's script would)."""
 
-    def __init__(self, data_dir: Path, *, admin_token: str = ADMIN_TOKEN) -> None:
+    def __init__(self, data_dir: Path, *, admin_token: str = ADMIN_TOKEN, **env: str) -> None:
         self.data_dir = data_dir
+        self.env = env
         self.admin_token = admin_token
         self.log = data_dir / "box.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -47,7 +49,8 @@ class DashBox:
         env = {**os.environ, "CONTAINER_BACKEND": "external", "PORT": "0", "BIND_ADDR": "127.0.0.1",
                "MOLECULE_BOX_DATA": str(self.data_dir), "ADMIN_TOKEN": self.admin_token,
                "MOLECULE_BOX_ALLOW_AGENT_NETWORKS": "127.0.0.0/8", "MOLECULE_BOX_SHUTDOWN_GRACE": "2",
-               "REMOTE_LIVENESS_STALE_AFTER": STALE_AFTER, "WORKSPACE_NETWORK": "host", "LOG_LEVEL": "info"}
+               "REMOTE_LIVENESS_STALE_AFTER": STALE_AFTER, "WORKSPACE_NETWORK": "host", "LOG_LEVEL": "info",
+               **self.env}
         seen = self.log.stat().st_size if self.log.exists() else 0  # a restart appends to the same log
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "molecule_box", "run"], env=env,
@@ -124,10 +127,12 @@ def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashBox]:
 
 
 @pytest.fixture
-def fresh_box(tmp_path: Path) -> Iterator[DashBox]:
-    """A box of the test's own, for tests that restart it or end every session."""
+def fresh_box(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DashBox]:
+    """A box of the test's own, for tests that restart it or end every session; settings from the test's
+    ``box_env`` marker."""
     _chromium()
-    box = DashBox(tmp_path / "box")
+    marker = request.node.get_closest_marker("box_env")
+    box = DashBox(tmp_path / "box", **(marker.kwargs if marker else {}))
     box.data_dir.mkdir()
     box.start()
     yield box

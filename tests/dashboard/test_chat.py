@@ -85,3 +85,29 @@ def test_chat_replies_are_text_never_html(page: Page, dash: DashBox, sdk_agent: 
     expect(reply).to_contain_text(f"done: {injected}", timeout=20000)  # the agent echoes the text back
     assert page.get_by_test_id("chat").locator("img").count() == 0
     assert page.evaluate("window.__pwned") is None
+
+
+def test_the_feed_shows_the_a2a_call_and_filters(page: Page, dash: DashBox, sdk_agent: str, console: Console,
+                                                 output_path: str) -> None:
+    created = dash.api.post("/workspaces", json={"name": "feed-agent", "external": True, "url": sdk_agent})
+    wid = created.json()["id"]
+    other, other_token = dash.external("feed-other")
+    login(page, dash)
+    page.get_by_test_id(f"ws-{wid}").locator(".row").first.click()
+    page.get_by_label("Message").fill("events=1")
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_test_id("chat-reply").last).to_have_attribute("data-state", "done", timeout=20000)
+    page.locator("#d-close").click()
+    dash.heartbeat(other, other_token)  # an event of another workspace
+    feed = page.get_by_test_id("feed")
+    call = feed.get_by_test_id("a2a").first
+    expect(call).to_contain_text("operator → feed-agent")
+    expect(call).to_contain_text("message/stream")
+    expect(call).to_contain_text(" ms")
+    expect(feed.locator(f"li[data-ws='{other}']").first).to_be_visible()
+    page.get_by_label("Show workspace").select_option(wid)
+    expect(feed.locator(f"li[data-ws='{other}']")).to_have_count(0)
+    expect(feed.get_by_test_id("a2a").first).to_be_visible()
+    page.get_by_label("Show type").select_option("ACTIVITY_LOGGED")
+    expect(feed.locator("li:not([data-type=ACTIVITY_LOGGED])")).to_have_count(0)
+    shot(page, output_path, "feed")

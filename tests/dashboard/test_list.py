@@ -82,3 +82,24 @@ def test_screenshot_path_is_written(page: Page, dash: DashBox, output_path: str)
     login(page, dash)
     assert shot(page, output_path, "list").stat().st_size > 0
     assert Path(output_path).is_dir()
+
+
+
+@pytest.mark.box_env(MOLECULE_BOX_STREAM_BUFFER="1")
+def test_after_a_reconnect_the_list_is_read_again(page: Page, fresh_box: DashBox, console: Console) -> None:
+    login(page, fresh_box)
+    assert page.evaluate("document.body.dataset.hydrations") == "1"
+    # A family deleted at once is a burst of events: one queued event is all this box lets a stream fall
+    # behind by, so the stream ends with a reconnect hint and the page comes back and reads the list again.
+    parent, _ = fresh_box.external("family")
+    children = [fresh_box.external(f"child-{i}", parent_id=parent)[0] for i in range(4)]
+    for wid in [parent, *children]:
+        expect(page.get_by_test_id(f"ws-{wid}")).to_have_count(1)
+    assert fresh_box.api.delete(f"/workspaces/{parent}", params={"confirm": "true"}).status_code == 200
+    survivor, token = fresh_box.external("survivor")
+    fresh_box.heartbeat(survivor, token)
+    expect(page.locator("body")).not_to_have_attribute("data-hydrations", "1")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    for wid in [parent, *children]:
+        expect(page.get_by_test_id(f"ws-{wid}")).to_have_count(0)
+    expect(page.get_by_test_id(f"ws-{survivor}")).to_have_attribute("data-status", "online")

@@ -133,6 +133,8 @@ async function hydrate() {
   for (const ws of rows) { seen.add(ws.id); state.workspaces.set(ws.id, ws); renderRow(ws); }
   for (const id of [...state.workspaces.keys()]) if (!seen.has(id)) dropWorkspace(id);
   queueLayout();
+  // How many times the list was read whole (once per stream opened): what the browser tests watch.
+  document.body.dataset.hydrations = String(Number(document.body.dataset.hydrations || 0) + 1);
 }
 
 function apply(frame) {
@@ -293,10 +295,13 @@ function feedLine(frame) {
   li.append(el("span", { class: "muted" }, `${(timestamp || "").slice(11, 19)} `),
     el("span", { class: "kind" }, type), document.createTextNode(ws ? ` ${ws.name}` : ""));
   if (type === "ACTIVITY_LOGGED") {
-    const who = payload.target_id ? ` → ${state.workspaces.get(payload.target_id)?.name || payload.target_id}` : "";
+    const name = (wid) => (wid ? state.workspaces.get(wid)?.name || wid : "operator");
+    li.dataset.ws = payload.target_id || id || "";
+    li.replaceChildren(el("span", { class: "muted" }, `${(timestamp || "").slice(11, 19)} `),
+      el("span", { class: "kind" }, type));
     const bits = [payload.method, payload.duration_ms != null ? `${payload.duration_ms} ms` : "", payload.status,
       payload.error || payload.summary].filter(Boolean).join(" · ");
-    li.append(document.createTextNode(`${who} ${bits}`));
+    li.append(el("span", { "data-testid": "a2a" }, ` ${name(payload.source_id)} → ${name(payload.target_id)} ${bits}`));
   } else if (payload.error || payload.reason) {
     li.append(document.createTextNode(` ${payload.error || payload.reason}`));
   }
