@@ -33,6 +33,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "box_env(**settings): settings of the test's own box (fresh_box)")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Browser tests run last: Playwright's sync API keeps an asyncio loop running in the main thread from
+    its first test to the end of the session, and the suite's trio-asyncio tests cannot run beside it."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
 class DashBox:
     """A box process under test, and an admin client for setting the scene (as an operator's script would)."""
 
