@@ -7,6 +7,7 @@ skip without it, except under CI=true, where they fail)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import ConsoleMessage, Error, Page, expect
+from playwright.sync_api import ConsoleMessage, Error, Page, Playwright, expect
 
 from ..conftest import ADMIN, ADMIN_TOKEN
 
@@ -106,6 +107,22 @@ def _chromium() -> str:
             pytest.fail("system chromium not installed (apt-get install chromium)")
         pytest.skip("system chromium not installed (apt-get install chromium)")
     return exe
+
+
+@pytest.fixture(scope="session")
+def _default_asyncio_policy() -> Iterator[None]:
+    """The suite's docker tests leave trio-asyncio's event-loop policy installed, whose loops Playwright's
+    sync API cannot run its own in: the default policy while the browser tests run."""
+    before = asyncio.get_event_loop_policy()
+    # An instance, not None: trio-asyncio patches asyncio so that None means its own policy.
+    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+    yield
+    asyncio.set_event_loop_policy(before)
+
+
+@pytest.fixture(scope="session")
+def playwright(_default_asyncio_policy: None, playwright: Playwright) -> Playwright:
+    return playwright
 
 
 @pytest.fixture(scope="session")
