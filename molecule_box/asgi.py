@@ -139,7 +139,8 @@ def encode(body: Any) -> bytes:
 
 def scope_headers(scope: Mapping[str, Any]) -> dict[str, str]:
     """The headers the box's auth check (``authz.authorize``) reads, from a raw-ASGI scope."""
-    wanted = {b"authorization": "Authorization", b"x-workspace-id": "X-Workspace-ID"}
+    wanted = {b"authorization": "Authorization", b"x-workspace-id": "X-Workspace-ID", b"cookie": "Cookie",
+              b"x-csrf-token": "X-CSRF-Token"}
     out: dict[str, str] = {}
     for key, value in scope["headers"]:
         name = wanted.get(key)

@@ -12,12 +12,21 @@ every refusal is counted in ``/metrics`` (``molecule_box_auth_failures_total{tie
 * register: own token or admin; no token only where the admin opened the SDK's bootstrap at create, and
   only until the workspace's first token (``store.tokens.bootstrap_open``).
 
+The dashboard's session (:class:`Sessions`) stands for the admin wherever the admin token would (tiers
+admin, workspace, state, and caller without ``X-Workspace-ID``), when no bearer token is presented: a
+signed, expiring cookie of a session the box still holds, plus, on every request that is not a read
+(``safe=False``, the default), the session's CSRF token in ``X-CSRF-Token``. A cookie alone never changes
+anything.
+
 Tokens are never logged.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -75,6 +84,94 @@ class Principal:
 
 ADMIN = Principal("admin")
 ANONYMOUS = Principal("anonymous")
+
+
+#: The dashboard's session cookie, and the header that carries its CSRF token on a mutating call.
+SESSION_COOKIE = "mb_session"
+CSRF_HEADER = "X-CSRF-Token"
+#: How long a dashboard session lasts from its login.
+SESSION_TTL = 12 * 3600.0
+#: Sessions one box holds at once; past it a login ends the oldest.
+SESSIONS_MAX = 64
+#: The tiers the admin token satisfies, and so the admin's session too; ``caller`` only as the operator
+#: (no ``X-Workspace-ID``: a session never speaks for a workspace), the rest never.
+SESSION_TIERS = frozenset({"admin", "workspace", "state", "caller"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    id: str
+    csrf: str
+    expires_at: float
+
+
+class Sessions:
+    """The dashboard's logins, held in memory only: a restart (with a new admin token or not) ends them all,
+    and a logout ends one on the server, whatever the browser keeps.
+
+    The cookie is ``<id>.<expiry>.<signature>``, signed with a key made at start; a cookie is good only while
+    its signature holds, its expiry is ahead and its id is still held."""
+
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
+        self._key = secrets.token_bytes(32)
+        self._held: dict[str, Session] = {}
+        self._now = now
+
+    def _sign(self, sid: str, expires: int) -> str:
+        return hmac.new(self._key, f"{sid}.{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def open(self) -> tuple[str, Session]:
+        """A new session and its cookie value."""
+        now = self._now()
+        for sid in [sid for sid, s in self._held.items() if s.expires_at <= now]:
+            del self._held[sid]
+        while len(self._held) >= SESSIONS_MAX:
+            del self._held[next(iter(self._held))]
+        expires = int(now + SESSION_TTL)
+        session = Session(secrets.token_urlsafe(24), secrets.token_urlsafe(24), float(expires))
+        self._held[session.id] = session
+        return f"{session.id}.{expires}.{self._sign(session.id, expires)}", session
+
+    def find(self, cookie: str | None) -> Session | None:
+        """The live session a cookie value proves, or None."""
+        if not cookie:
+            return None
+        sid, _, rest = cookie.partition(".")
+        expires, _, signature = rest.partition(".")
+        if not expires.isdigit() or not hmac.compare_digest(signature, self._sign(sid, int(expires))):
+            return None
+        session = self._held.get(sid)
+        if session is None or session.expires_at != float(expires) or session.expires_at <= self._now():
+            return None
+        return session
+
+    def close(self, cookie: str | None) -> None:
+        session = self.find(cookie)
+        if session is not None:
+            self._held.pop(session.id, None)
+
+
+def session_cookie(headers: Headers) -> str | None:
+    """The session cookie's value in a ``Cookie`` header, or None."""
+    for part in (headers.get("Cookie") or "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == SESSION_COOKIE:
+            return value
+    return None
+
+
+def _session(box: Box, headers: Headers, safe: bool) -> Principal | None:
+    """The admin, for a live session with (unless the request only reads) its CSRF token; None without a
+    session cookie; Unauthorized for a cookie that proves nothing, or a mutating call without the token."""
+    cookie = session_cookie(headers)
+    if cookie is None:
+        return None
+    session = box.sessions.find(cookie)
+    if session is None:
+        raise Unauthorized("session expired or ended: log in again")
+    if not safe and not hmac.compare_digest((headers.get(CSRF_HEADER) or "").encode(), session.csrf.encode()):
+        raise Unauthorized(f"missing or wrong {CSRF_HEADER}")
+    return ADMIN
 
 
 def bearer_from(headers: Headers) -> str | None:
@@ -208,13 +305,19 @@ assert _RULES.keys() == AUTH_TIERS.keys()
 
 
 async def authorize(box: Box, tier: Tier, headers: Headers, workspace_id: str | None = None, *,
-                    proof_of_life: bool = True) -> Principal:
+                    proof_of_life: bool = True, safe: bool = False) -> Principal:
     """The principal ``headers`` prove for ``tier`` on ``workspace_id``, or Unauthorized/Forbidden, counted.
 
     ``headers`` is any mapping with the canonical names (``Authorization``, ``X-Workspace-ID``): quart's
     request headers, or ``asgi.scope_headers`` of a raw-ASGI request. ``proof_of_life=False`` where the request
-    records liveness itself (the heartbeat)."""
+    records liveness itself (the heartbeat). ``safe``: the request only reads (GET), so a dashboard session
+    needs no CSRF token for it."""
     try:
+        if tier in SESSION_TIERS and bearer_from(headers) is None and not (
+                tier == "caller" and (headers.get("X-Workspace-ID") or "").strip()):
+            principal = _session(box, headers, safe)
+            if principal is not None:
+                return principal
         return await _RULES[tier](box, headers, workspace_id, proof_of_life)
     except (Unauthorized, Forbidden):
         box.metrics.auth_failures.labels(tier).inc()

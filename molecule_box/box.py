@@ -28,7 +28,7 @@ from ._version import __version__
 from .actors import Supervisor
 from .actors.commands import Observed
 from .actors.deps import ActorDeps
-from .authz import authorize
+from .authz import Sessions, authorize
 from .backends.base import (
     BackendContext,
     BackendError,
@@ -85,6 +85,7 @@ class Box:
         self.vault = Vault(store, SecretBox(load_key(settings)))
         self.box_id = ""
         self.admin = AdminAuth(b"")
+        self.sessions = Sessions(now)  # the dashboard's logins (memory only: a restart ends them)
         self.backends: BackendRegistry = None  # type: ignore[assignment]  # set by open_box
         self.supervisor: Supervisor = None  # type: ignore[assignment]
         self.proxy: A2AProxy = None  # type: ignore[assignment]  # set by open_box, once the supervisor is

@@ -288,6 +288,12 @@ class ReplaceFiles(Body):
     restart: bool = False
 
 
+class Login(Body):
+    """``POST /session``: the dashboard's login (the token in the body, never in a URL)."""
+
+    admin_token: Annotated[str, Field(min_length=1, max_length=512)]
+
+
 class Empty(Body):
     """A body-less request (anything sent is ignored)."""
 

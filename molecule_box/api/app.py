@@ -18,6 +18,7 @@ def create_app(box: Box) -> QuartTrio:
     from . import (
         activity,
         bootstrap,
+        dashboard,
         files,
         meta,
         plugins,
@@ -36,7 +37,7 @@ def create_app(box: Box) -> QuartTrio:
     app.config["BODY_TIMEOUT"] = BODY_DEADLINE
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     for module in (workspaces, registry, secrets, tokens, streams, activity, plugins, meta, workspace_data, files,
-                   templates, bootstrap):
+                   templates, bootstrap, dashboard):
         app.register_blueprint(module.bp)
 
     @app.errorhandler(Exception)

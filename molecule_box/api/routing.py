@@ -115,7 +115,8 @@ def route(bp: Blueprint, path: str, method: str, *, summary: str, auth: Tier, bo
             wid = workspace_id(raw_id) if raw_id is not None else None
             parsed = await parse(body, limit=limit) if body is not None and id_from is not None else None
             checked = id_from(parsed, wid) if id_from is not None else wid
-            principal = await authorize(box(), auth, request.headers, checked)
+            principal = await authorize(box(), auth, request.headers, checked,
+                                        safe=request.method in ("GET", "HEAD"))
             if body is not None and id_from is None:
                 parsed = await parse(body, limit=limit)
             wid = wid if wid is not None else checked
