@@ -311,7 +311,8 @@ async def _open_box(
             async with trio.open_nursery() as core:
                 context = BackendContext(box_id=box.box_id, settings=BackendSettings(), report=box.report,
                                          platform_url=settings.platform_url, bind_addr=settings.bind_addr)
-                box.backends = BackendRegistry(context, core, extra=extra_backends, settings=settings.backends)
+                box.backends = BackendRegistry(context, core, extra=extra_backends, settings=settings.backends,
+                                               fix=settings.not_installed_fix)
                 await box.backends.get("external")
                 await _load_backends_in_use(box)
                 box.supervisor = Supervisor(ActorDeps(

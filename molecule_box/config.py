@@ -321,6 +321,15 @@ class Settings:
         """Backend of non-external workspaces: ``MOLECULE_ORG_ID`` means the control plane, as on the platform."""
         return default_backend(self.org_id, self.container_backend)
 
+    def not_installed_fix(self, backend: str) -> str | None:
+        """What to do about a missing backend plugin: the control plane is the default because of
+        ``MOLECULE_ORG_ID``, so changing ``CONTAINER_BACKEND`` would not help there."""
+        if backend == "controlplane" and self.org_id:
+            return ("install molecule-box-controlplane (pip install molecule-box-controlplane), or unset "
+                    "MOLECULE_ORG_ID (with it set, controlplane is the default backend, whatever CONTAINER_BACKEND "
+                    "says)")
+        return None
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, str], *, environ: Mapping[str, str] | None = None) -> Settings:
         """Validate ``values`` (variable name → text) against the box's settings and every installed backend's;

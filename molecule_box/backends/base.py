@@ -83,11 +83,11 @@ class FilesNotSupported(BackendError):
 class BackendNotInstalled(MoleculeBoxError):
     """The backend a workspace needs is not installed (no entry point of that name)."""
 
-    def __init__(self, name: str, installed: list[str]) -> None:
+    def __init__(self, name: str, installed: list[str], *, fix: str | None = None) -> None:
         self.name = name
         self.installed = sorted(installed)
         super().__init__(f"backend {name!r} is not installed (installed: {', '.join(self.installed) or 'none'}); "
-                         "install its plugin or choose another with CONTAINER_BACKEND")
+                         + (fix or "install its plugin or choose another with CONTAINER_BACKEND"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +100,11 @@ class BackendSettings:
         """``PLATFORM_URL`` when it is unset: where this backend's workloads reach a box listening on
         ``bind_addr:port``. None: no opinion (the box's own address is used, unless another backend knows)."""
         return None
+
+    def missing(self) -> list[str]:
+        """The variables this backend needs and lacks (an API token, say), for ``molecule-box doctor``, which
+        cannot otherwise tell a setting that is optional from one left unset. [] when nothing is missing."""
+        return []
 
 
 class WorkloadState(enum.StrEnum):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -38,10 +38,14 @@ def discover() -> dict[str, EntryPoint]:
 
 
 def describe() -> list[dict[str, Any]]:
-    """Name, distribution version and capabilities of every installed backend, for ``/health`` and ``doctor``."""
+    """Name, versions (the backend's, its distribution's and the contract's it implements) of every installed
+    backend, for ``/health`` and ``doctor``."""
     found = []
     for name, ep in sorted(discover().items()):
         row: dict[str, Any] = {"name": name, "module": ep.value}
+        if ep.dist is not None:
+            row["distribution"] = ep.dist.name
+            row["distribution_version"] = ep.dist.version
         try:
             cls = ep.load()
             row["version"] = getattr(cls, "version", "?")
@@ -81,7 +85,10 @@ class BackendRegistry:
 
     def __init__(self, context: BackendContext[Any], nursery: trio.Nursery,
                  extra: Mapping[str, BackendFactory] | None = None,
-                 settings: Mapping[str, BackendSettings] | None = None) -> None:
+                 settings: Mapping[str, BackendSettings] | None = None,
+                 fix: Callable[[str], str | None] | None = None) -> None:
+        #: What a refusal of a backend that is not installed tells the operator to do (by backend name).
+        self._fix = fix or (lambda name: None)
         #: Shared by every backend but ``settings``, which is each backend's own (from ``settings``, read at start).
         self._context = context
         self._settings = dict(settings or {})
@@ -111,9 +118,12 @@ class BackendRegistry:
     def is_installed(self, name: str) -> bool:
         return name in self._loaded or name in self._extra or name in discover()
 
+    def not_installed(self, name: str) -> BackendNotInstalled:
+        return BackendNotInstalled(name, self.installed(), fix=self._fix(name))
+
     def check_installed(self, name: str) -> None:
         if not self.is_installed(name):
-            raise BackendNotInstalled(name, self.installed())
+            raise self.not_installed(name)
 
     async def get(self, name: str) -> Backend:
         """The running backend ``name``, loading and starting it on first use."""
@@ -126,7 +136,7 @@ class BackendRegistry:
         factory: BackendFactory | None = self._extra.get(name)
         ep = discover().get(name)
         if factory is None and ep is None:
-            raise BackendNotInstalled(name, self.installed())
+            raise self.not_installed(name)
         origin = ep.value if ep is not None and factory is None else "in-process"
         done = self._loading[name] = trio.Event()
         try:

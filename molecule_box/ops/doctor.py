@@ -448,28 +448,54 @@ def _stand_in(settings: Settings) -> Iterator[bool]:
 
 
 def check_backends(ctx: Context) -> list[Finding]:
+    from ..backends.base import CONTRACT_VERSION
     from ..backends.loader import describe
 
     out: list[Finding] = []
     rows = describe()
     names = {row["name"] for row in rows}
+    default = ctx.settings.default_backend
     for row in rows:
         if "error" in row:
             out.append(Finding("backends", "fail", f"backend {row['name']} ({row['module']}) does not load: "
                                f"{row['error']}", f"reinstall or uninstall the plugin that provides {row['module']}"))
     listing = ", ".join(f"{r['name']} {r.get('version', '?')}" for r in rows if "error" not in r) or "none"
     out.append(Finding("backends", "ok", f"installed: {listing}"))
+    for row in rows:
+        if "error" not in row:
+            out.append(_plugin_finding(ctx, row, default=row["name"] == default, contract=CONTRACT_VERSION))
     for backend, settings in sections():
         if backend is not None:
             out.append(Finding("backends", "ok", f"{section_title(backend)} reads "
                                f"{', '.join(s.env for s in settings)} (`molecule-box config` explains each)"))
-    default = ctx.settings.default_backend
     if default not in names:
+        fix = ctx.settings.not_installed_fix(default) or (
+            f"install the {default} backend plugin, or set CONTAINER_BACKEND to one of: {', '.join(sorted(names))}")
         out.append(Finding("backends", "warn", f"the default backend {default!r} is not installed: only external "
-                           "workspaces can be created",
-                           f"install the {default} backend plugin, or set CONTAINER_BACKEND to one of: "
-                           f"{', '.join(sorted(names))}"))
+                           "workspaces can be created", fix))
     return out
+
+
+def _plugin_finding(ctx: Context, row: dict[str, Any], *, default: bool, contract: int) -> Finding:
+    """One installed backend: its distribution and version, the contract version it implements, and whether
+    its settings are complete (missing ones fail only for the default backend: the others are needed only
+    when a workspace asks for them)."""
+    name = row["name"]
+    found = (f"{name}: distribution {row.get('distribution', '?')} {row.get('distribution_version', '?')}, "
+             f"backend version {row.get('version', '?')}, contract version {row.get('contract_version')}")
+    if row.get("contract_version") != contract:
+        return Finding("backends", "fail", f"{found}: this box speaks contract version {contract}",
+                       f"install a release of {row.get('distribution', 'the plugin')} built for contract version "
+                       f"{contract}, or uninstall it")
+    settings = ctx.settings.backends.get(name)
+    missing = settings.missing() if settings is not None else []
+    if not missing:
+        return Finding("backends", "ok", f"{found}; settings ok")
+    unset = f"{found}; settings incomplete: {', '.join(missing)} unset"
+    fix = f"set {', '.join(missing)} (`molecule-box config` explains each)"
+    if default:
+        return Finding("backends", "fail", f"{unset}, and {name} is the default backend", fix)
+    return Finding("backends", "ok", f"{unset} (needed before a {name} workspace can be created)")
 
 
 def check_unit(ctx: Context) -> list[Finding]:

@@ -62,6 +62,8 @@ class BoxProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = box_env(data_dir, self.port, **extra)
         self.log_path = log
+        #: How the box is run (a test may run it in another interpreter).
+        self.command = [sys.executable, "-m", "molecule_box", "run"]
         self.proc: trio.Process | None = None
         self._log: IO[bytes] | None = None
 
@@ -71,8 +73,7 @@ class BoxProcess:
         if self._log is None or self._log.closed:
             self._log = open(self.log_path, "ab")
         options = {"stdout": self._log, "stderr": self._log, **options}
-        self.proc = await trio.lowlevel.open_process([sys.executable, "-m", "molecule_box", "run"], env=self.env,
-                                                     **options)
+        self.proc = await trio.lowlevel.open_process(self.command, env=self.env, **options)
         if wait:
             await self.wait_healthy()
 

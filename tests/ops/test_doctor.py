@@ -151,3 +151,32 @@ def test_platform_url_unreachable_from_a_bridge_network_fails_without_an_engine(
     env["WORKSPACE_NETWORK"] = "host"
     found = [f for f in doctor.diagnose(None, env) if f.check == "platform url"]
     assert [f.status for f in found] == ["warn"] and "no Docker engine" in found[0].message
+
+
+def test_every_installed_backend_with_its_versions_and_settings(tmp_path: Path) -> None:
+    """Each installed backend: its distribution and version, the contract version it implements, and its
+    settings check; missing settings fail only for the default backend."""
+    from importlib.metadata import entry_points
+
+    installed = {ep.name: ep.dist for ep in entry_points(group="molecule_box.backends")}
+    env = box_env(tmp_path / "data", free_port(), FLY_API_TOKEN="", FLY_WORKSPACE_APP="")
+    result = cli("doctor", "--json", env=env)
+    rows = {f["message"].split(":", 1)[0]: f for f in checks(result.stdout)["backends"]}
+    for name, dist in installed.items():
+        assert dist is not None
+        row = rows[name]
+        assert row["message"].startswith(f"{name}: distribution {dist.name} {dist.version}, backend version "), row
+        assert "contract version 2" in row["message"], row
+    assert rows["external"]["message"].endswith("settings ok") and rows["external"]["status"] == "ok"
+    if "flyio" in installed:  # the plugin's own settings check, through the contract's `missing`
+        assert rows["flyio"]["status"] == "ok", rows["flyio"]
+        assert "settings incomplete: FLY_API_TOKEN, FLY_WORKSPACE_APP unset" in rows["flyio"]["message"]
+        result = cli("doctor", "--json", env={**env, "CONTAINER_BACKEND": "flyio", "FLY_API_TOKEN": "t"})
+        assert result.returncode == 1
+        row = {f["message"].split(":", 1)[0]: f for f in checks(result.stdout)["backends"]}["flyio"]
+        assert row["status"] == "fail" and "FLY_WORKSPACE_APP unset, and flyio is the default" in row["message"]
+        assert row["fix"].startswith("set FLY_WORKSPACE_APP")
+        result = cli("doctor", "--json", env={**env, "CONTAINER_BACKEND": "flyio", "FLY_API_TOKEN": "t",
+                                              "FLY_WORKSPACE_APP": "a"})
+        row = {f["message"].split(":", 1)[0]: f for f in checks(result.stdout)["backends"]}["flyio"]
+        assert row["status"] == "ok" and row["message"].endswith("settings ok"), row

@@ -66,5 +66,12 @@ class ControlPlaneSettings(BackendSettings):
     def admin_bearer(self) -> str | None:
         return self.admin_api_token or self.bearer
 
+    def missing(self) -> list[str]:
+        """What the platform's control plane needs from its tenant: the org, the shared secret of
+        ``/cp/workspaces/*`` and the admin token it knows the tenant by (without it the header is omitted)."""
+        wanted = (("MOLECULE_ORG_ID", self.org_id), ("MOLECULE_CP_SHARED_SECRET", self.bearer),
+                  ("ADMIN_TOKEN", self.tenant_admin_token))
+        return [env for env, value in wanted if not value]
+
     def __repr__(self) -> str:  # never print tokens
         return f"ControlPlaneSettings(base_url={self.base_url!r})"

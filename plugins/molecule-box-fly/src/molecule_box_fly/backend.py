@@ -107,8 +107,7 @@ class FlyBackend(BaseBackend):
         return Capabilities(lifecycle=True, tiers=frozenset(GUESTS), prewrites_token=True)
 
     def admit(self, *, runtime: str, tier: int) -> None:
-        missing = [env for env, value in (("FLY_API_TOKEN", self.settings.api_token),
-                                          ("FLY_WORKSPACE_APP", self.settings.app)) if not value]
+        missing = self.settings.missing()
         if missing:
             raise BackendError(f"the flyio backend needs {' and '.join(missing)}")
 

@@ -46,3 +46,8 @@ class FlySettings(BackendSettings):
     request_timeout: float = option(
         "FLY_REQUEST_TIMEOUT", positive_float, 15.0,
         "Seconds one Machines API call may take (a `/wait` long-poll gets its own wait on top).")
+
+    def missing(self) -> list[str]:
+        """What a flyio workspace cannot do without (``admit`` refuses a create while one is unset)."""
+        return [env for env, value in (("FLY_API_TOKEN", self.api_token), ("FLY_WORKSPACE_APP", self.app))
+                if not value]
