@@ -8,9 +8,10 @@
 For each entry of ``TARGETS`` (one per plugin emulator), one run:
 
 1. starts the emulator as its users would (``python -m <plugin>.emulator``) with the issue's latency: a create
-   answers after 300 ms, a workload takes 2 s to start;
-2. starts a box (``python -m molecule_box run``, fresh data dir) whose default backend is the plugin, pointed at
-   the emulator;
+   (Fly's machine create, the control plane's provision) answers after 300 ms, a workload takes 2 s to start
+   (Fly: to ``started``; the control plane: ``pending`` to ``running``);
+2. starts a box (``python -m molecule_box run``, fresh data dir) whose default backend is the plugin
+   (``CONTAINER_BACKEND=flyio``; ``MOLECULE_ORG_ID`` set for the control plane), pointed at the emulator;
 3. **the ceiling:** one workspace alone, time from its ``POST /workspaces`` until the emulator reports its
    workload running (the slowest a single provisioning can be here: create latency + start time + the box);
 4. **the batch:** ``--count`` workspaces created at once (concurrent POSTs); time until the emulator reports
@@ -34,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
@@ -60,12 +62,22 @@ class Target:
     command: Callable[[int], list[str]]
     #: port -> the box's environment for this backend.
     box_env: Callable[[int], dict[str, str]]
-    #: port -> the emulator's stats URL (``{"total": API calls, "states": {state: count}}``).
+    #: port -> the emulator's stats URL, which it does not count as an API call.
     stats_url: Callable[[int], str]
-    #: The state the emulator reports for a running workload.
-    running: str
+    #: The stats answer -> (workloads running, API calls so far).
+    read_stats: Callable[[Any], tuple[int, int]]
 
 
+def fly_stats(stats: Any) -> tuple[int, int]:
+    return int(stats["states"].get("started", 0)), int(stats["total"])
+
+
+def cp_stats(stats: Any) -> tuple[int, int]:
+    return sum(i["state"] == "running" for i in stats["instances"]), sum(stats["calls"].values())
+
+
+CP_SECRET = "bench-cp-shared-secret-0123456789"
+CP_ADMIN = "bench-cp-admin-token-0123456789"
 FLY_TOKEN = "bench-fly-token-0123456789"
 FLY_APP = "bench-workspaces"
 
@@ -78,9 +90,22 @@ TARGETS = [
         box_env=lambda port: {"FLY_API_TOKEN": FLY_TOKEN, "FLY_WORKSPACE_APP": FLY_APP,
                               "FLY_API_BASE_URL": f"http://127.0.0.1:{port}/v1"},
         stats_url=lambda port: f"http://127.0.0.1:{port}/_emulator/stats",
-        running="started",
+        read_stats=fly_stats,
     ),
-    # The control plane's emulator is one more Target here.
+    Target(
+        # MOLECULE_ORG_ID makes controlplane the default backend; the watch (one status call per instance per
+        # interval) is set far apart so that only the provisioning's own calls are counted.
+        backend="controlplane",
+        command=lambda port: [sys.executable, "-m", "molecule_box_controlplane.emulator", "--port", str(port),
+                              "--shared-secret", CP_SECRET, "--admin-api-token", CP_ADMIN,
+                              "--tenant-admin-token", ADMIN_TOKEN, "--provision", str(CREATE_SECONDS),
+                              "--boot", str(START_SECONDS)],
+        box_env=lambda port: {"MOLECULE_ORG_ID": "bench-org", "CP_PROVISION_URL": f"http://127.0.0.1:{port}",
+                              "MOLECULE_CP_SHARED_SECRET": CP_SECRET, "CP_ADMIN_API_TOKEN": CP_ADMIN,
+                              "CP_WATCH_INTERVAL": "3600"},
+        stats_url=lambda port: f"http://127.0.0.1:{port}/_emulator/instances",
+        read_stats=cp_stats,
+    ),
 ]
 
 
@@ -108,8 +133,7 @@ async def stop(process: trio.Process) -> None:
 
 async def running_count(client: httpx.AsyncClient, target: Target, port: int) -> tuple[int, int]:
     """(workloads running, API calls so far)."""
-    stats = (await client.get(target.stats_url(port))).json()
-    return int(stats["states"].get(target.running, 0)), int(stats["total"])
+    return target.read_stats((await client.get(target.stats_url(port))).json())
 
 
 async def batch(box: httpx.AsyncClient, emulator: httpx.AsyncClient, target: Target, port: int,
@@ -125,6 +149,7 @@ async def batch(box: httpx.AsyncClient, emulator: httpx.AsyncClient, target: Tar
     async with trio.open_nursery() as nursery:
         for i in range(count):
             nursery.start_soon(create, i)
+    print(f"  {target.backend}: {count} created (POSTs answered) after {time.monotonic() - started:.2f}s")
     with trio.fail_after(300):
         while True:
             running, calls = await running_count(emulator, target, port)
