@@ -1,7 +1,8 @@
 """A stdlib-only workspace agent for the docker backend's tests (baked into molecule-box-test-agent-*).
 
 It does what a workspace-template agent does, minimally: reads the token the box
-pre-wrote to /configs/.auth_token, registers with PLATFORM_URL as
+pre-wrote to /configs/.auth_token (else MOLECULE_WORKSPACE_TOKEN, as a control-plane
+instance or a remote agent gets it), registers with PLATFORM_URL as
 http://127.0.0.1:$PORT, heartbeats, serves its agent card at both well-known
 paths and answers A2A ``message/send`` with an echo.
 
@@ -36,7 +37,7 @@ def token():
         with open("/configs/.auth_token") as f:
             return f.read().strip()
     except OSError:
-        return ""
+        return os.environ.get("MOLECULE_WORKSPACE_TOKEN", "")
 
 
 def card():

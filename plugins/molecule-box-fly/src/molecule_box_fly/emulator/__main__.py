@@ -6,11 +6,12 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import sys
 
 import trio
 
-from . import Emulator, Faults, serve
+from . import DOCKER_LABEL, Emulator, Faults, serve
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -42,10 +43,16 @@ def main(argv: list[str] | None = None) -> None:
     emulator = Emulator(token=args.token, apps=apps, faults=faults, docker_image=args.docker_image)
 
     async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve, emulator, args.host, args.port)
-            print(f"emulator: Machines API at http://{args.host}:{port}/v1 (apps: {', '.join(sorted(apps))})",
-                  flush=True)
+        # SIGTERM (what a service manager or a test sends) ends it like ^C: its containers are removed first.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(serve, emulator, args.host, args.port)
+                backed = f"; machines are containers labelled {DOCKER_LABEL}={emulator.id}" if args.docker_image else ""
+                print(f"emulator: Machines API at http://{args.host}:{port}/v1 (apps: {', '.join(sorted(apps))})"
+                      f"{backed}", flush=True)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
 
     try:
         trio.run(run)
