@@ -4,9 +4,11 @@ calls a start costs."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from flyutil import APP, TOKEN, Fly, context
@@ -101,3 +103,40 @@ async def test_admit_names_missing_settings(nursery: trio.Nursery, fly: Fly) -> 
     backend = await open_backend(nursery, fly, api_token="", app="")
     with pytest.raises(BackendError, match="needs FLY_API_TOKEN and FLY_WORKSPACE_APP"):
         backend.admit(runtime="langgraph", tier=2)
+
+
+async def test_an_update_is_made_under_a_lease_of_its_own(nursery: trio.Nursery, fly: Fly) -> None:
+    """A start that finds the workspace's machine updates it under a lease (Fly's advice when more than one
+    client may touch an app): a lease another client holds is waited out, the update carries the nonce (the
+    emulator refuses a change of a leased machine without it), and the lease is released after."""
+    backend = await open_backend(nursery, fly)
+    spec = make_spec(runtime="langgraph")
+    first = await backend.start(spec)
+    [machine] = fly.live()
+    version = machine.version
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=f"{fly.url}/apps/{APP}/machines/{machine.id}", headers=headers) as other:
+        held = await other.post("/lease", json={"ttl": 60})
+        assert held.status_code == 201, held.text
+        fly.emulator.calls.clear()
+        done = trio.Event()
+
+        async def restart() -> None:
+            await backend.start(dataclasses.replace(spec, previous=first.handle))
+            done.set()
+
+        nursery.start_soon(restart)
+        with trio.fail_after(20):  # refused at least once: the other client's lease is held
+            while True:
+                if fly.emulator.calls["POST machines/{id}/lease"] >= 2:
+                    break
+                await trio.sleep(0.05)
+        assert machine.version == version and not done.is_set()  # nothing changed under another's lease
+        released = await other.request("DELETE", "/lease", headers={"fly-machine-lease-nonce":
+                                                                    held.json()["data"]["nonce"]})
+        assert released.status_code == 200
+    with trio.fail_after(20):
+        await done.wait()
+    assert machine.version == version + 1 and machine.state == "started"
+    assert machine.lease is None, "the backend released its lease"
+    assert fly.emulator.calls["POST machines/{id}"] == 1 and fly.emulator.calls["DELETE machines/{id}/lease"] == 2

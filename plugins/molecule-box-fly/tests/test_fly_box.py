@@ -165,3 +165,34 @@ async def test_the_emulator_refuses_a_wrong_token(fly: Fly) -> None:
         for auth in ("Bearer nope", "FlyV1 nope", "", f"Basic {APP}"):
             response = await client.get(f"/apps/{APP}/machines", headers={"Authorization": auth})
             assert response.status_code == 401 and response.json() == {"error": "unauthorized"}
+
+
+async def test_a_crash_is_restarted_by_fly_and_a_crash_loop_ends_with_the_box(docker_fly: Fly, box_of: Any) -> None:
+    """``restart.policy=on-failure`` as flyd applies it: one crash and Fly restarts the machine (the box leaves
+    it alone); a crash loop and Fly gives up after 10 restarts, the machine ``stopped``: the plugin's watch
+    reports it and the box's own restart policy takes over, here failing the workspace with the exit code."""
+    box = box_of(docker_fly)
+    await box.start(FLY_WATCH_INTERVAL="0.3", RESTART_LIMIT="1")
+    wid = await box.create(tier=2)
+    await box.wait_for(wid, "online")
+    machine = machine_of(docker_fly, wid)
+    container, instance = machine.container, machine.instance_id
+    await docker("kill", container)  # SIGKILL: exit code 137
+    await until(lambda: machine.restarts == 1 and machine.state == "started", "Fly to restart the machine")
+    exit_event = next(e for e in machine.public()["events"] if e["type"] == "exit")
+    assert exit_event["request"]["exit_event"]["exit_code"] == 137 and exit_event["status"] == "restarting"
+    assert machine.container == container and machine.instance_id == instance  # the same machine, restarted
+    assert (await docker("inspect", "-f", "{{.State.Running}}", container)).strip() == "true"
+    await box.wait_for(wid, "online")
+    assert machine_of(docker_fly, wid).instance_id == instance  # the box did not start it again
+
+    crashing = await box.create(name="crashing", tier=2, secrets={"TEST_AGENT_EXIT": "3"})
+    body = await box.wait_for(crashing, "failed", timeout=180)
+    assert "last time it exited with code 3" in body["failure_reason"], body
+    loop = machine_of(docker_fly, crashing)
+    assert loop.state == "stopped" and loop.restarts == 10, (loop.state, loop.restarts)
+    last_exit = next(e for e in loop.public()["events"] if e["type"] == "exit")
+    assert last_exit["status"] == "stopped" and last_exit["request"]["exit_event"]["exit_code"] == 3
+    # The box restarted it once (RESTART_LIMIT=1) before giving up: one update of the machine.
+    assert sum(e["type"] == "update" for e in loop.events) == 1, loop.events
+    assert machine_of(docker_fly, wid).state == "started"  # the other workspace is untouched

@@ -20,6 +20,7 @@ import trio
 from molecule_box.backends.base import (
     BackendContext,
     BackendError,
+    BackendEvent,
     BaseBackend,
     Capabilities,
     Handle,
@@ -48,6 +49,10 @@ STARTING = frozenset({"created", "creating", "starting", "restarting", "updating
 POLL = 5
 #: Longest pause between retries while the API is unavailable.
 BACKOFF_MAX = 5.0
+#: Fly's header carrying a held lease's nonce on a change of the machine.
+LEASE_HEADER = "fly-machine-lease-nonce"
+#: Seconds a lease lives: it outlasts one update; one left by a box that died ends on its own.
+LEASE_TTL = 30
 
 
 def machine_name(workspace_id: str) -> str:
@@ -102,6 +107,8 @@ class FlyBackend(BaseBackend):
         super().__init__(context)
         self.settings: FlySettings = context.settings
         self._client: MachinesClient | None = None
+        #: Machines this box started or adopted, by workspace: the watch reports the ones that stop on their own.
+        self._watched: dict[str, Handle] = {}
 
     def capabilities(self) -> Capabilities:
         return Capabilities(lifecycle=True, tiers=frozenset(GUESTS), prewrites_token=True)
@@ -122,10 +129,36 @@ class FlyBackend(BaseBackend):
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
-            await trio.sleep_forever()
+            while True:
+                await trio.sleep(self.settings.watch_interval)
+                if self._watched:
+                    await self._watch_once()
         finally:
             if self._client is not None:
                 await self._client.aclose()
+
+    async def _watch_once(self) -> None:
+        """One list of this box's machines: a watched one that is stopped, failed or gone without the box
+        asking (Fly's ``on-failure`` policy gave up after its retries) is reported as ``exited``; the actor
+        confirms with inspect and applies the box's restart policy. An outage skips the round."""
+        try:
+            listed = await self.client.call("GET", params={"metadata.molecule_box": self.context.box_id})
+        except FlyFailure as exc:
+            log.info("flyio: watch skipped: %s", exc.message)
+            return
+        machines = {m.get("id"): m for m in listed or [] if isinstance(m, dict)}
+        for workspace_id, handle in list(self._watched.items()):
+            machine = machines.get(handle.get("machine_id"))
+            state = str(machine.get("state")) if machine else "destroyed"
+            if workload_state(state) not in (WorkloadState.STOPPED, WorkloadState.MISSING) or state == "stopping":
+                continue
+            del self._watched[workspace_id]
+            exit_info = ((last_event(machine, "exit") or {}).get("request") or {}).get("exit_event") or {} \
+                if machine else {}
+            code = exit_info.get("exit_code")
+            self.context.report(BackendEvent(workspace_id=workspace_id, kind="exited",
+                                             exit_code=code if isinstance(code, int) else None,
+                                             detail=f"Fly machine {handle.get('machine_id')} is {state}"))
 
     # -- the machine's config ------------------------------------------------------------------------
 
@@ -156,6 +189,7 @@ class FlyBackend(BaseBackend):
     # -- lifecycle -----------------------------------------------------------------------------------
 
     async def start(self, spec: WorkloadSpec) -> Workload:
+        self._watched.pop(spec.workspace_id, None)
         config = self.machine_config(spec)
         region = str(spec.metadata.get("region") or self.settings.region)
         mine = await self._machines({"metadata.workspace_id": spec.workspace_id})
@@ -166,8 +200,7 @@ class FlyBackend(BaseBackend):
                 keep, extra = mine[0], mine[1:]
                 for machine in extra:  # e.g. a create whose answer was lost, then retried
                     await self.destroy({"workspace_id": spec.workspace_id, "machine_id": machine["id"]})
-                machine = await retrying("update", lambda: self.client.call(
-                    "POST", f"/{keep['id']}", json={"config": config, "region": region}))
+                machine = await self._update(keep["id"], {"config": config, "region": region})
             else:
                 machine = await retrying("create", lambda: self.client.call(
                     "POST", json={"name": machine_name(spec.workspace_id), "region": region, "config": config}))
@@ -175,7 +208,41 @@ class FlyBackend(BaseBackend):
             raise BackendError(f"Fly refused the machine: {exc.message}", detail=f"HTTP {exc.status}") from None
         handle = self.handle_of(machine, spec.workspace_id)
         await self._wait(handle, "started")
+        self._watched[spec.workspace_id] = handle
         return Workload(handle=handle)
+
+    async def _update(self, machine_id: str, body: dict[str, Any]) -> Any:
+        """Update a machine under a lease of its own (what Fly's docs advise around an update when more than
+        one client may touch the app): taken first (a lease held by another client is waited out, under the
+        caller's deadline), its nonce sent with the update, released after, whatever happened."""
+        nonce = await self._lease(machine_id)
+        try:
+            return await retrying("update", lambda: self.client.call(
+                "POST", f"/{machine_id}", json=body, headers={LEASE_HEADER: nonce}))
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(self.settings.request_timeout):
+                try:
+                    await self.client.call("DELETE", f"/{machine_id}/lease", headers={LEASE_HEADER: nonce})
+                except FlyFailure as exc:  # it expires after LEASE_TTL anyway
+                    log.info("flyio: releasing the lease of machine %s: %s", machine_id, exc.message)
+
+    async def _lease(self, machine_id: str) -> str:
+        pause = 0.25
+        body = {"ttl": LEASE_TTL, "description": f"molecule-box {self.context.box_id}"}
+        while True:
+            try:
+                answer = await retrying("lease", lambda: self.client.call("POST", f"/{machine_id}/lease", json=body))
+            except Refused as exc:
+                if exc.status != 409:
+                    raise
+                log.info("flyio: machine %s is leased by another client; waiting %.1fs", machine_id, pause)
+            else:
+                nonce = ((answer or {}).get("data") or {}).get("nonce") if isinstance(answer, dict) else None
+                if not isinstance(nonce, str) or not nonce:
+                    raise BackendError(f"Fly leased machine {machine_id} without a nonce")
+                return nonce
+            await trio.sleep(pause)
+            pause = min(pause * 2, BACKOFF_MAX)
 
     async def _machines(self, metadata: dict[str, str], *, retry: bool = True) -> list[dict[str, Any]]:
         """This box's live machines matching ``metadata``; ``retry``: wait out an outage (else it is an error, so
@@ -215,6 +282,7 @@ class FlyBackend(BaseBackend):
                                    + (f" ({exit_event['status']})" if exit_event.get("status") else ""))
 
     async def stop(self, handle: Handle, *, grace: float = 10.0) -> None:
+        self._watched.pop(handle["workspace_id"], None)
         machine_id = handle.get("machine_id")
         if not machine_id:
             return
@@ -230,6 +298,7 @@ class FlyBackend(BaseBackend):
         await self._wait(handle, "stopped")
 
     async def destroy(self, handle: Handle) -> None:
+        self._watched.pop(handle["workspace_id"], None)
         machine_id = handle.get("machine_id")
         if not machine_id:
             return
@@ -277,7 +346,9 @@ class FlyBackend(BaseBackend):
             return handle  # cannot tell now: keep it; inspect and the actor decide later
         if machine is None or machine.get("state") in GONE:
             return None
-        return {**handle, "instance_id": machine.get("instance_id"), "region": machine.get("region")}
+        adopted = {**handle, "instance_id": machine.get("instance_id"), "region": machine.get("region")}
+        self._watched[handle["workspace_id"]] = adopted
+        return adopted
 
     async def list_managed(self) -> list[Handle]:
         return [self.handle_of(m, str((m.get("config") or {}).get("metadata", {}).get("workspace_id")

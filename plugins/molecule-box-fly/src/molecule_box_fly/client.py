@@ -72,11 +72,11 @@ class MachinesClient:
             await self.http.aclose()
 
     async def call(self, method: str, path: str = "", *, json: Any = None, params: dict[str, Any] | None = None,
-                   timeout: float | None = None) -> Any:
+                   timeout: float | None = None, headers: dict[str, str] | None = None) -> Any:
         """The decoded JSON body of a 2xx answer (None when empty); raises a :class:`FlyFailure` otherwise."""
         url = self.prefix + path
         try:
-            response = await self.http.request(method, url, json=json, params=params,
+            response = await self.http.request(method, url, json=json, params=params, headers=headers,
                                                timeout=timeout if timeout is not None else self.timeout)
         except httpx.TransportError as exc:
             # The request (with its Authorization header) is never logged: only what failed.

@@ -46,6 +46,10 @@ class FlySettings(BackendSettings):
     request_timeout: float = option(
         "FLY_REQUEST_TIMEOUT", positive_float, 15.0,
         "Seconds one Machines API call may take (a `/wait` long-poll gets its own wait on top).")
+    watch_interval: float = option(
+        "FLY_WATCH_INTERVAL", positive_float, 30.0,
+        "Seconds between two looks at this box's Machines (one list call): a Machine that stopped on its own "
+        "(its restart policy gave up) is reported as exited, so the box's restart policy applies.")
 
     def missing(self) -> list[str]:
         """What a flyio workspace cannot do without (``admit`` refuses a create while one is unset)."""

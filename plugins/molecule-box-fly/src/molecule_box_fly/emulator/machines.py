@@ -9,7 +9,9 @@ a held lease's nonce required on every change), and ``{"error": ...}`` bodies.
 Faults and latency are knobs (``POST /_emulator/faults``, or the command line): a capacity error on the next
 creates, 5xx on the next calls, dropped connections, a failed launch, and the time each step takes. In
 Docker-backed mode each started machine is a real container of a local image on the host network, with the
-machine's ``files`` copied in before it starts, so an agent in it boots, reads its token file and registers.
+machine's ``files`` copied in before it starts, so an agent in it boots, reads its token file and registers;
+when the container's process exits, the machine's ``restart`` policy applies as flyd applies it (``on-failure``:
+restarted up to ``max_retries`` times after a non-zero exit, then ``stopped``, each exit an ``exit`` event).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ WAIT_STATES = {"started", "stopped", "suspended", "destroyed"}
 LEASE_HEADER = "fly-machine-lease-nonce"
 #: A docker label on every container the emulator runs, valued with the emulator's id.
 DOCKER_LABEL = "molecule-box-fly-emulator"
+#: Restarts of the ``on-failure`` policy when the config gives no ``max_retries`` (Fly's documented default).
+DEFAULT_MAX_RETRIES = 10
 
 
 @dataclasses.dataclass
@@ -80,6 +84,8 @@ class Machine:
     changed: trio.Event = dataclasses.field(default_factory=trio.Event)
     transition: trio.CancelScope | None = None
     container: str | None = None
+    #: Restarts by the machine's restart policy since the API last started it.
+    restarts: int = 0
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "state": self.state, "region": self.region,
@@ -331,6 +337,7 @@ class Emulator:
         self._nursery.start_soon(run)
 
     def launch(self, machine: Machine, *, restart: bool = False) -> None:
+        machine.restarts = 0
         self.transition(machine, self._launch(machine, restart))
 
     async def _launch(self, machine: Machine, restart: bool) -> None:
@@ -389,6 +396,55 @@ class Emulator:
         finally:
             await trio.to_thread.run_sync(lambda: shutil.rmtree(root, ignore_errors=True))
         await docker("start", container)
+        self._watch(machine, container)
+
+    def _watch(self, machine: Machine, container: str) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._exited, machine, container)
+
+    async def _exited(self, machine: Machine, container: str) -> None:
+        """The container's main process exits: what flyd does with the machine's ``restart`` policy
+        (``on-failure``, the default: restarted up to ``max_retries``, default 10, after a non-zero exit, else
+        ``stopped``; ``always``; ``no``), each exit an ``exit`` event. A container the emulator removed itself
+        (stop, destroy, update) is no longer the machine's: nothing happens."""
+        done = await trio.run_process(["docker", "wait", container], capture_stdout=True, capture_stderr=True,
+                                      check=False)
+        if machine.container != container:
+            return
+        try:
+            code = int(done.stdout.decode().strip())
+        except ValueError:
+            code = -1  # the engine lost the container
+        restart = machine.config.get("restart") or {}
+        policy = restart.get("policy") or "on-failure"
+        retries = int(restart.get("max_retries", DEFAULT_MAX_RETRIES))
+        again = policy == "always" or (policy == "on-failure" and code != 0 and machine.restarts < retries)
+        exit_event = {"type": "exit", "status": "restarting" if again else "stopped",
+                      "request": {"exit_event": {"exit_code": code, "oom_killed": False,
+                                                 "requested_stop": False, "restarting": again}}}
+        if not again:
+            log.info("emulator: machine %s exited (%s) and stays stopped (restart policy %s)", machine.id, code,
+                     policy)
+            await self._container_stop(machine, remove=True)
+            machine.set_state("stopped", exit_event)
+            return
+        machine.restarts += 1
+        log.info("emulator: machine %s exited (%s): restart %d of %d", machine.id, code, machine.restarts, retries)
+        machine.set_state("starting", exit_event)
+        self.transition(machine, self._restart_container(machine, container))
+
+    async def _restart_container(self, machine: Machine, container: str) -> None:
+        await trio.sleep(self.faults.start_seconds)
+        try:
+            await docker("start", container)
+        except RuntimeError as exc:
+            log.warning("emulator: machine %s: %s", machine.id, exc)
+            machine.container = None
+            machine.set_state("failed", {"type": "exit", "status": "launch_failed",
+                                         "request": {"exit_event": {"exit_code": 125, "oom_killed": False}}})
+            return
+        machine.set_state("started", {"type": "start", "status": "started"})
+        self._watch(machine, container)
 
     async def _container_stop(self, machine: Machine, *, remove: bool) -> None:
         if not self.docker_image or machine.container is None:
