@@ -178,6 +178,12 @@ async def test_docker_fly_controlplane_and_remote_in_one_box(runner: BoxRunner, 
                                   agent_env(cp, cp_env["PLATFORM_URL"], tokens["cp"],
                                             **{k: v for k, v in cp_env.items() if k != "PORT"}))
             await wait_online(client, ids, processes)
+            with trio.fail_after(30):  # and every agent heartbeats (each heartbeat carries its uptime)
+                while True:
+                    beats = {name: (await status_of(client, wid))["uptime_seconds"] for name, wid in ids.items()}
+                    if all(beats.values()):
+                        break
+                    await trio.sleep(0.2)
 
             # Each one's backend, as the list shows it.
             listed = {w["id"]: w for w in (await client.get("/workspaces", headers=ADMIN)).json()}
