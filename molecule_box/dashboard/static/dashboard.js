@@ -13,10 +13,14 @@ const STATUS_OF = {
   WORKSPACE_HIBERNATED: "hibernated", WORKSPACE_AWAITING_AGENT: "awaiting_agent",
 };
 const FEED_MAX = 300;
+// A poll-mode agent's inbox message: what became of it (INBOX_MESSAGE events), and which states are final.
+const INBOX_LABELS = { queued: "queued", fetched: "fetched by its agent", replied: "replied", expired: "expired" };
+const INBOX_FINAL = new Set(["replied", "expired"]);
 
 const state = {
   csrf: "", workspaces: new Map(), rows: new Map(), remote: new Set(), source: null, feed: [],
   types: new Set(), refetch: new Map(), layoutQueued: false,
+  inbox: new Map(), // "<workspace id>:<activity id>" -> {frame, li}: one feed line per inbox message
 };
 const $ = (id) => document.getElementById(id);
 
@@ -133,6 +137,7 @@ async function hydrate() {
   for (const ws of rows) { seen.add(ws.id); state.workspaces.set(ws.id, ws); renderRow(ws); }
   for (const id of [...state.workspaces.keys()]) if (!seen.has(id)) dropWorkspace(id);
   queueLayout();
+  await rehydrateInbox();
   // How many times the list was read whole (once per stream opened): what the browser tests watch.
   document.body.dataset.hydrations = String(Number(document.body.dataset.hydrations || 0) + 1);
 }
@@ -284,11 +289,13 @@ function layout() {
 
 setInterval(() => {
   for (const entry of state.rows.values()) entry.parts.age.textContent = ageText(entry.parts.age.dataset.at);
+  tickInbox();
 }, 1000);
 
 // --- the live feed ----------------------------------------------------------------------------------
 
 function feedLine(frame) {
+  if (frame.event === "INBOX_MESSAGE") return inboxLine(frame);
   const { event: type, workspace_id: id, payload = {}, timestamp } = frame;
   const li = el("li", { "data-type": type, "data-ws": id || "" });
   const ws = id && state.workspaces.get(id);
@@ -308,6 +315,69 @@ function feedLine(frame) {
   return li;
 }
 
+// --- the poll inbox's messages in the feed: one line each, its state updated in place -------------------
+
+function inboxKey(frame) { return `${frame.workspace_id}:${frame.payload.activity_id}`; }
+
+function inboxState(frame) {
+  const p = frame.payload;
+  // Expiry is no act of the box: a message still queued at its expires_at is expired from then on.
+  if (p.state === "queued" && p.expires_at && Date.parse(p.expires_at) <= Date.now()) return "expired";
+  return p.state;
+}
+
+function inboxLine(frame) {
+  const { workspace_id: id, payload: p, timestamp } = frame;
+  const now = inboxState(frame);
+  const li = el("li", { "data-type": frame.event, "data-ws": id || "", "data-testid": `inbox-${p.activity_id}`,
+    "data-inbox-state": now });
+  const name = (wid) => (wid ? state.workspaces.get(wid)?.name || wid : "operator");
+  li.append(el("span", { class: "muted" }, `${(timestamp || "").slice(11, 19)} `), el("span", { class: "kind" }, "inbox"),
+    document.createTextNode(` #${p.activity_id} ${name(p.source_id)} → ${name(id)} `),
+    el("span", { class: `inbox-state inbox-${now}`, "data-testid": "inbox-state" }, INBOX_LABELS[now] || now));
+  return li;
+}
+
+// A state already final stays (a late or repeated event never takes a message back to an earlier state).
+function applyInbox(frame) {
+  const key = inboxKey(frame);
+  const known = state.inbox.get(key);
+  if (!known) {
+    state.inbox.set(key, frame);
+    return true; // a new line, added like any other feed entry
+  }
+  if (INBOX_FINAL.has(inboxState(known))) return false;
+  known.payload = { ...known.payload, ...frame.payload };
+  redrawInbox(known);
+  return false;
+}
+
+function redrawInbox(frame) {
+  const old = $("feed").querySelector(`[data-testid="inbox-${frame.payload.activity_id}"][data-ws="${frame.workspace_id}"]`);
+  if (old) old.replaceWith(inboxLine(frame));
+}
+
+// Messages shown as queued whose expiry came, and (after a reconnect) whatever changed while away.
+function tickInbox() {
+  for (const frame of state.inbox.values()) {
+    if (frame.payload.state === "queued" && inboxState(frame) === "expired") {
+      frame.payload = { ...frame.payload, state: "expired" };
+      redrawInbox(frame);
+    }
+  }
+}
+
+async function rehydrateInbox() {
+  const open = new Set([...state.inbox.values()].filter((f) => !INBOX_FINAL.has(inboxState(f))).map((f) => f.workspace_id));
+  await Promise.all([...open].map(async (id) => {
+    const answer = await api("GET", `/workspaces/${id}/inbox?limit=500`).catch(() => null);
+    for (const m of answer?.messages || []) {
+      const frame = state.inbox.get(`${id}:${m.id}`);
+      if (frame && frame.payload.state !== m.state) applyInbox({ ...frame, payload: { ...frame.payload, state: m.state } });
+    }
+  }));
+}
+
 function feedShown(frame) {
   const ws = $("feed-ws").value, type = $("feed-type").value;
   return (!ws || frame.workspace_id === ws || frame.payload?.target_id === ws) && (!type || frame.event === type);
@@ -315,8 +385,12 @@ function feedShown(frame) {
 
 function addFeed(frame) {
   if (frame.event === "WORKSPACE_HEARTBEAT") return; // every few seconds per workspace: the age shows it
+  if (frame.event === "INBOX_MESSAGE" && !applyInbox(frame)) return; // an update of a line already shown
   state.feed.push(frame);
-  if (state.feed.length > FEED_MAX) state.feed.shift();
+  if (state.feed.length > FEED_MAX) {
+    const gone = state.feed.shift();
+    if (gone.event === "INBOX_MESSAGE") state.inbox.delete(inboxKey(gone));
+  }
   if (!state.types.has(frame.event)) {
     state.types.add(frame.event);
     $("feed-type").append(el("option", { value: frame.event }, frame.event));
