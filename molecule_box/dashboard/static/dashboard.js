@@ -20,9 +20,25 @@ const INBOX_FINAL = new Set(["replied", "expired"]);
 const state = {
   csrf: "", workspaces: new Map(), rows: new Map(), remote: new Set(), source: null, feed: [],
   types: new Set(), refetch: new Map(), layoutQueued: false,
-  inbox: new Map(), // "<workspace id>:<activity id>" -> {frame, li}: one feed line per inbox message
+  inbox: new Map(), // "<workspace id>:<activity id>" -> its frame: one feed line per inbox message
+  options: new Map(), // workspace id -> its <option> in the feed's workspace filter
+  ready: Promise.resolve(),
 };
 const $ = (id) => document.getElementById(id);
+
+// Writes only what changed: an unchanged row costs the browser no style or layout work (1,000 rows, a heartbeat
+// every 30 s each, and the ages ticking every second).
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+function setHidden(node, hidden) {
+  if (node.hidden !== hidden) node.hidden = hidden;
+}
+
+function setData(node, key, value) {
+  if (node.dataset[key] !== value) node.dataset[key] = value;
+}
 
 function el(tag, attrs = {}, text) {
   const node = document.createElement(tag);
@@ -65,11 +81,14 @@ async function showMain(session) {
   $("login-view").hidden = true;
   $("main-view").hidden = false;
   $("logout").hidden = false;
-  const health = await api("GET", "/health");
-  // REMOTE is what the backend can do (its capabilities), never its name.
-  state.backends = health.backends || {};
-  state.remote = new Set(Object.entries(state.backends).filter(([, c]) => c.remote).map(([n]) => n));
+  // REMOTE is what the backend can do (its capabilities), never its name. Read while the stream opens: the
+  // rows are drawn once both are there.
+  state.ready = api("GET", "/health").then((health) => {
+    state.backends = health.backends || {};
+    state.remote = new Set(Object.entries(state.backends).filter(([, c]) => c.remote).map(([n]) => n));
+  });
   startEvents();
+  await state.ready;
 }
 
 $("login").addEventListener("submit", async (event) => {
@@ -132,7 +151,7 @@ function startEvents() {
 }
 
 async function hydrate() {
-  const rows = await api("GET", "/workspaces");
+  const [rows] = await Promise.all([api("GET", "/workspaces"), state.ready]);
   const seen = new Set();
   for (const ws of rows) { seen.add(ws.id); state.workspaces.set(ws.id, ws); renderRow(ws); }
   for (const id of [...state.workspaces.keys()]) if (!seen.has(id)) dropWorkspace(id);
@@ -180,9 +199,8 @@ function refetch(id) {
     state.refetch.delete(id);
     try {
       const ws = await api("GET", `/workspaces/${id}`);
-      if (ws.status === "removed") dropWorkspace(id);
+      if (ws.status === "removed") { dropWorkspace(id); queueLayout(); }
       else { state.workspaces.set(id, { ...state.workspaces.get(id), ...ws }); renderRow(state.workspaces.get(id)); }
-      queueLayout();
     } catch (err) {
       if (err.status === 404) { dropWorkspace(id); queueLayout(); }
     }
@@ -207,13 +225,20 @@ function ageText(iso) {
   return `heartbeat ${Math.floor(seconds / 3600)}h ago`;
 }
 
+// One listener for every row (rows are many and come and go).
+function rowOf(event) {
+  const row = event.target.closest(".row");
+  return row && row.dataset.id;
+}
+$("workspaces").addEventListener("click", (event) => { const id = rowOf(event); if (id) openDetails(id); });
+$("workspaces").addEventListener("keydown", (event) => {
+  const id = rowOf(event);
+  if (id && (event.key === "Enter" || event.key === " ")) { event.preventDefault(); openDetails(id); }
+});
+
 function makeRow(id) {
   const li = el("li", { "data-testid": `ws-${id}` });
-  const row = el("div", { class: "row", tabindex: "0", role: "button" });
-  row.addEventListener("click", () => openDetails(id));
-  row.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" || event.key === " ") { event.preventDefault(); openDetails(id); }
-  });
+  const row = el("div", { class: "row", tabindex: "0", role: "button", "data-id": id });
   const parts = {
     dot: el("span", { class: "dot", "aria-hidden": "true" }),
     name: el("span", { class: "name", "data-testid": "name" }),
@@ -238,24 +263,32 @@ function makeRow(id) {
 function renderRow(ws) {
   const entry = state.rows.get(ws.id) || makeRow(ws.id);
   const p = entry.parts;
-  entry.li.dataset.status = ws.status;
-  entry.li.dataset.parent = ws.parent_id || "";
-  entry.row.setAttribute("aria-label", `${ws.name}: ${LABELS[ws.status] || ws.status}`);
-  p.name.textContent = ws.name;
-  p.status.textContent = LABELS[ws.status] || ws.status;
-  p.remote.hidden = !state.remote.has(ws.backend);
-  p.backend.textContent = ws.backend;
-  p.runtime.textContent = ws.runtime || "";
-  p.runtime.hidden = !ws.runtime;
-  p.tier.textContent = `T${ws.tier}`;
-  p.active.textContent = `${ws.active_tasks || 0} active`;
-  p.age.dataset.at = ws.last_heartbeat_at || "";
-  p.age.textContent = ageText(ws.last_heartbeat_at);
-  p.task.textContent = ws.current_task ? `Task: ${ws.current_task}` : "";
-  p.task.hidden = !ws.current_task;
+  const label = LABELS[ws.status] || ws.status;
+  setData(entry.li, "status", ws.status);
+  setData(entry.li, "parent", ws.parent_id || "");
+  const aria = `${ws.name}: ${label}`;
+  if (entry.row.getAttribute("aria-label") !== aria) entry.row.setAttribute("aria-label", aria);
+  if (p.name.textContent !== ws.name) {
+    p.name.textContent = ws.name;
+    const option = state.options.get(ws.id);
+    if (option) option.textContent = ws.name;
+  }
+  setText(p.status, label);
+  setHidden(p.remote, !state.remote.has(ws.backend));
+  setText(p.backend, ws.backend);
+  setText(p.runtime, ws.runtime || "");
+  setHidden(p.runtime, !ws.runtime);
+  setText(p.tier, `T${ws.tier}`);
+  setText(p.active, `${ws.active_tasks || 0} active`);
+  setData(p.age, "at", ws.last_heartbeat_at || "");
+  setText(p.age, ageText(ws.last_heartbeat_at));
+  setText(p.task, ws.current_task ? `Task: ${ws.current_task}` : "");
+  setHidden(p.task, !ws.current_task);
   const failing = ws.status === "degraded" || ws.status === "failed";
-  p.reason.textContent = failing ? ws.failure_reason || ws.last_sample_error || "" : "";
-  p.reason.hidden = !p.reason.textContent;
+  setText(p.reason, failing ? ws.failure_reason || ws.last_sample_error || "" : "");
+  setHidden(p.reason, !p.reason.textContent);
+  // Only a new row or a new parent moves anything in the list (a whole-list layout per event made every
+  // change wait behind 1,000 rows' style and layout).
   if (entry.parent !== (ws.parent_id || "")) { entry.parent = ws.parent_id || ""; queueLayout(); }
   if (!entry.li.isConnected) queueLayout();
   if (state.open === ws.id) renderDetails(ws);
@@ -282,13 +315,13 @@ function layout() {
   $("ws-empty").hidden = state.workspaces.size > 0;
   const select = $("feed-ws");
   const chosen = select.value;
-  select.replaceChildren(el("option", { value: "" }, "all"),
-    ...[...state.workspaces.values()].map((ws) => el("option", { value: ws.id }, ws.name)));
+  state.options = new Map([...state.workspaces.values()].map((ws) => [ws.id, el("option", { value: ws.id }, ws.name)]));
+  select.replaceChildren(el("option", { value: "" }, "all"), ...state.options.values());
   select.value = chosen;
 }
 
 setInterval(() => {
-  for (const entry of state.rows.values()) entry.parts.age.textContent = ageText(entry.parts.age.dataset.at);
+  for (const entry of state.rows.values()) setText(entry.parts.age, ageText(entry.parts.age.dataset.at));
   tickInbox();
 }, 1000);
 
