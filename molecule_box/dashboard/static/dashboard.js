@@ -236,25 +236,30 @@ $("workspaces").addEventListener("keydown", (event) => {
   if (id && (event.key === "Enter" || event.key === " ")) { event.preventDefault(); openDetails(id); }
 });
 
+// One row's elements, built once and cloned for each workspace (a clone is cheaper than a dozen elements made
+// one by one, 1,000 times on the first render).
+const ROW_PARTS = {
+  dot: ["dot", { "aria-hidden": "true" }], name: ["name", { "data-testid": "name" }],
+  status: ["status", { "data-testid": "status" }], remote: ["tag remote", { "data-testid": "remote" }, "★ REMOTE"],
+  backend: ["tag", { title: "backend" }], runtime: ["tag", { title: "runtime" }], tier: ["tag", { title: "tier" }],
+  active: ["tag", { title: "active tasks" }], age: ["muted age", { "data-testid": "age" }],
+  task: ["task", { "data-testid": "task" }], reason: ["reason", { "data-testid": "reason" }],
+};
+const ROW_TEMPLATE = (() => {
+  const li = el("li");
+  const row = el("div", { class: "row", tabindex: "0", role: "button" });
+  for (const [cls, attrs, text] of Object.values(ROW_PARTS)) row.append(el("span", { class: cls, ...attrs }, text));
+  li.append(row, el("ul"));
+  return li;
+})();
+
 function makeRow(id) {
-  const li = el("li", { "data-testid": `ws-${id}` });
-  const row = el("div", { class: "row", tabindex: "0", role: "button", "data-id": id });
-  const parts = {
-    dot: el("span", { class: "dot", "aria-hidden": "true" }),
-    name: el("span", { class: "name", "data-testid": "name" }),
-    status: el("span", { class: "status", "data-testid": "status" }),
-    remote: el("span", { class: "tag remote", "data-testid": "remote" }, "★ REMOTE"),
-    backend: el("span", { class: "tag", title: "backend" }),
-    runtime: el("span", { class: "tag", title: "runtime" }),
-    tier: el("span", { class: "tag", title: "tier" }),
-    active: el("span", { class: "tag", title: "active tasks" }),
-    age: el("span", { class: "muted age", "data-testid": "age" }),
-    task: el("span", { class: "task", "data-testid": "task" }),
-    reason: el("span", { class: "reason", "data-testid": "reason" }),
-  };
-  row.append(...Object.values(parts));
-  const children = el("ul");
-  li.append(row, children);
+  const li = ROW_TEMPLATE.cloneNode(true);
+  li.dataset.testid = `ws-${id}`;
+  const [row, children] = li.children;
+  row.dataset.id = id;
+  const names = Object.keys(ROW_PARTS);
+  const parts = Object.fromEntries([...row.children].map((node, i) => [names[i], node]));
   const entry = { li, row, children, parts };
   state.rows.set(id, entry);
   return entry;
