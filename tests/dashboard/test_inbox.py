@@ -72,3 +72,31 @@ def test_inbox_messages_show_their_state_live(page: Page, fresh_box: DashBox, co
         expect(feed.locator("[data-type=INBOX_MESSAGE]")).to_have_count(2)
         expect(line).to_have_attribute("data-inbox-state", "replied")
         shot(page, output_path, "inbox")
+
+
+@pytest.mark.box_env(MOLECULE_BOX_STREAM_BUFFER="2")
+def test_after_a_reconnect_inbox_lines_are_read_again(page: Page, fresh_box: DashBox, console: Console) -> None:
+    """A state that changed while the page's stream was away (its event missed) is read from the inbox."""
+    wid, token = fresh_box.external("poller")
+    console.expect("ERR_FAILED|events/stream")  # the stream's reconnects refused below, on purpose
+    with _agent(fresh_box, token) as agent:
+        assert agent.post("/registry/register", json={"id": wid, "url": "remote://no-inbound"}).status_code == 200
+        login(page, fresh_box)
+        row = _send(fresh_box, wid, "while away")
+        line = page.get_by_test_id("feed").get_by_test_id(f"inbox-{row}")
+        expect(line.get_by_test_id("inbox-state")).to_have_text("queued")
+        # The stream is kept from coming back, then ended: a family deleted at once is a burst of events more
+        # than this box lets a stream fall behind by.
+        page.route("**/events/stream", lambda route: route.abort())
+        parent, _ = fresh_box.external("family")
+        for i in range(6):
+            fresh_box.external(f"child-{i}", parent_id=parent)
+        hydrated = page.evaluate("document.body.dataset.hydrations")
+        assert fresh_box.api.delete(f"/workspaces/{parent}", params={"confirm": "true"}).status_code == 200
+        expect(page.locator("#conn")).to_have_attribute("data-state", "reconnecting")
+        assert agent.get(f"/workspaces/{wid}/activity", params={"type": "a2a_receive"}).status_code == 200
+        assert _states(fresh_box, wid) == {row: "fetched"}
+        expect(line.get_by_test_id("inbox-state")).to_have_text("queued")  # its event went nowhere
+        page.unroute("**/events/stream")
+        expect(page.locator("body")).not_to_have_attribute("data-hydrations", hydrated or "")
+        expect(line.get_by_test_id("inbox-state")).to_have_text("fetched by its agent")
