@@ -243,6 +243,8 @@ def drive(args: argparse.Namespace) -> int:
         print(f"box CPU: {idle_without * 100:.1f} % of a core with heartbeats alone, {idle_with * 100:.1f} % with "
               f"{args.dashboards} idle dashboards: they cost {cost * 100:.1f} %")
         print(f"screenshot: {shot}")
+        print(f"load average at the end: {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores; other work on the machine "
+              "shows in every figure)")
         checks = [("first render (ms)", render, f"<= {TARGET_RENDER_MS:g}", render <= TARGET_RENDER_MS),
                   ("change shown p99 (ms)", p99, f"<= {TARGET_CHANGE_P99_MS:g}", p99 <= TARGET_CHANGE_P99_MS),
                   (f"{args.dashboards} idle dashboards (% of a core)", cost * 100, f"<= {TARGET_IDLE_CORE * 100:g}",
