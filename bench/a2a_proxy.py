@@ -341,9 +341,13 @@ def role_heartbeats(args: argparse.Namespace) -> None:
     origin = time.monotonic()
 
     async def beat(index: int, wid: str, token: str) -> None:
+        import h11
+
         body = json.dumps({"workspace_id": wid, "active_tasks": 0, "uptime_seconds": 1.0}).encode()
         headers = [("content-type", "application/json"), ("authorization", f"Bearer {token}")]
-        client = await Client.open(args.url)
+        # Opened at the first beat, not before: the box closes a connection that sends no request head within
+        # MOLECULE_BOX_HEAD_TIMEOUT (10 s), and beats are spread over the whole interval (30 s at the SDK's pace).
+        client: Client | None = None
         try:
             start = trio.current_time() + index * interval / len(workspaces)
             for n in range(int(CHILD_MAX_SECONDS / interval)):
@@ -351,19 +355,24 @@ def role_heartbeats(args: argparse.Namespace) -> None:
                 await trio.sleep_until(scheduled)
                 try:
                     with trio.fail_after(10):
+                        if client is None:
+                            client = await Client.open(args.url)
                         status, _, _, _ = await client.post("/registry/heartbeat", headers, body)
-                except (trio.TooSlowError, OSError, ConnectionError, trio.BrokenResourceError) as exc:
+                except (trio.TooSlowError, OSError, ConnectionError, trio.BrokenResourceError,
+                        h11.ProtocolError) as exc:  # counted; the next beat goes on a new connection
                     errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                    await client.aclose()
-                    client = await Client.open(args.url)
+                    if client is not None:
+                        await client.aclose()
+                    client = None
                     continue
                 latencies.append(trio.current_time() - scheduled)
                 worst.append((time.monotonic() - origin - latencies[-1], latencies[-1]))
                 if status != 200:
                     errors[str(status)] = errors.get(str(status), 0) + 1
         finally:
-            with contextlib.suppress(Exception):
-                await client.aclose()
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -49,7 +49,7 @@ PEER_FIELDS = ("name", "url", "agent_card")
 #: Conversation events, carried in full to a workspace that is their source or target.
 CONVERSATION = frozenset({
     "ACTIVITY_LOGGED", "A2A_RESPONSE", "AGENT_MESSAGE", "DELEGATION_SENT", "DELEGATION_COMPLETE",
-    "DELEGATION_FAILED",
+    "DELEGATION_FAILED", "INBOX_MESSAGE",
 })
 
 

@@ -129,7 +129,11 @@ async def list_activity(call: Call[None]) -> Any:
         fetched = page[-1]["id"] if page else 0
         if fetched > at.fetched_through or (since or 0) > at.taken_through:
             await b.store.write(inbox.advance(wid, fetched=fetched, taken=since or 0, expire_before=expire_before))
-            at = inbox.cursor(b.store.db, wid)
+            was, at = at, inbox.cursor(b.store.db, wid)
+            for row in page:  # handed to the agent for the first time: fetched
+                if row["inbox"] == "open" and was.fetched_through < row["id"] <= at.fetched_through:
+                    b.bus.publish(b.bus.make(inbox.EVENT, wid, inbox.event_payload(
+                        wid, row["id"], "fetched", row["source_id"])))
     return respond([shape(row, at, expire_before) for row in page])
 
 
@@ -164,7 +168,9 @@ async def notify(call: Call[Notify]) -> Any:
         workspace_id=wid, activity_type="a2a_receive", source_id=wid, target_id=wid, method="notify",
         summary=body.message[:200], response_body=response, status="ok")
     answered = inbox.mark_replied(wid, None, response)  # a poll-mode agent answers its user's message this way
-    await b.store.write(lambda db: (log_row(db), answered(db)))
+    _, replied = await b.store.write(lambda db: (log_row(db), answered(db)))
+    if replied is not None:
+        b.bus.publish(b.bus.make(inbox.EVENT, wid, inbox.event_payload(wid, replied, "replied", None)))
     payload: dict[str, Any] = {"message": body.message, "workspace_id": wid, "name": ws.name}
     if attachments:
         payload["attachments"] = attachments

@@ -33,6 +33,11 @@ bp = Blueprint("events", __name__)
 
 SSE_KEEPALIVE = 15.0
 SSE_BATCH = 256
+#: Heartbeats alone wait this long for company before they are written: a stream carrying 1,000 workspaces'
+#: heartbeats (33 a second) wrote each on its own, and those writes were most of what open dashboards cost the
+#: box. Any other event ends the wait, so a status change is never held back.
+SSE_HEARTBEAT_WAIT = 0.25
+HEARTBEAT = "WORKSPACE_HEARTBEAT"
 #: The SSE ``retry:`` of a stream that fell behind (milliseconds before the client reconnects).
 RECONNECT_MS = 1000
 
@@ -91,6 +96,14 @@ def _sse(stream: Stream, frame: Callable[[Event], dict[str, Any]]) -> AsyncItera
                 # Everything already queued goes out in one write: one event per send cannot keep up with a
                 # busy box (each send is a scheduling round).
                 batch = [event, *stream.queued(SSE_BATCH - 1)]
+                waiting = all(e.type == HEARTBEAT for e in batch)
+                with trio.move_on_after(SSE_HEARTBEAT_WAIT if waiting else 0):
+                    while waiting and len(batch) < SSE_BATCH:
+                        more = await stream.next()
+                        if more is None:
+                            break
+                        batch += [more, *stream.queued(SSE_BATCH - len(batch) - 1)]
+                        waiting = all(e.type == HEARTBEAT for e in batch)
                 if stream.reason is not None:
                     break
                 yield b"".join(_sse_data(frame(e)) for e in batch)

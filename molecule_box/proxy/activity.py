@@ -23,6 +23,7 @@ from ..bus import EventBus
 from ..models import Event, Workspace
 from ..store import Store
 from ..store import activity as activity_rows
+from ..store import inbox as inbox_rows
 from ..store.errors import StoreError
 from .normalize import Normalized, summarize
 
@@ -42,8 +43,10 @@ class Teller(Protocol):
 
 
 class ActivityLog:
-    def __init__(self, store: Store, bus: EventBus, supervisor: Teller, now: Callable[[], float]) -> None:
+    def __init__(self, store: Store, bus: EventBus, supervisor: Teller, now: Callable[[], float],
+                 inbox_ttl_days: float | None = None) -> None:
         self._store = store
+        self._inbox_ttl = inbox_ttl_days
         self._bus = bus
         self._supervisor = supervisor
         self._now = now
@@ -80,6 +83,9 @@ class ActivityLog:
             method=norm.method, summary=summarize(norm.method, ws.name), request_body=norm.body, status="queued",
             inbox="open", body_limit=None))
         self._bus.publish(self._event(ws, caller, norm.method, "queued", 0))
+        expires = None if self._inbox_ttl is None else self._now() + self._inbox_ttl * inbox_rows.DAY
+        self._bus.publish(self._bus.make(inbox_rows.EVENT, ws.id, inbox_rows.event_payload(
+            ws.id, row_id, "queued", caller, expires_at=expires)))
         return row_id
 
     async def run(self) -> None:

@@ -89,7 +89,8 @@ class A2AProxy:
         self._now = now
         #: Work slots of the proxy (see admission.py): calls worked on at once, not calls in flight.
         self._slots = trio.Semaphore(settings.a2a_active_limit)
-        self.activity = ActivityLog(store, bus, supervisor, now)
+        self._bus = bus
+        self.activity = ActivityLog(store, bus, supervisor, now, settings.inbox_ttl_days)
         self.forward = Forwarder(settings, self.activity)
         self.queue = BusyQueue(store, bus, settings, supervisor, self.forward, self.activity, is_remote)
         bus.add_listener(self.forward.on_event)
@@ -211,8 +212,11 @@ class A2AProxy:
         if record is None or record.url not in (None, "", NO_INBOUND) or not is_reply(norm.payload):
             return
         admission.leave()  # a commit follows
-        await self._store.write(inbox.mark_replied(
+        answered = await self._store.write(inbox.mark_replied(
             record.id, target_id, {"result": message_text(norm.payload)}, replied_task(norm.payload)))
+        if answered is not None:
+            self._bus.publish(self._bus.make(inbox.EVENT, record.id, inbox.event_payload(
+                record.id, answered, "replied", target_id)))
         await admission.enter()
 
 

@@ -24,8 +24,14 @@ from typing import Any
 
 import sqlite_utils
 
+from ..models import rfc3339
+
 DAY = 86400.0
 STATES = ("queued", "fetched", "replied", "expired")
+#: The event a message's change of state is published as, once committed: ``queued`` where the message is
+#: stored, ``fetched`` by its agent's poll, ``replied`` where its answer is marked. ``expired`` is no act of the
+#: box (a message's age passes ``INBOX_TTL_DAYS``): the ``queued`` event carries the moment, ``expires_at``.
+EVENT = "INBOX_MESSAGE"
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,16 @@ def state(row: dict[str, Any], at: Cursor, expire_before: float) -> str | None:
     if row["id"] <= at.fetched_through:
         return "fetched"
     return "expired" if row["created_at"] < expire_before else "queued"
+
+
+def event_payload(workspace_id: str, row_id: int, state: str, source_id: str | None, *,
+                  expires_at: float | None = None) -> dict[str, Any]:
+    """What :data:`EVENT` says of one message (its sender is ``source_id``, None for the operator)."""
+    payload: dict[str, Any] = {"activity_id": row_id, "state": state, "source_id": source_id,
+                               "target_id": workspace_id}
+    if expires_at is not None:
+        payload["expires_at"] = rfc3339(expires_at)
+    return payload
 
 
 def expire_before(ttl_days: float, now: float) -> float:

@@ -13,12 +13,32 @@ const STATUS_OF = {
   WORKSPACE_HIBERNATED: "hibernated", WORKSPACE_AWAITING_AGENT: "awaiting_agent",
 };
 const FEED_MAX = 300;
+// A poll-mode agent's inbox message: what became of it (INBOX_MESSAGE events), and which states are final.
+const INBOX_LABELS = { queued: "queued", fetched: "fetched by its agent", replied: "replied", expired: "expired" };
+const INBOX_FINAL = new Set(["replied", "expired"]);
 
 const state = {
   csrf: "", workspaces: new Map(), rows: new Map(), remote: new Set(), source: null, feed: [],
   types: new Set(), refetch: new Map(), layoutQueued: false,
+  inbox: new Map(), // "<workspace id>:<activity id>" -> its frame: one feed line per inbox message
+  options: new Map(), // workspace id -> its <option> in the feed's workspace filter
+  ready: Promise.resolve(),
 };
 const $ = (id) => document.getElementById(id);
+
+// Writes only what changed: an unchanged row costs the browser no style or layout work (1,000 rows, a heartbeat
+// every 30 s each, and the ages ticking every second).
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+function setHidden(node, hidden) {
+  if (node.hidden !== hidden) node.hidden = hidden;
+}
+
+function setData(node, key, value) {
+  if (node.dataset[key] !== value) node.dataset[key] = value;
+}
 
 function el(tag, attrs = {}, text) {
   const node = document.createElement(tag);
@@ -61,11 +81,14 @@ async function showMain(session) {
   $("login-view").hidden = true;
   $("main-view").hidden = false;
   $("logout").hidden = false;
-  const health = await api("GET", "/health");
-  // REMOTE is what the backend can do (its capabilities), never its name.
-  state.backends = health.backends || {};
-  state.remote = new Set(Object.entries(state.backends).filter(([, c]) => c.remote).map(([n]) => n));
+  // REMOTE is what the backend can do (its capabilities), never its name. Read while the stream opens: the
+  // rows are drawn once both are there.
+  state.ready = api("GET", "/health").then((health) => {
+    state.backends = health.backends || {};
+    state.remote = new Set(Object.entries(state.backends).filter(([, c]) => c.remote).map(([n]) => n));
+  });
   startEvents();
+  await state.ready;
 }
 
 $("login").addEventListener("submit", async (event) => {
@@ -128,11 +151,12 @@ function startEvents() {
 }
 
 async function hydrate() {
-  const rows = await api("GET", "/workspaces");
+  const [rows] = await Promise.all([api("GET", "/workspaces"), state.ready]);
   const seen = new Set();
   for (const ws of rows) { seen.add(ws.id); state.workspaces.set(ws.id, ws); renderRow(ws); }
   for (const id of [...state.workspaces.keys()]) if (!seen.has(id)) dropWorkspace(id);
   queueLayout();
+  await rehydrateInbox();
   // How many times the list was read whole (once per stream opened): what the browser tests watch.
   document.body.dataset.hydrations = String(Number(document.body.dataset.hydrations || 0) + 1);
 }
@@ -175,9 +199,8 @@ function refetch(id) {
     state.refetch.delete(id);
     try {
       const ws = await api("GET", `/workspaces/${id}`);
-      if (ws.status === "removed") dropWorkspace(id);
+      if (ws.status === "removed") { dropWorkspace(id); queueLayout(); }
       else { state.workspaces.set(id, { ...state.workspaces.get(id), ...ws }); renderRow(state.workspaces.get(id)); }
-      queueLayout();
     } catch (err) {
       if (err.status === 404) { dropWorkspace(id); queueLayout(); }
     }
@@ -202,29 +225,41 @@ function ageText(iso) {
   return `heartbeat ${Math.floor(seconds / 3600)}h ago`;
 }
 
-function makeRow(id) {
-  const li = el("li", { "data-testid": `ws-${id}` });
+// One listener for every row (rows are many and come and go).
+function rowOf(event) {
+  const row = event.target.closest(".row");
+  return row && row.dataset.id;
+}
+$("workspaces").addEventListener("click", (event) => { const id = rowOf(event); if (id) openDetails(id); });
+$("workspaces").addEventListener("keydown", (event) => {
+  const id = rowOf(event);
+  if (id && (event.key === "Enter" || event.key === " ")) { event.preventDefault(); openDetails(id); }
+});
+
+// One row's elements, built once and cloned for each workspace (a clone is cheaper than a dozen elements made
+// one by one, 1,000 times on the first render).
+const ROW_PARTS = {
+  dot: ["dot", { "aria-hidden": "true" }], name: ["name", { "data-testid": "name" }],
+  status: ["status", { "data-testid": "status" }], remote: ["tag remote", { "data-testid": "remote" }, "★ REMOTE"],
+  backend: ["tag", { title: "backend" }], runtime: ["tag", { title: "runtime" }], tier: ["tag", { title: "tier" }],
+  active: ["tag", { title: "active tasks" }], age: ["muted age", { "data-testid": "age" }],
+  task: ["task", { "data-testid": "task" }], reason: ["reason", { "data-testid": "reason" }],
+};
+const ROW_TEMPLATE = (() => {
+  const li = el("li");
   const row = el("div", { class: "row", tabindex: "0", role: "button" });
-  row.addEventListener("click", () => openDetails(id));
-  row.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" || event.key === " ") { event.preventDefault(); openDetails(id); }
-  });
-  const parts = {
-    dot: el("span", { class: "dot", "aria-hidden": "true" }),
-    name: el("span", { class: "name", "data-testid": "name" }),
-    status: el("span", { class: "status", "data-testid": "status" }),
-    remote: el("span", { class: "tag remote", "data-testid": "remote" }, "★ REMOTE"),
-    backend: el("span", { class: "tag", title: "backend" }),
-    runtime: el("span", { class: "tag", title: "runtime" }),
-    tier: el("span", { class: "tag", title: "tier" }),
-    active: el("span", { class: "tag", title: "active tasks" }),
-    age: el("span", { class: "muted age", "data-testid": "age" }),
-    task: el("span", { class: "task", "data-testid": "task" }),
-    reason: el("span", { class: "reason", "data-testid": "reason" }),
-  };
-  row.append(...Object.values(parts));
-  const children = el("ul");
-  li.append(row, children);
+  for (const [cls, attrs, text] of Object.values(ROW_PARTS)) row.append(el("span", { class: cls, ...attrs }, text));
+  li.append(row, el("ul"));
+  return li;
+})();
+
+function makeRow(id) {
+  const li = ROW_TEMPLATE.cloneNode(true);
+  li.dataset.testid = `ws-${id}`;
+  const [row, children] = li.children;
+  row.dataset.id = id;
+  const names = Object.keys(ROW_PARTS);
+  const parts = Object.fromEntries([...row.children].map((node, i) => [names[i], node]));
   const entry = { li, row, children, parts };
   state.rows.set(id, entry);
   return entry;
@@ -233,24 +268,32 @@ function makeRow(id) {
 function renderRow(ws) {
   const entry = state.rows.get(ws.id) || makeRow(ws.id);
   const p = entry.parts;
-  entry.li.dataset.status = ws.status;
-  entry.li.dataset.parent = ws.parent_id || "";
-  entry.row.setAttribute("aria-label", `${ws.name}: ${LABELS[ws.status] || ws.status}`);
-  p.name.textContent = ws.name;
-  p.status.textContent = LABELS[ws.status] || ws.status;
-  p.remote.hidden = !state.remote.has(ws.backend);
-  p.backend.textContent = ws.backend;
-  p.runtime.textContent = ws.runtime || "";
-  p.runtime.hidden = !ws.runtime;
-  p.tier.textContent = `T${ws.tier}`;
-  p.active.textContent = `${ws.active_tasks || 0} active`;
-  p.age.dataset.at = ws.last_heartbeat_at || "";
-  p.age.textContent = ageText(ws.last_heartbeat_at);
-  p.task.textContent = ws.current_task ? `Task: ${ws.current_task}` : "";
-  p.task.hidden = !ws.current_task;
+  const label = LABELS[ws.status] || ws.status;
+  setData(entry.li, "status", ws.status);
+  setData(entry.li, "parent", ws.parent_id || "");
+  const aria = `${ws.name}: ${label}`;
+  if (entry.row.getAttribute("aria-label") !== aria) entry.row.setAttribute("aria-label", aria);
+  if (p.name.textContent !== ws.name) {
+    p.name.textContent = ws.name;
+    const option = state.options.get(ws.id);
+    if (option) option.textContent = ws.name;
+  }
+  setText(p.status, label);
+  setHidden(p.remote, !state.remote.has(ws.backend));
+  setText(p.backend, ws.backend);
+  setText(p.runtime, ws.runtime || "");
+  setHidden(p.runtime, !ws.runtime);
+  setText(p.tier, `T${ws.tier}`);
+  setText(p.active, `${ws.active_tasks || 0} active`);
+  setData(p.age, "at", ws.last_heartbeat_at || "");
+  setText(p.age, ageText(ws.last_heartbeat_at));
+  setText(p.task, ws.current_task ? `Task: ${ws.current_task}` : "");
+  setHidden(p.task, !ws.current_task);
   const failing = ws.status === "degraded" || ws.status === "failed";
-  p.reason.textContent = failing ? ws.failure_reason || ws.last_sample_error || "" : "";
-  p.reason.hidden = !p.reason.textContent;
+  setText(p.reason, failing ? ws.failure_reason || ws.last_sample_error || "" : "");
+  setHidden(p.reason, !p.reason.textContent);
+  // Only a new row or a new parent moves anything in the list (a whole-list layout per event made every
+  // change wait behind 1,000 rows' style and layout).
   if (entry.parent !== (ws.parent_id || "")) { entry.parent = ws.parent_id || ""; queueLayout(); }
   if (!entry.li.isConnected) queueLayout();
   if (state.open === ws.id) renderDetails(ws);
@@ -277,18 +320,20 @@ function layout() {
   $("ws-empty").hidden = state.workspaces.size > 0;
   const select = $("feed-ws");
   const chosen = select.value;
-  select.replaceChildren(el("option", { value: "" }, "all"),
-    ...[...state.workspaces.values()].map((ws) => el("option", { value: ws.id }, ws.name)));
+  state.options = new Map([...state.workspaces.values()].map((ws) => [ws.id, el("option", { value: ws.id }, ws.name)]));
+  select.replaceChildren(el("option", { value: "" }, "all"), ...state.options.values());
   select.value = chosen;
 }
 
 setInterval(() => {
-  for (const entry of state.rows.values()) entry.parts.age.textContent = ageText(entry.parts.age.dataset.at);
+  for (const entry of state.rows.values()) setText(entry.parts.age, ageText(entry.parts.age.dataset.at));
+  tickInbox();
 }, 1000);
 
 // --- the live feed ----------------------------------------------------------------------------------
 
 function feedLine(frame) {
+  if (frame.event === "INBOX_MESSAGE") return inboxLine(frame);
   const { event: type, workspace_id: id, payload = {}, timestamp } = frame;
   const li = el("li", { "data-type": type, "data-ws": id || "" });
   const ws = id && state.workspaces.get(id);
@@ -308,6 +353,69 @@ function feedLine(frame) {
   return li;
 }
 
+// --- the poll inbox's messages in the feed: one line each, its state updated in place -------------------
+
+function inboxKey(frame) { return `${frame.workspace_id}:${frame.payload.activity_id}`; }
+
+function inboxState(frame) {
+  const p = frame.payload;
+  // Expiry is no act of the box: a message still queued at its expires_at is expired from then on.
+  if (p.state === "queued" && p.expires_at && Date.parse(p.expires_at) <= Date.now()) return "expired";
+  return p.state;
+}
+
+function inboxLine(frame) {
+  const { workspace_id: id, payload: p, timestamp } = frame;
+  const now = inboxState(frame);
+  const li = el("li", { "data-type": frame.event, "data-ws": id || "", "data-testid": `inbox-${p.activity_id}`,
+    "data-inbox-state": now });
+  const name = (wid) => (wid ? state.workspaces.get(wid)?.name || wid : "operator");
+  li.append(el("span", { class: "muted" }, `${(timestamp || "").slice(11, 19)} `), el("span", { class: "kind" }, "inbox"),
+    document.createTextNode(` #${p.activity_id} ${name(p.source_id)} → ${name(id)} `),
+    el("span", { class: `inbox-state inbox-${now}`, "data-testid": "inbox-state" }, INBOX_LABELS[now] || now));
+  return li;
+}
+
+// A state already final stays (a late or repeated event never takes a message back to an earlier state).
+function applyInbox(frame) {
+  const key = inboxKey(frame);
+  const known = state.inbox.get(key);
+  if (!known) {
+    state.inbox.set(key, frame);
+    return true; // a new line, added like any other feed entry
+  }
+  if (INBOX_FINAL.has(inboxState(known))) return false;
+  known.payload = { ...known.payload, ...frame.payload };
+  redrawInbox(known);
+  return false;
+}
+
+function redrawInbox(frame) {
+  const old = $("feed").querySelector(`[data-testid="inbox-${frame.payload.activity_id}"][data-ws="${frame.workspace_id}"]`);
+  if (old) old.replaceWith(inboxLine(frame));
+}
+
+// Messages shown as queued whose expiry came, and (after a reconnect) whatever changed while away.
+function tickInbox() {
+  for (const frame of state.inbox.values()) {
+    if (frame.payload.state === "queued" && inboxState(frame) === "expired") {
+      frame.payload = { ...frame.payload, state: "expired" };
+      redrawInbox(frame);
+    }
+  }
+}
+
+async function rehydrateInbox() {
+  const open = new Set([...state.inbox.values()].filter((f) => !INBOX_FINAL.has(inboxState(f))).map((f) => f.workspace_id));
+  await Promise.all([...open].map(async (id) => {
+    const answer = await api("GET", `/workspaces/${id}/inbox?limit=500`).catch(() => null);
+    for (const m of answer?.messages || []) {
+      const frame = state.inbox.get(`${id}:${m.id}`);
+      if (frame && frame.payload.state !== m.state) applyInbox({ ...frame, payload: { ...frame.payload, state: m.state } });
+    }
+  }));
+}
+
 function feedShown(frame) {
   const ws = $("feed-ws").value, type = $("feed-type").value;
   return (!ws || frame.workspace_id === ws || frame.payload?.target_id === ws) && (!type || frame.event === type);
@@ -315,8 +423,12 @@ function feedShown(frame) {
 
 function addFeed(frame) {
   if (frame.event === "WORKSPACE_HEARTBEAT") return; // every few seconds per workspace: the age shows it
+  if (frame.event === "INBOX_MESSAGE" && !applyInbox(frame)) return; // an update of a line already shown
   state.feed.push(frame);
-  if (state.feed.length > FEED_MAX) state.feed.shift();
+  if (state.feed.length > FEED_MAX) {
+    const gone = state.feed.shift();
+    if (gone.event === "INBOX_MESSAGE") state.inbox.delete(inboxKey(gone));
+  }
   if (!state.types.has(frame.event)) {
     state.types.add(frame.event);
     $("feed-type").append(el("option", { value: frame.event }, frame.event));
