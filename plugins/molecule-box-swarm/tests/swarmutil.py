@@ -125,9 +125,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def port_range(size: int = 50) -> str:
-    """A random ``SWARM_PORT_RANGE`` per box under test (apart from the docker tests' 20000-32699 draws)."""
-    base = random.randrange(33000, 38000 - size, size)
+def port_range(size: int = 100) -> str:
+    """A random ``SWARM_PORT_RANGE`` per box under test, below Linux's ephemeral ports (32768+), where an
+    outgoing connection's local port could take an agent's (the allocator skips ports in use)."""
+    base = random.randrange(20000, 32700 - size, size)
     return f"{base}-{base + size - 1}"
 
 

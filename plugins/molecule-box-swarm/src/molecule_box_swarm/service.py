@@ -140,6 +140,9 @@ def service_spec(settings: SwarmSettings, box_id: str, spec: WorkloadSpec, *, im
         "Labels": own,
         "TaskTemplate": template,
         "Mode": {"Replicated": {"Replicas": replicas}},
+        # An update (each start: a new token) replaces the task at once and never pauses on a task's failure:
+        # whether a failed start is retried is the actor's call, and a paused update would hold the next one.
+        "UpdateConfig": {"Parallelism": 1, "Order": "stop-first", "FailureAction": "continue", "Monitor": 0},
     }
     if not host:
         body["EndpointSpec"] = {"Mode": "vip", "Ports": [
