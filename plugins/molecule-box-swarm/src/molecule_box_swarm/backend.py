@@ -17,6 +17,7 @@ Swarm, managed through one manager's Engine API.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import logging
 import time
@@ -56,8 +57,19 @@ RECONNECT_MAX = 10.0
 POLL = 0.2
 #: Longest a destroy waits for the service's tasks to go before it removes the secrets anyway.
 DESTROY_WAIT = 30.0
+#: How long one read of all services and tasks answers "is it running" for inspect and adopt.
+SNAPSHOT_TTL = 0.5
 #: Container events of the box's tasks that may mean a workspace died.
 ACTIONS = ("die", "oom")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Snapshot:
+    at: float
+    #: workspace id → its (newest) service
+    services: dict[str, dict[str, Any]]
+    #: service id → its tasks
+    tasks: dict[str, list[dict[str, Any]]]
 
 
 class SwarmBackend(BaseBackend):
@@ -84,6 +96,9 @@ class SwarmBackend(BaseBackend):
         #: Workspaces with a start, stop or destroy in progress: what their tasks do then is the box's doing.
         self._busy: set[str] = set()
         self._connected_event = trio.Event()
+        self._last_snapshot: _Snapshot | None = None
+        self._snapshot_lock = trio.Lock()
+        self._nodes: dict[str, dict[str, str]] = {}
 
     def capabilities(self) -> Capabilities:
         return Capabilities(lifecycle=True, remote=False, tiers=sv.supported_tiers(self.settings),
@@ -224,12 +239,15 @@ class SwarmBackend(BaseBackend):
 
     @asynccontextmanager
     async def _owning(self, wid: str) -> AsyncIterator[SwarmClient]:
-        """The workspace's lifecycle call in progress: its tasks' exits are not reported meanwhile."""
+        """The workspace's lifecycle call in progress: its tasks' exits are not reported meanwhile, and no
+        snapshot taken before it is trusted after it."""
         self._busy.add(wid)
+        self._last_snapshot = None
         try:
             yield self._require_client()
         finally:
             self._busy.discard(wid)
+            self._last_snapshot = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -325,14 +343,19 @@ class SwarmBackend(BaseBackend):
             await trio.sleep(POLL)
 
     async def _node(self, client: SwarmClient, node_id: str) -> dict[str, str]:
+        """A node's hostname and address (remembered: a node keeps both while it is in the swarm)."""
         if not node_id:
             return {}
+        if node_id in self._nodes:
+            return self._nodes[node_id]
         try:
             node = await client.node(node_id)
         except EngineError:
             return {}
-        return {"hostname": str((node.get("Description") or {}).get("Hostname") or ""),
-                "addr": str((node.get("Status") or {}).get("Addr") or "")}
+        found = {"hostname": str((node.get("Description") or {}).get("Hostname") or ""),
+                 "addr": str((node.get("Status") or {}).get("Addr") or "")}
+        self._nodes[node_id] = found
+        return found
 
     async def _remove_secrets(self, client: SwarmClient, wid: str, keep: str | None = None) -> bool:
         """Remove the workspace's secrets but ``keep``; True when none is left over (one still in use stays)."""
@@ -403,8 +426,50 @@ class SwarmBackend(BaseBackend):
                 return
             await trio.sleep(POLL)
 
+    async def _snapshot(self, client: SwarmClient) -> _Snapshot:
+        """Every service and task of this box in two calls, shared by the calls of the next ``SNAPSHOT_TTL``
+        (the 50 adoptions and inspections after a box restart would be 250 calls otherwise). Only ever
+        trusted for "it runs": anything else is asked again precisely (see ``inspect``)."""
+        async with self._snapshot_lock:
+            found = self._last_snapshot
+            if found is not None and trio.current_time() - found.at < SNAPSHOT_TTL:
+                return found
+            services = await client.services(sv.owned_filters(self.box_id))
+            tasks = await client.tasks(sv.owned_filters(self.box_id))
+            by_workspace: dict[str, dict[str, Any]] = {}
+            for item in sorted(services, key=lambda x: str(x.get("CreatedAt") or "")):
+                wid = ((item.get("Spec") or {}).get("Labels") or {}).get(sv.LABEL_WORKSPACE)
+                if wid:
+                    by_workspace[wid] = item
+            by_service: dict[str, list[dict[str, Any]]] = {}
+            for task in tasks:
+                by_service.setdefault(str(task.get("ServiceID")), []).append(task)
+            found = _Snapshot(trio.current_time(), by_workspace, by_service)
+            self._last_snapshot = found
+            return found
+
+    async def _running_in_snapshot(self, wid: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(service, running task) of the workspace from a recent snapshot, if it shows one running."""
+        if wid in self._busy:
+            return None
+        snapshot = await self._snapshot(self._require_client())
+        found = snapshot.services.get(wid)
+        if found is None:
+            return None
+        task = sv.newest_task(snapshot.tasks.get(str(found["ID"]), []))
+        if task is None or (task.get("Status") or {}).get("State") != "running":
+            return None
+        return found, task
+
     async def inspect(self, handle: Handle) -> WorkloadStatus:
         wid = str(handle.get("workspace_id"))
+        try:
+            quick = await self._running_in_snapshot(wid)
+        except (EngineError, BackendError):
+            quick = None
+        if quick is not None:
+            return WorkloadStatus(WorkloadState.RUNNING, detail=f"task {str(quick[1]['ID'])[:12]} is running",
+                                  started_at=sv.parse_time(quick[1].get("CreatedAt")))
         try:
             client = self._require_client()
             services = await self._services_of(client, wid)
@@ -429,11 +494,16 @@ class SwarmBackend(BaseBackend):
         wid = str(handle["workspace_id"])
         try:
             client = self._require_client()
-            services = await self._services_of(client, wid)
-            if not services:
-                return None
-            found = services[0]
-            tasks = await client.tasks({"service": [found["ID"]], "desired-state": ["running"]})
+            quick = await self._running_in_snapshot(wid)
+            if quick is not None:
+                found, task = quick
+                tasks = [task]
+            else:
+                services = await self._services_of(client, wid)
+                if not services:
+                    return None
+                found = services[0]
+                tasks = await client.tasks({"service": [found["ID"]], "desired-state": ["running"]})
         except EngineNotFound:
             return None
         except EngineError:
@@ -443,8 +513,9 @@ class SwarmBackend(BaseBackend):
         if port.isdigit():
             self._ports.reserve(int(port), wid)
         adopted = {**handle, "service_id": found["ID"]}
-        task = sv.newest_task(tasks)
-        if task is not None and (task.get("Status") or {}).get("State") == "running":
+        newest = sv.newest_task(tasks)
+        if newest is not None and (newest.get("Status") or {}).get("State") == "running":
+            task = newest
             self._current[wid] = str(task["ID"])
             node = await self._node(client, str(task.get("NodeID") or ""))
             adopted.update(task_id=task["ID"], node_id=task.get("NodeID"), node=node.get("hostname"),
