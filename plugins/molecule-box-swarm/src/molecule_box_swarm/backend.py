@@ -283,7 +283,7 @@ class SwarmBackend(BaseBackend):
                     service_id = found["ID"]
                     await client.update_service(service_id, int(found["Version"]["Index"]), body)
                 await self._remove_secrets(client, wid, keep=secret_id)
-                task = await self._wait_running(client, wid, service_id)
+                task = await self._wait_running(client, wid, service_id, force)
                 node = await self._node(client, str(task.get("NodeID") or ""))
         self._current[wid] = str(task["ID"])
         handle: Handle = {"workspace_id": wid, "service_id": service_id, "secret_id": secret_id, "port": port,
@@ -317,19 +317,22 @@ class SwarmBackend(BaseBackend):
                 name = self.settings.network
                 found = await client.find_network(name)
                 if found is None:
-                    await client.create_network(sv.network_config(name, self.box_id))
-                    found = await client.find_network(name)
-                if found is None or found.get("Driver") != "overlay":
-                    raise BackendError(f"SWARM_NETWORK={name} is not an overlay network")
-                self._network_id = str(found["Id"])
+                    self._network_id = await client.create_network(sv.network_config(name, self.box_id))
+                elif found.get("Driver") != "overlay":
+                    raise BackendError(f"SWARM_NETWORK={name} is a {found.get('Driver')} network, not an overlay")
+                else:
+                    self._network_id = str(found["Id"])
             return self._network_id
 
-    async def _wait_running(self, client: SwarmClient, wid: str, service_id: str) -> dict[str, Any]:
-        """The service's newest task once it runs; a task that failed or was rejected is the start's failure
-        (with Swarm's reason: no node satisfies the constraints, no such image, ...). Bounded by the caller."""
+    async def _wait_running(self, client: SwarmClient, wid: str, service_id: str, force: int) -> dict[str, Any]:
+        """The task of this start (its template's ``ForceUpdate`` is this start's) once it runs; one that
+        failed or was rejected is the start's failure, with Swarm's reason (no node satisfies the constraints,
+        no such image, a network that cannot be joined, ...). Bounded by the caller."""
         seen = None
         while True:
-            task = sv.newest_task(await client.tasks({"service": [service_id], "desired-state": ["running"]}))
+            ours = [t for t in await client.tasks({"service": [service_id]})
+                    if int((t.get("Spec") or {}).get("ForceUpdate") or 0) == force]
+            task = sv.newest_task(ours)
             if task is not None:
                 status = task.get("Status") or {}
                 state = status.get("State")

@@ -88,8 +88,9 @@ class SwarmClient:
     async def find_network(self, name: str) -> dict[str, Any] | None:
         return await self.engine.find_network(name)
 
-    async def create_network(self, config: dict[str, Any]) -> None:
-        await self.engine.create_network(config)
+    async def create_network(self, config: dict[str, Any]) -> str:
+        """The new network's id (a new overlay may not be listed yet by name)."""
+        return str((await self._json("networks/create", "POST", body=config))["Id"])
 
     async def image(self, ref: str) -> dict[str, Any]:
         return await self.engine.inspect_image(ref)
