@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ class Swarm:
                 if not found:
                     break
                 self.docker(kind, "rm", *found, check=False)
-                subprocess.run(["sleep", "0.2"], check=False)
+                time.sleep(0.2)
 
 
 def _problem() -> str | None:
