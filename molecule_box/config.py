@@ -339,6 +339,7 @@ class Settings:
         parsed = read(SETTINGS, values, problems)
         backends = {backend: options.parse(kind, values, problems)
                     for backend, kind in loader.settings_types().items()}
+        problems = list(dict.fromkeys(problems))  # a bad variable two backends read is said once
         if problems:
             raise ConfigError(problems)
         if parsed["data_dir"] is None:
@@ -394,8 +395,12 @@ def sections() -> list[tuple[str | None, tuple[Setting, ...]]]:
     """(backend name, its settings) for the box itself (None) and every installed backend that has settings:
     what ``molecule-box config``, the docs, the env example and ``doctor`` list."""
     found: list[tuple[str | None, tuple[Setting, ...]]] = [(None, SETTINGS)]
+    seen = {(s.env, s.help) for s in SETTINGS}
     for backend, kind in loader.settings_types().items():
-        rows = table(kind)
+        # A setting a backend inherits from another's settings class (the swarm plugin's from docker's) is
+        # listed once, where it is declared; a variable re-declared with a meaning of its own keeps its row.
+        rows = tuple(s for s in table(kind) if (s.env, s.help) not in seen)
+        seen.update((s.env, s.help) for s in rows)
         if rows:
             found.append((backend, rows))
     return found

@@ -294,6 +294,12 @@ class Login(Body):
     admin_token: Annotated[str, Field(min_length=1, max_length=512)]
 
 
+class Migrate(Body):
+    """``POST /admin/workspaces/:id/migrate`` (molecule-box addition): the backend to move the workload to."""
+
+    to: RuntimeName
+
+
 class Empty(Body):
     """A body-less request (anything sent is ignored)."""
 

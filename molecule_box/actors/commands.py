@@ -92,6 +92,13 @@ class Restart(Command):
 
 
 @dataclasses.dataclass(eq=False)
+class Migrate(Command):
+    """Move the workload to backend ``to``: the new one started and registered before the old one goes."""
+
+    to: str
+
+
+@dataclasses.dataclass(eq=False)
 class Delete(Command):
     payload: dict[str, Any] = dataclasses.field(default_factory=dict)
 

@@ -371,6 +371,28 @@ class Supervisor:
         result: dict[str, Any] = await self.ask(workspace_id, c.Restart())
         return result
 
+    async def migrate(self, workspace_id: str, to: str) -> dict[str, Any]:
+        """Move a box-run workspace's workload to backend ``to`` (the actor does the move: new workload
+        registered before the old one goes). Refused before anything starts when ``to`` is not installed,
+        does not run workloads here, or would not take the workspace's tier or runtime."""
+        ws = self.record(workspace_id)
+        if ws is None:
+            raise NotFound("workspace not found")
+        self.deps.backends.check_installed(to)
+        target = await self.deps.backends.get(to)
+        caps = target.capabilities()
+        if not caps.lifecycle or caps.remote:
+            raise BadRequest(f"backend {to} does not run workloads on the box's behalf; nothing to move to")
+        if ws.tier not in caps.tiers:
+            raise BadRequest(f"tier {ws.tier} is not supported by backend {to} (supported: "
+                             f"{', '.join(map(str, sorted(caps.tiers)))})")
+        try:
+            target.admit(runtime=ws.runtime, tier=ws.tier)
+        except BackendError as exc:
+            raise BadRequest(exc.reason, code="workload_refused", backend=to) from None
+        result: dict[str, Any] = await self.ask(workspace_id, c.Migrate(to))
+        return result
+
     async def read_files(self, workspace_id: str) -> bytes:
         """A tar of the workspace's ``/configs``, from its backend through its actor (which owns the handle)."""
         found: bytes = await self.ask(workspace_id, c.ReadFiles())

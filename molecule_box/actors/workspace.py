@@ -35,7 +35,7 @@ from ..backends.base import (
     WorkloadState,
 )
 from ..bus import REMOVED, REVOKED
-from ..errors import MoleculeBoxError
+from ..errors import Conflict, MoleculeBoxError
 from ..models import BROADCAST_ONLY, Workspace, WorkspaceStatus
 from ..security import tokens as tk
 from ..store import events as event_rows
@@ -66,6 +66,8 @@ OBSERVE_DEADLINE = 10.0
 FILES_DEADLINE = 25.0
 #: States in which a workload the box started is expected to run, so its death is a crash.
 RUNNING_STATES = frozenset({S.ONLINE, S.DEGRADED, S.OFFLINE, S.PROVISIONING})
+#: After a move, the old workload is removed this many seconds after the switch: calls forwarded to it finish.
+MIGRATE_DRAIN = 2.0
 
 
 class ActorExit(Exception):
@@ -77,6 +79,17 @@ class _Op:
     id: int
     kind: str
     scope: trio.CancelScope
+
+
+@dataclasses.dataclass
+class _Migration:
+    to: str
+    token_id: str
+    old_url: str | None
+    old_backend: str
+    old_handle: Handle
+    #: Set by the first register after the move began: the new agent, with its own token.
+    registered: trio.Event = dataclasses.field(default_factory=trio.Event)
 
 
 class WorkspaceActor:
@@ -100,6 +113,8 @@ class WorkspaceActor:
         self._oom = False
         #: An exit reported while a start or adoption was in flight: checked once it finishes.
         self._exit_pending: BackendEvent | None = None
+        #: A move to another backend in progress (``Migrate``).
+        self._migration: _Migration | None = None
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -217,6 +232,9 @@ class WorkspaceActor:
         if self._op is not None:
             self._op.scope.cancel()
             self._op = None
+        if self._migration is not None:  # superseded (pause, delete, ...): the half-made workload goes
+            migration, self._migration = self._migration, None
+            self._retire(migration.to, {"workspace_id": self.record.id})
 
     def _start_op(self, kind: str, fn: Callable[[], Awaitable[Workload | None]], *,
                   deadline: float | None = None) -> None:
@@ -265,6 +283,8 @@ class WorkspaceActor:
             await self._recheck_pending_exit()
         elif done.kind == "adopt":
             await self._adopted(done)
+        elif done.kind == "migrate":
+            await self._migrated(done)
         elif done.kind == "hibernate":
             if ws.status is not S.HIBERNATING:
                 return
@@ -423,29 +443,12 @@ class WorkspaceActor:
         mint = token_rows.insert(ws.id, token.digest, token.prefix)
         await self.deps.store.write(lambda db: [token_rows.revoke_all([ws.id])(db), mint(db)])
         self.deps.bus.end_streams(REVOKED, workspace_id=ws.id)
-        spec_token = token.plaintext
         try:
-            env = self.deps.vault.workload_env(ws, self.deps.settings.platform_url)
-        except MoleculeBoxError as exc:
+            spec = await self._workload_spec(ws, backend, token.plaintext, previous=ws.backend_state)
+        except MoleculeBoxError as exc:  # a secret that cannot be decrypted, a template gone bad since create
             await self._commit(t.failed(self.record, self._now(), str(exc)))
             return
-        config = ws.config if isinstance(ws.config, dict) else {}
-        seed = None
-        if backend.capabilities().files:
-            make = functools.partial(templates.seed, self.deps.settings.templates_root, config.get("template"),
-                                     name=ws.name, role=ws.role, tier=ws.tier, runtime=ws.runtime,
-                                     model=config.get("model"))
-            try:  # a template may be megabytes: read off the event loop
-                seed = await trio.to_thread.run_sync(make)
-            except MoleculeBoxError as exc:  # the template went away or went bad since create
-                await self._commit(t.failed(self.record, self._now(), str(exc)))
-                return
-        spec = WorkloadSpec(
-            workspace_id=ws.id, name=ws.name, runtime=ws.runtime, tier=ws.tier, env=env,
-            platform_url=self.deps.settings.platform_url, auth_token=spec_token,
-            config=config, previous=ws.backend_state, seed_files=seed,
-            metadata=dict(config.get("metadata") or {}),
-        )
+
         async def start() -> Workload:
             if delay > 0:
                 await trio.sleep(delay)
@@ -455,6 +458,94 @@ class WorkspaceActor:
             return await backend.start(spec)
 
         self._start_op("start", start)
+
+    async def _workload_spec(self, ws: Workspace, backend: Backend, token: str, *,
+                             previous: Handle | None) -> WorkloadSpec:
+        """What ``backend`` starts for the workspace, with ``token``; raises MoleculeBoxError."""
+        env = self.deps.vault.workload_env(ws, self.deps.settings.platform_url)
+        config = ws.config if isinstance(ws.config, dict) else {}
+        seed = None
+        if backend.capabilities().files:
+            make = functools.partial(templates.seed, self.deps.settings.templates_root, config.get("template"),
+                                     name=ws.name, role=ws.role, tier=ws.tier, runtime=ws.runtime,
+                                     model=config.get("model"))
+            seed = await trio.to_thread.run_sync(make)  # a template may be megabytes: read off the event loop
+        return WorkloadSpec(
+            workspace_id=ws.id, name=ws.name, runtime=ws.runtime, tier=ws.tier, env=env,
+            platform_url=self.deps.settings.platform_url, auth_token=token,
+            config=config, previous=previous, seed_files=seed,
+            metadata=dict(config.get("metadata") or {}),
+        )
+
+    # -- moving to another backend -------------------------------------------------------------
+
+    async def _on_Migrate(self, cmd: c.Migrate) -> dict[str, Any]:
+        """Start the workload on backend ``cmd.to`` beside the running one, with a token of its own (the old
+        one stays valid meanwhile); once the new agent registered (the A2A URL is its own from then on) the
+        workspace's backend and handle switch, the old tokens are revoked and the old workload is removed.
+        The supervisor checked the target (installed, runs workloads, takes the tier)."""
+        ws = self.record
+        if ws.backend == cmd.to:
+            return {"status": ws.status.value, "backend": ws.backend, "migrating": False}
+        if ws.status not in (S.ONLINE, S.DEGRADED):
+            raise Conflict(f"only an online workspace is moved (it is {ws.status.value})")
+        if self._op is not None or self._migration is not None:
+            raise Conflict("the workspace is busy (a start, stop or move is in progress); retry shortly")
+        if await self._lifecycle() is None:
+            raise Conflict("a remote agent runs elsewhere and is not moved")
+        target = await self.deps.backends.get(cmd.to)
+        token = tk.mint()
+        [token_id] = await self.deps.store.write(lambda db: [token_rows.insert(ws.id, token.digest, token.prefix)(db)])
+        spec = await self._workload_spec(ws, target, token.plaintext, previous=None)
+        migration = _Migration(cmd.to, str(token_id), ws.url, ws.backend, self._handle())
+
+        async def move() -> Workload:
+            workload = await target.start(spec)
+            await migration.registered.wait()
+            return workload
+
+        self._start_op("migrate", move,
+                       deadline=trio.current_time() + self.deps.settings.provision_timeout_seconds)
+        self._migration = migration  # after _start_op, which would take it for a superseded one
+        log.info("workspace %s: moving from %s to %s", ws.id, ws.backend, cmd.to)
+        return {"status": ws.status.value, "backend": ws.backend, "migrating": True, "to": cmd.to}
+
+    async def _migrated(self, done: c.OpDone) -> None:
+        migration, self._migration = self._migration, None
+        if migration is None:
+            return
+        ws = self.record
+        if done.error is not None or done.result is None or ws.status is S.REMOVED:
+            reason = done.error.reason if done.error is not None else "removed meanwhile"
+            log.warning("workspace %s: the move to %s failed: %s", ws.id, migration.to, reason)
+            await self._commit(t.Outcome(dataclasses.replace(ws, url=migration.old_url, updated_at=self._now())),
+                               token_rows.revoke(ws.id, migration.token_id))
+            self._retire(migration.to, {"workspace_id": ws.id})
+            return
+        changes: dict[str, Any] = {"backend": migration.to, "backend_state": done.result.handle,
+                                   "updated_at": self._now()}
+        if done.result.url:
+            changes.update(url=done.result.url, url_from_backend=True)
+        await self._commit(t.Outcome(dataclasses.replace(ws, **changes)),
+                           token_rows.revoke_others(ws.id, migration.token_id))
+        log.info("workspace %s: moved from %s to %s", ws.id, migration.old_backend, migration.to)
+        self._retire(migration.old_backend, migration.old_handle, drain=MIGRATE_DRAIN)
+
+    def _retire(self, backend_name: str, handle: Handle, *, drain: float = 0.0) -> None:
+        """Remove a workload that is no longer the workspace's, in the background (a new command does not
+        cancel it, as it would an op)."""
+        async def run() -> None:
+            await trio.sleep(drain)  # calls already forwarded to the old workload finish
+            backend = await self.deps.backends.get(backend_name)
+            with trio.move_on_after(CLEANUP_DEADLINE):
+                try:
+                    await backend.destroy(handle)
+                except BackendError as exc:
+                    log.warning("workspace %s: removing its %s workload failed: %s", self.record.id,
+                                backend_name, exc.reason)
+
+        assert self._nursery is not None
+        self._nursery.start_soon(run)
 
     # -- startup after a box or actor restart --------------------------------------------------
 
@@ -513,6 +604,8 @@ class WorkspaceActor:
             token = tk.mint()
             extra.append(token_rows.insert(ws.id, token.digest, token.prefix))
         await self._commit(outcome, *extra)
+        if self._migration is not None and cmd.url and cmd.url != self._migration.old_url:
+            self._migration.registered.set()
         if cmd.bootstrap_from is not None:
             log.info("workspace %s: bootstrap register from %s minted its first token", ws.id, cmd.bootstrap_from)
         self.deps.metrics.registrations.inc()

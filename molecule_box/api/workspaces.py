@@ -12,7 +12,7 @@ from quart import Blueprint, request
 from ..actors import commands as c
 from ..errors import BadRequest, Conflict, Forbidden
 from ..models import WorkspaceStatus
-from ..schemas import CreateWorkspace, Empty, PatchWorkspace, Restart
+from ..schemas import CreateWorkspace, Empty, Migrate, PatchWorkspace, Restart
 from ..store import events as event_rows
 from ..store import workspaces as workspace_rows
 from .routing import Call, box, find, query_bool, respond, route
@@ -235,6 +235,15 @@ async def restart_workspace(call: Call[Restart]) -> Any:
         # A restart by the agent rebuilds exactly the container the admin configured (#10).
         raise Forbidden(f"only the admin may restart with {', '.join(refused)}", fields=refused)
     return respond(await b.supervisor.restart(wid))
+
+
+@route(bp, "/admin/workspaces/<raw_id>/migrate", "POST", auth="admin", body=Migrate, load="live",
+       summary="Move a box-run workspace to another backend, the new workload online before the old one stops "
+               "(molecule-box addition)",
+       responses={200: "Moving (or already there)", 400: "Backend not installed or refusing the workspace",
+                  404: "Unknown", 409: "Not online, busy, or a remote agent"})
+async def migrate_workspace(call: Call[Migrate]) -> Any:
+    return respond(await box().supervisor.migrate(call.workspace_id, call.body.to))
 
 
 @route(bp, "/workspaces/<raw_id>/failures", "GET", auth="workspace", load="any",

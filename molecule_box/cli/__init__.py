@@ -4,6 +4,7 @@
 * :mod:`.service`: what runs on the box's host: ``systemd``, ``backup``, ``restore``, ``doctor``;
 * :mod:`.remote`: a client of a running box over its HTTP API: ``login``, ``workspaces``, ``tokens``,
   ``secrets``, ``events``, ``logs``;
+* :mod:`.migrate`: ``migrate``, moving workspaces to another backend through the running box;
 * :mod:`.plugins`: ``plugins add|list``, the agent plugin registry on the box's host.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import click
 
 from .._version import __version__
-from . import plugins, remote, run, service
+from . import migrate, plugins, remote, run, service
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,3 +27,4 @@ main.add_command(run.show_config)
 service.register(main)
 remote.register(main)
 plugins.register(main)
+main.add_command(migrate.migrate)

@@ -125,6 +125,15 @@ def revoke(workspace_id: str, token_id: str) -> Callable[[sqlite_utils.Database]
     return op
 
 
+def revoke_others(workspace_id: str, keep: str) -> Callable[[sqlite_utils.Database], None]:
+    """Revoke every live token of the workspace but ``keep`` (a moved workload's: the old one's die)."""
+    def op(db: sqlite_utils.Database) -> None:
+        db.execute("UPDATE tokens SET revoked_at = ? WHERE workspace_id = ? AND id != ? AND revoked_at IS NULL",
+                   [time.time(), workspace_id, keep])
+
+    return op
+
+
 def revoke_all(workspace_ids: list[str]) -> Callable[[sqlite_utils.Database], None]:
     def op(db: sqlite_utils.Database) -> None:
         now = time.time()

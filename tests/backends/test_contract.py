@@ -19,6 +19,11 @@ DOCKER = ROOT / "molecule_box" / "backends" / "docker"
 #: What a plugin may import of molecule-box, and what importing it loads (packages on the way included).
 CONTRACT = {"molecule_box.backends.base", "molecule_box.backends.options", "molecule_box.backends.archive"}
 CONTRACT_LOADS = CONTRACT | {"molecule_box", "molecule_box._version", "molecule_box.errors", "molecule_box.backends"}
+#: The docker backend's pieces a plugin built on the same engine may import as well (the swarm plugin): the
+#: engine bridge, the settings and the pure container rules. Importing them loads the docker backend, which
+#: itself loads nothing of the box but the contract.
+DOCKER_PIECES = {"molecule_box.backends.docker.client", "molecule_box.backends.docker.settings",
+                 "molecule_box.backends.docker.spec"}
 
 
 def loaded_by(module: str) -> tuple[set[str], set[str]]:
@@ -69,3 +74,12 @@ def test_plugins_guide_lists_exactly_the_protocol_methods() -> None:
     section = text.split("## The methods", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"^\| `(\w+)\(", section, flags=re.MULTILINE))
     assert listed == methods
+
+
+def test_the_docker_pieces_plugins_may_import_load_nothing_of_the_box_but_the_contract() -> None:
+    for module in sorted(DOCKER_PIECES):
+        ours, packages = loaded_by(module)
+        assert {n for n in ours if not n.startswith("molecule_box.backends.docker")} == CONTRACT_LOADS, module
+        assert "quart_trio" not in packages
+    bridge = (DOCKER / "client.py").read_text()
+    assert "async def run(" in bridge, "the bridge's public call is what plugins on the same engine use"

@@ -97,6 +97,12 @@ class DockerClient:
                 raise
             raise translated from exc
 
+    async def run(self, factory: Callable[[], Awaitable[T]], *, deadline: float | None = CALL_DEADLINE) -> T:
+        """Run one asyncio coroutine against ``self.docker`` with this bridge's deadline and error translation:
+        for backends built on the same engine connection (the swarm plugin) whose engine calls have no method
+        here. ``deadline`` None: none of its own (the caller bounds it)."""
+        return await self._run(factory, deadline=deadline)
+
     # -- engine -------------------------------------------------------------------------------
 
     async def info(self) -> dict[str, Any]:

@@ -1,0 +1,101 @@
+"""``molecule-box migrate``: a docker workspace moves to the swarm through the running box while its A2A endpoint
+keeps answering (every call counted: none may fail), and remote agents stay where they are."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from swarmutil import ADMIN, ADMIN_TOKEN, BoxProcess, Swarm
+from test_swarm_box import A2A, service_of
+
+pytestmark = pytest.mark.slow
+
+
+def docker_main(*args: str) -> str:
+    """The machine's own engine (where the docker backend runs its containers)."""
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=60, check=False).stdout
+
+
+async def adocker_main(*args: str) -> str:
+    return await trio.to_thread.run_sync(lambda: docker_main(*args))
+
+
+async def test_migrate_docker_to_swarm_answering_throughout(swarm: Swarm, box_of: Any) -> None:
+    if not (await adocker_main("version", "--format", "{{.Server.Version}}")).strip():
+        pytest.skip("the machine's Docker engine is needed for the docker side")
+    box: BoxProcess = box_of(swarm)
+    base = random.randrange(20000, 32600, 100)
+    box.extra = {"CONTAINER_BACKEND": "docker", "WORKSPACE_PORT_RANGE": f"{base}-{base + 99}",
+                 "WORKSPACE_HEALTHCHECK_INTERVAL": "1"}
+    await box.start()
+    box_id = await box.box_id()
+    try:
+        wid = await box.create()
+        remote = (await box.client.post("/workspaces", json={"name": "remote", "external": True})).json()["id"]
+        before = await box.wait_for(wid, "online")
+        assert before["backend"] == "docker"
+        [container] = (await adocker_main("ps", "-q", "--filter", f"label=molecule-box.box={box_id}")).split()
+        remote_before = await box.get(remote)
+
+        calls = {"ok": 0, "failed": 0}
+        failures: list[str] = []
+        stop = trio.Event()
+
+        async def hammer() -> None:
+            async with httpx.AsyncClient(base_url=box.url, timeout=10, headers=ADMIN) as client:
+                while not stop.is_set():
+                    try:
+                        response = await client.post(f"/workspaces/{wid}/a2a", json=A2A)
+                        good = response.status_code == 200 and "result" in response.json()
+                    except (httpx.HTTPError, ValueError) as exc:
+                        good, response = False, None
+                        failures.append(repr(exc))
+                    calls["ok" if good else "failed"] += 1
+                    if not good and response is not None:
+                        failures.append(f"{response.status_code} {response.text[:200]}")
+                    await trio.sleep(0.02)
+
+        env = {**{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "VIRTUAL_ENV")},
+               "MOLECULE_BOX_URL": box.url, "ADMIN_TOKEN": ADMIN_TOKEN}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hammer)
+            done = await trio.run_process([sys.executable, "-m", "molecule_box", "migrate", "--all", "--to", "swarm"],
+                                          env=env, capture_stdout=True, capture_stderr=True, check=False)
+            # The old container goes after the switch (and a drain): keep calling until it has.
+            with trio.fail_after(60):
+                while True:
+                    if not (await adocker_main("ps", "-aq", "--filter", f"id={container}")).strip():
+                        break
+                    await trio.sleep(0.2)
+                seen = calls["ok"] + calls["failed"]
+                while calls["ok"] + calls["failed"] < seen + 10:  # and a few calls more, to the new one only
+                    await trio.sleep(0.05)
+            stop.set()
+        assert done.returncode == 0, done.stderr.decode()
+        assert b"moved swarm-ws" in done.stdout and b"1 of 1 workspace(s) moved to swarm" in done.stdout
+
+        after = await box.get(wid)
+        assert after["backend"] == "swarm" and after["status"] == "online"
+        port = int(service_of(swarm, box_id, wid)["Spec"]["Labels"]["molecule-box.port"])
+        assert after["url"] == f"http://127.0.0.1:{port}"
+        assert calls["failed"] == 0, failures[:5]
+        assert calls["ok"] > 20
+        assert (await box.get(remote))["backend"] == remote_before["backend"] == "external"
+        assert (await box.get(remote))["status"] == remote_before["status"]
+        # The old token died with the old workload: only the swarm task's is live.
+        tokens = (await box.client.get(f"/workspaces/{wid}/tokens")).json()
+        assert len(tokens.get("tokens", tokens)) == 1
+    finally:
+        leftovers = docker_main("ps", "-aq", "--filter", f"label=molecule-box.box={box_id}").split()
+        if leftovers:
+            docker_main("rm", "-f", "-v", *leftovers)
+        volumes = docker_main("volume", "ls", "-q", "--filter", f"label=molecule-box.box={box_id}").split()
+        if volumes:
+            docker_main("volume", "rm", "-f", *volumes)
