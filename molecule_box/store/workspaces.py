@@ -7,7 +7,8 @@ from typing import Any
 
 import sqlite_utils
 
-from ..models import Workspace
+from ..models import Workspace, WorkspaceStatus
+from .tokens import invalidate
 
 
 def get(db: sqlite_utils.Database, workspace_id: str) -> Workspace | None:
@@ -92,8 +93,11 @@ def save(workspace: Workspace) -> Callable[[sqlite_utils.Database], None]:
     """Write every column of ``workspace`` (the actor's whole record) in one UPDATE."""
     row = workspace.to_row()
     wid = row.pop("id")
+    removed = workspace.status is WorkspaceStatus.REMOVED
 
     def op(db: sqlite_utils.Database) -> None:
+        if removed:  # its tokens stop working with it (the token lookup joins the workspace's status)
+            invalidate(db, [wid])
         assignments = ", ".join(f"{name} = ?" for name in row)
         db.execute(f"UPDATE workspaces SET {assignments} WHERE id = ?", [*row.values(), wid])
 
