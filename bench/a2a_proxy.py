@@ -563,6 +563,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int, taken: set[int]) -> list[int]:
+    """``count`` distinct free ports, none in ``taken`` (the kernel may hand out a port it just freed again)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in taken and port not in ports:
+            ports.append(port)
+    return ports
+
+
 def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -936,7 +946,8 @@ def drive(args: argparse.Namespace) -> int:
         conf = tmp / "nginx" / "nginx.conf"
         want = set(args.scenarios.split(","))
         target_counts = sorted({int(n) for n in args.targets.split(",")}) if "targets" in want else []
-        many_ports = [free_port() for _ in range(max(target_counts, default=0))]
+        many_ports = free_ports(max(target_counts, default=0), {upstream_port, nginx_proxy_port, ceiling_port,
+                                                                agent_port, box_port, two_piece_port})
         conf.write_text(nginx_conf(tmp / "nginx", upstream_port, nginx_proxy_port, many_ports))
         ngx = procs.start("nginx", [nginx, "-p", str(tmp / "nginx"), "-c", str(conf), "-e",
                                     str(tmp / "nginx" / "nginx-error.log")])
