@@ -982,7 +982,8 @@ def run_scales(args: argparse.Namespace, work: Path, procs: Processes, sampler: 
     print(f"COST AS THE WORK GROWS  ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end)")
     print("=" * 100)
     print(f"{'workspaces':>10} {'ingest/s':>9} {'ceiling/s':>10} {'ratio':>6} {'vs first':>9} {'CPU us':>7} "
-          f"{'RSS MB':>7} {'KB/ws over first':>17} {'restore s':>10} {'ms/ws':>6} {'exec->/health s':>16} "
+          f"{'RSS MB':>7} {'KB/ws over first':>17} {'restore s':>10} {'ms/ws over first':>17} "
+          f"{'exec->/health s':>16} "
           f"{'late worst ms':>14} {'late mean ms':>13}")
     ok = True
     for row in rows:
@@ -990,20 +991,22 @@ def run_scales(args: argparse.Namespace, work: Path, procs: Processes, sampler: 
         vs_first = ratio / (base["ingest"] / base["ceiling"])
         extra = row["n"] - base["n"]
         kb_per = (row["rss"] - base["rss"]) * 1024 / extra if extra else math.nan
+        ms_per = (row["restore"] - base["restore"]) * 1000 / extra if extra else math.nan
         print(f"{row['n']:>10} {row['ingest']:>9.0f} {row['ceiling']:>10.0f} {ratio:>6.2f} {vs_first:>9.2f} "
               f"{row['cpu']:>7.0f} {row['rss']:>7.0f} {kb_per:>17.1f} {row['restore']:>10.3f} "
-              f"{row['restore'] / row['n'] * 1000:>6.3f} "
+              f"{ms_per:>17.3f} "
               f"{row['health']:>16.2f} {row['late'] * 1000:>14.0f} {row['late_mean'] * 1000:>13.1f}")
         ok &= math.isnan(kb_per) or kb_per <= TARGET_KB_PER_WORKSPACE
-        ok &= row["restore"] / row["n"] * 1000 <= TARGET_RESTORE_MS_PER_WORKSPACE
+        ok &= math.isnan(ms_per) or ms_per <= TARGET_RESTORE_MS_PER_WORKSPACE
         ok &= row["late"] <= TARGET_LATENESS_S
     last = rows[-1]
     ok &= last["n"] < 50_000 or last["restore"] <= TARGET_RESTORE_50K_S
     ingest_ok = (last["ingest"] / last["ceiling"]) / (base["ingest"] / base["ceiling"]) >= 1 - TARGET_INGEST_DRIFT
     ok &= ingest_ok
     print(f"targets: RSS <= {TARGET_KB_PER_WORKSPACE:g} KB and restore <= {TARGET_RESTORE_MS_PER_WORKSPACE:g} ms "
-          f"per workspace, 50,000 restored in <= {TARGET_RESTORE_50K_S:g} s, ingest ratio at the largest within "
-          f"{TARGET_INGEST_DRIFT:.0%} of the smallest, offline lateness <= {TARGET_LATENESS_S:g} s: "
+          f"more per workspace than at the smallest size, 50,000 restored in <= {TARGET_RESTORE_50K_S:g} s, "
+          f"ingest ratio at the largest within {TARGET_INGEST_DRIFT:.0%} of the smallest, "
+          f"offline lateness <= {TARGET_LATENESS_S:g} s: "
           f"{'ALL MET' if ok else 'MISSED'}", flush=True)
     return ok
 
