@@ -26,7 +26,11 @@ each one and its p99 is reported per scenario):
      through the box, on keep-alive connections; added p50;
   3. 2,000 concurrent in-flight calls through the box to an agent that answers after 5 s: all must
      succeed; the box's peak RSS (VmHWM);
-  4. streaming time to first event (SSE), straight vs through the box, median of 50.
+  4. streaming time to first event (SSE), straight vs through the box, median of 50;
+  5. ``targets``: throughput to 1, 100 and 1,000 distinct target agents (``--targets``; one nginx server
+     listening on that many ports, each target workspace registered with its own port, wrk rotating over
+     their ``/a2a`` paths), each as a ratio to the ceiling and to the single target: one keep-alive pool
+     per target must not make many targets slower.
 
 Helper processes are roles of this same file (``python bench/a2a_proxy.py --role ...``); each one is
 bounded in time and stops by itself. Nothing here reaches beyond 127.0.0.1.
@@ -77,6 +81,8 @@ TARGETS = {
     "box peak RSS, VmHWM (MB)": ("< 300", lambda v: v < 300.0),
     "SSE added time to first event, median (ms)": ("<= 5", lambda v: v <= 5.0),
     "heartbeat p99 (ms)": ("<= 50", lambda v: v <= 50.0),
+    "throughput to many targets (ratio)": (">= 0.9", lambda v: v >= 0.9),
+    "errors to many targets": ("== 0", lambda v: v == 0),
 }
 
 
@@ -566,6 +572,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int, taken: set[int]) -> list[int]:
+    """``count`` distinct free ports, none in ``taken`` (the kernel may hand out a port it just freed again)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in taken and port not in ports:
+            ports.append(port)
+    return ports
+
+
 def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -726,8 +742,14 @@ def ensure_nginx() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def nginx_conf(prefix: Path, upstream_port: int, proxy_port: int) -> str:
+def nginx_conf(prefix: Path, upstream_port: int, proxy_port: int, many: list[int] | None = None) -> str:
     body = RESULT.decode()
+    listens = "\n".join(f"        listen {HOST}:{port} backlog=512;" for port in many or [])
+    agents = f"""    server {{   # the many distinct target agents (scenario 5): the same answer on every port
+{listens}
+        location / {{ default_type application/json; return 200 '{body}'; }}
+    }}
+""" if many else ""
     temp = "\n".join(f"    {kind}_temp_path {prefix}/{kind};" for kind in
                      ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return f"""# written by bench/a2a_proxy.py for one run; never touches /etc/nginx
@@ -754,15 +776,20 @@ http {{
             proxy_set_header Connection "";
         }}
     }}
-}}
+{agents}}}
 """
 
 
 # -- wrk -------------------------------------------------------------------------------------------
 
-def wrk_script(path: Path, headers: dict[str, str]) -> None:
+def wrk_script(path: Path, headers: dict[str, str], paths: list[str] | None = None) -> None:
+    """The request of every wrk run; with ``paths``, each request goes to the next of them in turn."""
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(BODY.decode())}"]
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+    if paths:
+        lines.append("local paths = {" + ", ".join(json.dumps(p) for p in paths) + "}")
+        lines.append("local i = 0")
+        lines.append("request = function() i = i % #paths + 1; return wrk.format(nil, paths[i]) end")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -834,6 +861,24 @@ def setup_box(url: str, targets: dict[str, str]) -> dict[str, Any]:
                 "targets": {name: joined(f"bench-{name}", agent_url) for name, agent_url in targets.items()}}
 
 
+def join_many(url: str, ports: list[int]) -> list[str]:
+    """One registered target workspace per port (roots, so every one is the caller's sibling); their ids."""
+    import httpx
+
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ids = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i, port in enumerate(ports):
+            response = client.post("/workspaces", json={"name": f"bench-many-{i}", "external": True}, headers=admin)
+            response.raise_for_status()
+            wid, token = response.json()["id"], response.json()["connection"]["auth_token"]
+            client.post("/registry/register", json={"id": wid, "url": f"http://{HOST}:{port}/",
+                                                    "agent_card": {"name": f"many-{i}"}},
+                        headers={"Authorization": f"Bearer {token}"}).raise_for_status()
+            ids.append(wid)
+    return ids
+
+
 def keep_alive(url: str, workspaces: list[tuple[str, str]]) -> None:
     """One heartbeat from each target agent, as a real agent sends every 30 s: an external workspace that
     stays silent for REMOTE_LIVENESS_STALE_AFTER (90 s) goes offline, and the bench runs longer than that."""
@@ -860,8 +905,10 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=2000, help="in-flight calls in scenario 3")
     parser.add_argument("--slow-delay", type=float, default=5.0, help="seconds the slow agent waits")
     parser.add_argument("--hb-rate", type=float, default=50.0, help="heartbeats per second during scenarios")
-    parser.add_argument("--scenarios", default="throughput,latency,two-piece,concurrent,sse",
-                        help="comma-separated subset of: throughput, latency, two-piece, concurrent, sse")
+    parser.add_argument("--targets", default="1,100,1000",
+                        help="scenario 'targets': the numbers of distinct target agents (default 1,100,1000)")
+    parser.add_argument("--scenarios", default="throughput,latency,two-piece,concurrent,sse,targets",
+                        help="comma-separated subset of: throughput, latency, two-piece, concurrent, sse, targets")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, nginx.conf)")
     parser.add_argument("--box-src", type=Path, help="run the box from this source tree (put first on PYTHONPATH), "
                         "e.g. a scratch copy with a proposed change, to compare against the installed one")
@@ -906,15 +953,20 @@ def drive(args: argparse.Namespace) -> int:
             free_port() for _ in range(6))
         (tmp / "nginx").mkdir()
         conf = tmp / "nginx" / "nginx.conf"
-        conf.write_text(nginx_conf(tmp / "nginx", upstream_port, nginx_proxy_port))
+        want = set(args.scenarios.split(","))
+        target_counts = sorted({int(n) for n in args.targets.split(",")}) if "targets" in want else []
+        many_ports = free_ports(max(target_counts, default=0), {upstream_port, nginx_proxy_port, ceiling_port,
+                                                                agent_port, box_port, two_piece_port})
+        conf.write_text(nginx_conf(tmp / "nginx", upstream_port, nginx_proxy_port, many_ports))
         ngx = procs.start("nginx", [nginx, "-p", str(tmp / "nginx"), "-c", str(conf), "-e",
                                     str(tmp / "nginx" / "nginx-error.log")])
         ceiling = procs.role("ceiling", "ceiling", "--port", str(ceiling_port))
         agent = procs.role("agent", "agent", "--port", str(agent_port), "--delay", str(args.slow_delay))
         two_piece = procs.role("two-piece", "two-piece", "--port", str(two_piece_port))
+        # REMOTE_LIVENESS_STALE_AFTER: the 1,000 targets of scenario 5 stay online without heartbeats
         env = dict(os.environ, PORT=str(box_port), BIND_ADDR=HOST, ADMIN_TOKEN=ADMIN_TOKEN,
                    MOLECULE_BOX_DATA=str(tmp / "box-data"), MOLECULE_BOX_ALLOW_AGENT_NETWORKS="127.0.0.0/8",
-                   CONTAINER_BACKEND="external", MOLECULE_BOX_SHUTDOWN_GRACE="2")
+                   CONTAINER_BACKEND="external", MOLECULE_BOX_SHUTDOWN_GRACE="2", REMOTE_LIVENESS_STALE_AFTER="3600")
         if args.box_src:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.box_src.resolve()), env.get("PYTHONPATH")]))
         # cwd outside the repo: `python -m` puts the cwd first on sys.path, which would shadow --box-src
@@ -943,7 +995,6 @@ def drive(args: argparse.Namespace) -> int:
         print(f"box pid {box.pid} on {box_url}; upstream :{upstream_port}, nginx proxy :{nginx_proxy_port}, "
               f"ceiling :{ceiling_port}, agent :{agent_port}", flush=True)
 
-        want = set(args.scenarios.split(","))
         ceiling_rps = math.nan
         # ---- 1. throughput ---------------------------------------------------------------------
         if "throughput" in want:
@@ -1070,11 +1121,51 @@ def drive(args: argparse.Namespace) -> int:
                   + (f"; errors {ttfb['errors']}" if ttfb["errors"] else ""), flush=True)
             figures.append(("SSE added time to first event, median (ms)", added_ttfb, ""))
 
+        # ---- 5. throughput to many distinct targets ---------------------------------------------------
+        if target_counts:
+            many = join_many(box_url, many_ports)
+            ceiling_script = tmp / "post-ceiling.lua"
+            wrk_script(ceiling_script, caller_headers)
+            rows: dict[int, dict[str, float]] = {}
+            for count in target_counts:
+                script = tmp / f"post-{count}.lua"
+                wrk_script(script, caller_headers, [f"/workspaces/{wid}/a2a" for wid in many[:count]])
+                warm = wrk(box_url + "/", script, 2, args.connections)  # opens the pools
+                if warm["errors"]:
+                    raise RuntimeError(f"{count} targets: {warm['errors']} errors while warming up")
+                runs, ceilings = [], []
+                for _ in range(args.rounds):
+                    with heartbeats(procs, box_url, beaters, args.hb_rate, hb, f"targets-{count}"):
+                        runs.append(wrk(box_url + "/", script, args.duration, args.connections, box.pid))
+                    ceilings.append(wrk(f"http://{HOST}:{ceiling_port}/", ceiling_script, args.duration,
+                                        args.connections, ceiling.pid))
+                rows[count] = {"rps": statistics.median(r["rps"] for r in runs),
+                               "ceiling": statistics.median(r["rps"] for r in ceilings),
+                               "cpu_us": statistics.median(r["cpu_us"] for r in runs),
+                               "p99": statistics.median(r["p99"] for r in runs),
+                               "errors": sum(r["errors"] for r in runs)}
+            first = rows[target_counts[0]]
+            print(f"\n== 5. throughput to distinct target agents (one nginx server on {len(many_ports)} ports), "
+                  f"median of {args.rounds} rounds, each beside a ceiling run", flush=True)
+            print(f"{'targets':>8}{'req/s':>9}{'ceiling':>9}{'x ceiling':>11}{'vs 1':>7}{'p99 ms':>9}"
+                  f"{'CPU us/req':>12}{'errors':>8}")
+            for count, row in rows.items():
+                ratio = row["rps"] / row["ceiling"]
+                vs_first = ratio / (first["rps"] / first["ceiling"])
+                print(f"{count:>8}{row['rps']:>9.0f}{row['ceiling']:>9.0f}{ratio:>11.2f}{vs_first:>7.2f}"
+                      f"{row['p99']:>9.2f}{row['cpu_us']:>12.0f}{row['errors']:>8}")
+            last = rows[target_counts[-1]]
+            figures.append((f"throughput to {target_counts[-1]} targets vs {target_counts[0]} (ratio)",
+                            (last["rps"] / last["ceiling"]) / (first["rps"] / first["ceiling"]),
+                            f"CPU per request {last['cpu_us']:.0f} vs {first['cpu_us']:.0f} us"))
+            figures.append(("errors to many targets", sum(r["errors"] for r in rows.values()), ""))
+
         # ---- heartbeats ----------------------------------------------------------------------------
         print(f"\n== heartbeats during each scenario ({args.hb_rate:g}/s over {len(beaters)} workspaces, latency "
               f"from the scheduled send)", flush=True)
-        for label in ("throughput", "latency", "two-piece", "concurrent", "sse"):
-            if label not in want:
+        for label in ("throughput", "latency", "two-piece", "concurrent", "sse",
+                      *(f"targets-{count}" for count in target_counts)):
+            if label not in want and label not in hb:
                 continue
             h = hb.get(label, {})
             if "p99" in h:
@@ -1096,7 +1187,8 @@ def drive(args: argparse.Namespace) -> int:
         print(f"{'figure':<46}{'value':>10}  {'target':<8}{'result':<7}note")
         all_pass = True
         for name, value, note in figures:
-            key = "heartbeat p99 (ms)" if name.startswith("heartbeat p99") else name
+            key = "heartbeat p99 (ms)" if name.startswith("heartbeat p99") else (
+                "throughput to many targets (ratio)" if name.startswith("throughput to ") else name)
             target, check = TARGETS[key]
             ok = not math.isnan(value) and check(value)
             if name.startswith("heartbeat") and "errors" in note:

@@ -70,6 +70,10 @@ TARGET_P99_MS = 50.0
 TARGET_RSS_MB = 400.0
 TARGET_RESTORE_S = 5.0
 TARGET_LATENESS_S = 1.0
+TARGET_KB_PER_WORKSPACE = 20.0
+TARGET_RESTORE_MS_PER_WORKSPACE = 0.1
+TARGET_RESTORE_50K_S = 10.0
+TARGET_INGEST_DRIFT = 0.10
 OFFLINE_STALE_AFTER = 2.0
 
 WRK_LUA = r"""
@@ -284,8 +288,17 @@ class BoxProcess:
                     continue
 
 
-def start_box(procs: Processes, data: Path, port: int, admin_token: str, stale_after: float) -> BoxProcess:
+def box_env(box_src: Path | None) -> dict[str, str]:
+    """The environment the box (and the bulk seeding) runs in: ``--box-src`` first on PYTHONPATH."""
     env = dict(os.environ)
+    if box_src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(box_src.resolve()), env.get("PYTHONPATH")]))
+    return env
+
+
+def start_box(procs: Processes, data: Path, port: int, admin_token: str, stale_after: float,
+              box_src: Path | None = None) -> BoxProcess:
+    env = box_env(box_src)
     for key in list(env):
         if key.startswith("MOLECULE_BOX_") or key in ("JOURNAL_STREAM", "NOTIFY_SOCKET"):
             del env[key]
@@ -326,15 +339,27 @@ class WrkResult:
     non200: int
     last_bad_status: int
     socket_errors: int
+    #: CPU the server process spent per request (user + system, all threads), when its pid was given.
+    cpu_us: float = math.nan
 
     def line(self) -> str:
         bad = f", non-200 {self.non200} (last {self.last_bad_status})" if self.non200 else ""
         err = f", socket errors {self.socket_errors}" if self.socket_errors else ""
-        return (f"{self.rps:7.0f} req/s  p50 {self.p50_ms:5.1f} ms  p99 {self.p99_ms:6.1f} ms  "
+        cpu = f"  CPU {self.cpu_us:4.0f} us/req" if not math.isnan(self.cpu_us) else ""
+        return (f"{self.rps:7.0f} req/s  p50 {self.p50_ms:5.1f} ms  p99 {self.p99_ms:6.1f} ms{cpu}  "
                 f"({self.requests} requests{bad}{err})")
 
 
-def run_wrk(url: str, script: Path, pairs: Path, offset: int, seconds: float, connections: int = 32) -> WrkResult:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far: a figure a busy machine disturbs less
+    than req/s (other work on the cores slows the server down, but adds little to its own CPU per request)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(url: str, script: Path, pairs: Path, offset: int, seconds: float, connections: int = 32,
+            pid: int | None = None) -> WrkResult:
+    cpu0 = cpu_seconds(pid) if pid is not None else math.nan
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url,
             "--", str(pairs), str(offset)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
@@ -342,10 +367,12 @@ def run_wrk(url: str, script: Path, pairs: Path, offset: int, seconds: float, co
     if out.returncode != 0 or match is None:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout}\n{out.stderr}")
     r = json.loads(match.group(1))
+    cpu = cpu_seconds(pid) - cpu0 if pid is not None else math.nan
     return WrkResult(
         rps=r["requests"] / (r["duration_us"] / 1e6), p50_ms=r["p50_us"] / 1000, p99_ms=r["p99_us"] / 1000,
         max_ms=r["max_us"] / 1000, requests=r["requests"], non200=r["non200"], last_bad_status=r["last_bad_status"],
         socket_errors=r["connect"] + r["read"] + r["write"] + r["timeout"],
+        cpu_us=cpu / r["requests"] * 1e6 if r["requests"] else math.nan,
     )
 
 
@@ -566,7 +593,7 @@ class Bench:
         self.port = free_port()
 
     def start_box(self, stale_after: float) -> BoxProcess:
-        self.box = start_box(self.procs, self.data, self.port, self.admin_token, stale_after)
+        self.box = start_box(self.procs, self.data, self.port, self.admin_token, stale_after, self.args.box_src)
         self.sampler.pid = self.box.pid
         return self.box
 
@@ -580,14 +607,15 @@ def phase_ceiling(b: Bench) -> str:
     """Start the bare server and measure it once; more runs are interleaved with the box's in phase 3."""
     print("\n[1] ceiling: bare hypercorn + trio, raw ASGI constant, wrk -t1 -c32", flush=True)
     port = free_port()
-    b.procs.start([sys.executable, str(Path(__file__).resolve()), "_ceiling", "--port", str(port)],
-                  log=b.work / "ceiling.log")
+    ceiling = b.procs.start([sys.executable, str(Path(__file__).resolve()), "_ceiling", "--port", str(port)],
+                            log=b.work / "ceiling.log")
+    b.results["ceiling_pid"] = ceiling.pid
     wait_port(port, 30)
     url = f"http://{HOST}:{port}"
     synthetic = b.work / "synthetic-pairs.txt"  # same shape as the real ones; the constant app checks nothing
     synthetic.write_text("".join(f"{uuid.uuid4()} {secrets.token_urlsafe(32)}\n" for _ in range(1000)))
     run_wrk(url, b.lua, synthetic, 0, 1)  # warm-up
-    first = run_wrk(url, b.lua, synthetic, 0, b.args.ceiling_seconds)
+    first = run_wrk(url, b.lua, synthetic, 0, b.args.ceiling_seconds, pid=ceiling.pid)
     print(f"    ceiling          {first.line()}", flush=True)
     b.results["ceiling_runs"] = [first]
     b.results["ceiling_pairs"] = synthetic
@@ -687,12 +715,13 @@ def phase_ingest(b: Bench, ceiling_url: str) -> None:
     runs: list[WrkResult] = []
     offset = 0
     for r in range(b.args.rounds):
-        res = run_wrk(b.box.url, b.lua, b.pairs_file, offset, b.args.box_seconds)
+        res = run_wrk(b.box.url, b.lua, b.pairs_file, offset, b.args.box_seconds, pid=b.box.pid)
         offset = (offset + res.requests) % n
         runs.append(res)
         rss, _ = memory_mb(b.box.pid)
         print(f"    box    round {r + 1}  {res.line()}  RSS {rss:.0f} MB", flush=True)
-        ceil = run_wrk(ceiling_url, b.lua, b.results["ceiling_pairs"], 0, b.args.ceiling_seconds)
+        ceil = run_wrk(ceiling_url, b.lua, b.results["ceiling_pairs"], 0, b.args.ceiling_seconds,
+                       pid=b.results["ceiling_pid"])
         b.results["ceiling_runs"].append(ceil)
         print(f"    ceiling round {r + 1}  {ceil.line()}", flush=True)
     covered = min(n, sum(r.requests for r in runs))
@@ -854,6 +883,135 @@ def phase_offline(b: Bench) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# bulk seeding and the scale table (--scale)
+# --------------------------------------------------------------------------------------------------
+
+
+async def _seed(data: Path, n: int) -> str:
+    """Bench only: N external workspaces whose agents registered (``remote://no-inbound``), written to a fresh
+    data dir through the box's own store functions, the way ``POST /workspaces`` and the agent's register
+    commit them (the same transitions, rows, token digests and persisted events), without HTTP: creating
+    50,000 through the API takes minutes. Runs with the box's source (``--box-src``) so its schema is the box's."""
+    from molecule_box.actors import transitions as t
+    from molecule_box.bus import EventBus
+    from molecule_box.models import Workspace, WorkspaceStatus
+    from molecule_box.security import tokens as tk
+    from molecule_box.store import Store
+    from molecule_box.store import events as event_rows
+    from molecule_box.store import tokens as token_rows
+    from molecule_box.store import workspaces as workspace_rows
+
+    store = Store(data / "molecule-box.db")
+    lines: list[str] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        for start in range(0, n, 1000):
+            ops: list[Callable[[Any], Any]] = []
+            for i in range(start, min(n, start + 1000)):
+                now = time.time()
+                wid = str(uuid.uuid4())
+                created = t.created(Workspace(id=wid, name=f"bench-{i:05d}", status=WorkspaceStatus.PROVISIONING,
+                                              runtime="external", backend="external", created_at=now,
+                                              updated_at=now, status_changed_at=now), lifecycle=False)
+                token = tk.mint()
+                registered = t.register(created.workspace, "remote://no-inbound", {"name": "bench"}, now)
+                ops.append(workspace_rows.insert(registered.workspace))
+                ops.append(token_rows.insert(wid, token.digest, token.prefix))
+                ops.extend(event_rows.insert(EventBus.make(kind, wid, payload))
+                           for kind, payload in (*created.events, *registered.events))
+                lines.append(f"{wid} {token.plaintext}\n")
+            await store.write(lambda db, ops=ops: [op(db) for op in ops], bulk=True)
+        nursery.cancel_scope.cancel()
+    store.close()
+    return "".join(lines)  # the "id token" pairs file
+
+
+def seed_bulk(b: Bench) -> None:
+    n = b.args.workspaces
+    print(f"\n[2] box: {n} registered external workspaces seeded straight into the store (bulk, bench only)",
+          flush=True)
+    b.data.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "_seed", "--data", str(b.data), "--n", str(n),
+                    "--pairs", str(b.pairs_file)], env=box_env(b.args.box_src), cwd=b.work, check=True,
+                   timeout=max(300.0, n / 50))
+    print(f"    seeded in {time.monotonic() - began:.1f} s", flush=True)
+    b.sampler.phase = "create"
+    box = b.start_box(stale_after=3600)
+    box.wait_healthy(120)
+    counts = box.health()["workspaces"]
+    if counts.get("online") != n:
+        raise RuntimeError(f"expected {n} online workspaces, /health says {counts}")
+    b.results["pairs"] = read_pairs(b.pairs_file)
+    b.sampler.phase = "idle"
+    time.sleep(1.0)
+    rss, hwm = memory_mb(box.pid)
+    b.results.update(rss_idle=rss, hwm_after_create=hwm)
+    print(f"    box RSS with {n} workspaces, idle: {rss:.0f} MB", flush=True)
+
+
+def run_scales(args: argparse.Namespace, work: Path, procs: Processes, sampler: MemorySampler) -> bool:
+    """The cost table: the same phases (ingest, RSS, restore, offline detection) at each size, one ceiling."""
+    first = Bench(argparse.Namespace(**{**vars(args), "workspaces": args.scale[0]}), work, procs, sampler)
+    ceiling_url = phase_ceiling(first)
+    rows: list[dict[str, float]] = []
+    for n in args.scale:
+        sub = work / f"n{n}"
+        sub.mkdir()
+        b = Bench(argparse.Namespace(**{**vars(args), "workspaces": n}), sub, procs, sampler)
+        b.results["ceiling_runs"] = []
+        b.results["ceiling_pairs"] = first.results["ceiling_pairs"]
+        b.results["ceiling_pid"] = first.results["ceiling_pid"]
+        sampler.peak.clear()
+        seed_bulk(b)
+        phase_ingest(b, ceiling_url)
+        phase_restore(b)
+        phase_offline(b)
+        b.stop_box()
+        r = b.results
+        rows.append({
+            "n": n, "ingest": statistics.median(x.rps for x in r["ingest_runs"]),
+            "cpu": statistics.median(x.cpu_us for x in r["ingest_runs"]),
+            "ceiling": statistics.median(x.rps for x in r["ceiling_runs"]),
+            "rss": r["rss_restored"], "restore": r["restore_logged"][1] if r["restore_logged"] else math.nan,
+            "health": r["restore_health"], "late": max(r["offline_hist_worst"], r["offline_seen_max"]),
+            "late_mean": r["offline_hist_mean"],
+        })
+    base = rows[0]
+    print("\n" + "=" * 100)
+    print(f"COST AS THE WORK GROWS  ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end)")
+    print("=" * 100)
+    print(f"{'workspaces':>10} {'ingest/s':>9} {'ceiling/s':>10} {'ratio':>6} {'vs first':>9} {'CPU us':>7} "
+          f"{'RSS MB':>7} {'KB/ws over first':>17} {'restore s':>10} {'ms/ws over first':>17} "
+          f"{'exec->/health s':>16} "
+          f"{'late worst ms':>14} {'late mean ms':>13}")
+    ok = True
+    for row in rows:
+        ratio = row["ingest"] / row["ceiling"]
+        vs_first = ratio / (base["ingest"] / base["ceiling"])
+        extra = row["n"] - base["n"]
+        kb_per = (row["rss"] - base["rss"]) * 1024 / extra if extra else math.nan
+        ms_per = (row["restore"] - base["restore"]) * 1000 / extra if extra else math.nan
+        print(f"{row['n']:>10} {row['ingest']:>9.0f} {row['ceiling']:>10.0f} {ratio:>6.2f} {vs_first:>9.2f} "
+              f"{row['cpu']:>7.0f} {row['rss']:>7.0f} {kb_per:>17.1f} {row['restore']:>10.3f} "
+              f"{ms_per:>17.3f} "
+              f"{row['health']:>16.2f} {row['late'] * 1000:>14.0f} {row['late_mean'] * 1000:>13.1f}")
+        ok &= math.isnan(kb_per) or kb_per <= TARGET_KB_PER_WORKSPACE
+        ok &= math.isnan(ms_per) or ms_per <= TARGET_RESTORE_MS_PER_WORKSPACE
+        ok &= row["late"] <= TARGET_LATENESS_S
+    last = rows[-1]
+    ok &= last["n"] < 50_000 or last["restore"] <= TARGET_RESTORE_50K_S
+    ingest_ok = (last["ingest"] / last["ceiling"]) / (base["ingest"] / base["ceiling"]) >= 1 - TARGET_INGEST_DRIFT
+    ok &= ingest_ok
+    print(f"targets: RSS <= {TARGET_KB_PER_WORKSPACE:g} KB and restore <= {TARGET_RESTORE_MS_PER_WORKSPACE:g} ms "
+          f"more per workspace than at the smallest size, 50,000 restored in <= {TARGET_RESTORE_50K_S:g} s, "
+          f"ingest ratio at the largest within {TARGET_INGEST_DRIFT:.0%} of the smallest, "
+          f"offline lateness <= {TARGET_LATENESS_S:g} s: "
+          f"{'ALL MET' if ok else 'MISSED'}", flush=True)
+    return ok
+
+
+# --------------------------------------------------------------------------------------------------
 # summary
 # --------------------------------------------------------------------------------------------------
 
@@ -868,6 +1026,8 @@ def summary(b: Bench) -> bool:
     box_mid = sorted(ingest, key=lambda x: x.rps)[len(ingest) // 2]
     ceil_mid = sorted(ceilings, key=lambda x: x.rps)[len(ceilings) // 2]
     non200 = sum(x.non200 + x.socket_errors for x in ingest)
+    box_cpu = statistics.median(x.cpu_us for x in ingest)
+    ceil_cpu = statistics.median(c.cpu_us for c in ceilings)
     paced = r["paced"]
     peak_rss = max(b.sampler.peak.values(), default=0.0)
     logged = r["restore_logged"]
@@ -881,6 +1041,8 @@ def summary(b: Bench) -> bool:
          f"{box_rps:.0f} req/s  p50 {box_mid.p50_ms:.1f}  p99 {box_mid.p99_ms:.1f} ms",
          f">= {TARGET_RATE:g} req/s", box_rps >= TARGET_RATE),
         ("ingest / ceiling", f"{box_rps / ceil_rps:.2f}", "info (prototype 0.92)", None),
+        ("server CPU per heartbeat: box / ceiling, median",
+         f"{box_cpu:.0f} / {ceil_cpu:.0f} us  (ceiling / box {ceil_cpu / box_cpu:.2f})", "info", None),
         ("non-200 + socket errors under ingest", f"{non200}", "0", non200 == 0),
         ("workspace creation (POST /workspaces)", f"{r['create_rate']:.0f} /s", "-", None),
         ("agent register (POST /registry/register)", f"{r['register_rate']:.0f} /s", "-", None),
@@ -941,6 +1103,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="heartbeats/s of the single round before silence in phase 7 (default 668: "
                              "deadlines twice as dense as 10,000 agents beating every 30 s)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (data, logs) for inspection")
+    parser.add_argument("--box-src", type=Path, help="run the box from this source tree (first on PYTHONPATH)")
+    parser.add_argument("--scale", type=lambda v: [int(x) for x in v.split(",")],
+                        help="the cost table instead: e.g. 1000,10000,50000 workspaces, each seeded in bulk "
+                             "straight into the store; ingest, RSS, restore and offline detection at each")
     args = parser.parse_args(argv)
     if args.workspaces < 10:
         parser.error("--workspaces must be at least 10")
@@ -957,10 +1123,13 @@ def main(argv: list[str] | None = None) -> int:
     sampler = MemorySampler()
     sampler.start()
     source = subprocess.run([sys.executable, "-c", "import molecule_box; print(molecule_box.__file__)"],
-                            capture_output=True, text=True, cwd=work, timeout=60, check=False).stdout.strip()
+                            capture_output=True, text=True, cwd=work, timeout=60, check=False,
+                            env=box_env(args.box_src)).stdout.strip()
     print(f"molecule-box heartbeat bench: {args.workspaces} workspaces, box from {source or '?'}, work dir {work}",
           flush=True)
     try:
+        if args.scale:
+            return 0 if run_scales(args, work, procs, sampler) else 1
         b = Bench(args, work, procs, sampler)
         ceiling_url = phase_ceiling(b)
         phase_create(b)
@@ -999,6 +1168,14 @@ def _drive_main(argv: list[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_drive":
         sys.exit(_drive_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "_seed":
+        seed_args = argparse.ArgumentParser(prog="heartbeats.py _seed")
+        seed_args.add_argument("--data", type=Path, required=True)
+        seed_args.add_argument("--n", type=int, required=True)
+        seed_args.add_argument("--pairs", type=Path, required=True)
+        a = seed_args.parse_args(sys.argv[2:])
+        a.pairs.write_text(trio.run(_seed, a.data, a.n))
+        sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "_ceiling":
         serve_ceiling(int(sys.argv[sys.argv.index("--port") + 1]))
         sys.exit(0)

@@ -46,6 +46,7 @@ import trio
 
 from . import migrations
 from .errors import StoreUnavailable
+from .tokens import TokenCache
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,15 @@ def make_private(path: Path) -> None:
         os.close(fd)
 
 
+class _WriterDatabase(sqlite_utils.Database):
+    """The writer's handle, as ops receive it: it also carries the in-memory state that follows the commits
+    (the token cache, which the ops ending a token invalidate)."""
+
+    def __init__(self, conn: sqlite3.Connection, token_cache: TokenCache) -> None:
+        super().__init__(conn)
+        self.token_cache = token_cache
+
+
 class Store:
     """The box's one SQLite file. Read through :attr:`db`; write only through :meth:`write` / :meth:`submit`."""
 
@@ -125,7 +135,9 @@ class Store:
                 os.chmod(leftover, 0o600)
         writer.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer task does it, off the commit path
         self._wconn = writer
-        self._wdb = sqlite_utils.Database(writer)
+        #: Live token rows by digest, exact: see store.tokens.TokenCache (settled after every commit).
+        self.token_cache = TokenCache()
+        self._wdb = _WriterDatabase(writer, self.token_cache)
         self._migrate()
         # From here the writer never waits for a lock on the loop: only the thread path (_apply) does.
         writer.execute("PRAGMA busy_timeout = 0")
@@ -215,6 +227,7 @@ class Store:
             await _commit_thread(self._commit, batch)
         else:
             await trio.to_thread.run_sync(self._apply, batch)
+        self.token_cache.settle()  # before any submitter hears of its commit
         self.commit_seconds += time.perf_counter() - started
         self.batches += 1
         self._committed.set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import sqlite_utils
@@ -13,6 +13,74 @@ import sqlite_utils
 from .errors import BootstrapClosed, TooManyTokens
 
 MAX_LIVE_PER_WORKSPACE = 50
+#: Live token rows the cache holds at most; past it, it starts over (every entry is re-read on its next use).
+CACHE_MAX = 200_000
+
+
+class TokenCache:
+    """The live token rows presented recently, by digest: exact, because the box is the only writer.
+
+    Every op that can end a token's life (``revoke``, ``revoke_all``, a workspace saved as removed) calls
+    :func:`invalidate` while it runs in the writer's transaction, which drops that workspace's entries and
+    holds the workspace back from the cache until the batch has committed (:meth:`settle`, called by the
+    writer after the COMMIT and before any submitter is woken). So once a revocation's submitter hears it is
+    committed, no entry for the workspace is left, and the next lookup reads the committed row: a revoked
+    token is refused on the very next call. A lookup between the op and its COMMIT reads the last commit,
+    the same answer it got without the cache; an entry it may have added is dropped again by ``settle``.
+    Tokens that match nothing are not cached (a minted token needs no invalidation)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[bytes, dict[str, Any]] = {}
+        self._by_workspace: dict[str, set[bytes]] = {}
+        self._held: set[str] = set()  # workspaces with an invalidation not committed yet
+
+    def get(self, digest: bytes) -> dict[str, Any] | None:
+        return self._rows.get(digest)
+
+    def put(self, digest: bytes, row: dict[str, Any]) -> None:
+        workspace_id = row["workspace_id"]
+        if workspace_id in self._held:
+            return
+        if len(self._rows) >= CACHE_MAX:
+            self._rows.clear()
+            self._by_workspace.clear()
+        self._rows[digest] = row
+        self._by_workspace.setdefault(workspace_id, set()).add(digest)
+
+    def invalidate(self, workspace_ids: list[str]) -> None:
+        self._held.update(workspace_ids)
+        self._drop(workspace_ids)
+
+    def settle(self) -> None:
+        """The batch has committed (or failed): drop what a lookup added meanwhile and let them in again."""
+        if self._held:
+            held, self._held = self._held, set()
+            self._drop(held)
+
+    def _drop(self, workspace_ids: Iterable[str]) -> None:
+        for workspace_id in workspace_ids:
+            for digest in self._by_workspace.pop(workspace_id, ()):
+                self._rows.pop(digest, None)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def invalidate(db: sqlite_utils.Database, workspace_ids: list[str]) -> None:
+    """Inside a write op: the workspaces' tokens may have ended (see :class:`TokenCache`)."""
+    cache = getattr(db, "token_cache", None)
+    if isinstance(cache, TokenCache):
+        cache.invalidate(workspace_ids)
+
+
+def lookup_cached(db: sqlite_utils.Database, cache: TokenCache, digest: bytes) -> dict[str, Any] | None:
+    """:func:`lookup` through the cache: the same answer, without the SELECT for a token seen before."""
+    row = cache.get(digest)
+    if row is None:
+        row = lookup(db, digest)
+        if row is not None:
+            cache.put(digest, row)
+    return row
 
 
 def lookup(db: sqlite_utils.Database, digest: bytes) -> dict[str, Any] | None:
@@ -116,6 +184,7 @@ def touch(token_id: str, when: float) -> Callable[[sqlite_utils.Database], None]
 
 def revoke(workspace_id: str, token_id: str) -> Callable[[sqlite_utils.Database], bool]:
     def op(db: sqlite_utils.Database) -> bool:
+        invalidate(db, [workspace_id])
         cursor = db.execute(
             "UPDATE tokens SET revoked_at = ? WHERE id = ? AND workspace_id = ? AND revoked_at IS NULL",
             [time.time(), token_id, workspace_id],
@@ -136,6 +205,7 @@ def revoke_others(workspace_id: str, keep: str) -> Callable[[sqlite_utils.Databa
 
 def revoke_all(workspace_ids: list[str]) -> Callable[[sqlite_utils.Database], None]:
     def op(db: sqlite_utils.Database) -> None:
+        invalidate(db, workspace_ids)
         now = time.time()
         for wid in workspace_ids:
             db.execute("UPDATE tokens SET revoked_at = ? WHERE workspace_id = ? AND revoked_at IS NULL", [now, wid])

@@ -7,7 +7,8 @@ from typing import Any
 
 import sqlite_utils
 
-from ..models import Workspace
+from ..models import Workspace, WorkspaceStatus
+from .tokens import invalidate
 
 
 def get(db: sqlite_utils.Database, workspace_id: str) -> Workspace | None:
@@ -92,10 +93,32 @@ def save(workspace: Workspace) -> Callable[[sqlite_utils.Database], None]:
     """Write every column of ``workspace`` (the actor's whole record) in one UPDATE."""
     row = workspace.to_row()
     wid = row.pop("id")
+    removed = workspace.status is WorkspaceStatus.REMOVED
 
     def op(db: sqlite_utils.Database) -> None:
+        if removed:  # its tokens stop working with it (the token lookup joins the workspace's status)
+            invalidate(db, [wid])
         assignments = ", ".join(f"{name} = ?" for name in row)
         db.execute(f"UPDATE workspaces SET {assignments} WHERE id = ?", [*row.values(), wid])
+
+    return op
+
+
+#: The columns a heartbeat that changes no status writes (``save_heartbeat``).
+HEARTBEAT_COLUMNS = ("last_heartbeat_at", "last_error_rate", "last_sample_error", "active_tasks", "uptime_seconds",
+                     "current_task", "runtime_state", "runtime_metadata", "monthly_spend", "updated_at")
+
+
+def save_heartbeat(workspace: Workspace) -> Callable[[sqlite_utils.Database], None]:
+    """Write only the heartbeat's columns of ``workspace``: never its status, so an op computed from a record
+    that an actor's commit in the same batch has just changed cannot undo that change."""
+    row = workspace.to_row()
+    values = [row[name] for name in HEARTBEAT_COLUMNS]
+    assignments = ", ".join(f"{name} = ?" for name in HEARTBEAT_COLUMNS)
+    wid = workspace.id
+
+    def op(db: sqlite_utils.Database) -> None:
+        db.execute(f"UPDATE workspaces SET {assignments} WHERE id = ? AND status != 'removed'", [*values, wid])
 
     return op
 
