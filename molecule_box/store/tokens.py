@@ -182,14 +182,18 @@ def touch(token_id: str, when: float) -> Callable[[sqlite_utils.Database], None]
     return op
 
 
+def _revoke(db: sqlite_utils.Database, workspace_id: str, where: str, params: list[Any]) -> int:
+    """The one statement that ends tokens: it drops the workspace's cached rows in the same op, so no way of
+    revoking can forget the cache (a cached token would otherwise outlive its revocation)."""
+    invalidate(db, [workspace_id])
+    cursor = db.execute(f"UPDATE tokens SET revoked_at = ? WHERE workspace_id = ? AND revoked_at IS NULL AND {where}",
+                        [time.time(), workspace_id, *params])
+    return cursor.rowcount
+
+
 def revoke(workspace_id: str, token_id: str) -> Callable[[sqlite_utils.Database], bool]:
     def op(db: sqlite_utils.Database) -> bool:
-        invalidate(db, [workspace_id])
-        cursor = db.execute(
-            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND workspace_id = ? AND revoked_at IS NULL",
-            [time.time(), token_id, workspace_id],
-        )
-        return cursor.rowcount > 0
+        return _revoke(db, workspace_id, "id = ?", [token_id]) > 0
 
     return op
 
@@ -197,17 +201,14 @@ def revoke(workspace_id: str, token_id: str) -> Callable[[sqlite_utils.Database]
 def revoke_others(workspace_id: str, keep: str) -> Callable[[sqlite_utils.Database], None]:
     """Revoke every live token of the workspace but ``keep`` (a moved workload's: the old one's die)."""
     def op(db: sqlite_utils.Database) -> None:
-        db.execute("UPDATE tokens SET revoked_at = ? WHERE workspace_id = ? AND id != ? AND revoked_at IS NULL",
-                   [time.time(), workspace_id, keep])
+        _revoke(db, workspace_id, "id != ?", [keep])
 
     return op
 
 
 def revoke_all(workspace_ids: list[str]) -> Callable[[sqlite_utils.Database], None]:
     def op(db: sqlite_utils.Database) -> None:
-        invalidate(db, workspace_ids)
-        now = time.time()
         for wid in workspace_ids:
-            db.execute("UPDATE tokens SET revoked_at = ? WHERE workspace_id = ? AND revoked_at IS NULL", [now, wid])
+            _revoke(db, wid, "1", [])
 
     return op

@@ -4,7 +4,9 @@ next call, on the A2A proxy, the heartbeat and the API, however often it was use
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -96,4 +98,38 @@ def test_a_lookup_between_the_revoking_op_and_its_commit_leaves_nothing_cached(t
     cache.settle()
     assert token_rows.lookup_cached(store.db, cache, hash_token(token.plaintext)) is None
     assert len(cache) == 0
+    store.close()
+
+
+def test_every_op_that_ends_tokens_clears_them_from_the_cache(tmp_path: Path) -> None:
+    """``revoke``, ``revoke_others`` (a migration's) and ``revoke_all`` (rotation, delete): a token cached just
+    before any of them is refused once its commit settles, and the one a migration keeps still works."""
+    store = Store(tmp_path / "box.db")
+    writer = store._wdb
+    cache = store.token_cache
+
+    def commit(op: Callable[[Any], object]) -> None:
+        writer.execute("BEGIN IMMEDIATE")
+        op(writer)
+        writer.execute("COMMIT")
+        cache.settle()
+
+    def seen(token: Any) -> bool:
+        return token_rows.lookup_cached(store.db, cache, hash_token(token.plaintext)) is not None
+
+    ops: dict[str, Callable[[str, list[str]], Callable[[Any], object]]] = {
+        "revoke": lambda wid, ids: token_rows.revoke(wid, ids[0]),
+        "revoke_others": lambda wid, ids: token_rows.revoke_others(wid, ids[1]),
+        "revoke_all": lambda wid, ids: token_rows.revoke_all([wid]),
+    }
+    for name, make in ops.items():
+        wid = str(uuid.uuid4())
+        writer.execute("INSERT INTO workspaces (id, name, status, runtime, backend, created_at, updated_at) "
+                       "VALUES (?, 'w', 'online', 'external', 'external', 0, 0)", [wid])
+        ended, kept = mint(), mint()
+        ids = [str(token_rows.insert(wid, t.digest, t.prefix)(writer)) for t in (ended, kept)]
+        assert seen(ended) and seen(kept)  # both cached now
+        commit(make(wid, ids))
+        assert not seen(ended), name
+        assert seen(kept) == (name != "revoke_all"), name
     store.close()
