@@ -309,6 +309,28 @@ def provision_timed_out(ws: Workspace, now: float, timeout: float) -> Outcome:
     )
 
 
+def migrating(ws: Workspace, to: str) -> Outcome:
+    """A move to backend ``to`` began; the workspace keeps serving from its current workload meanwhile."""
+    return Outcome(ws, [("WORKSPACE_MIGRATING", {"name": ws.name, "from": ws.backend, "to": to})])
+
+
+def migrated(ws: Workspace, now: float, to: str, handle: dict[str, Any], url: str | None) -> Outcome:
+    """The new workload's agent registered: the workspace is the new backend's from here on."""
+    changes: dict[str, Any] = {"backend": to, "backend_state": handle, "updated_at": now}
+    if url:
+        changes.update(url=url, url_from_backend=True)
+    return Outcome(dataclasses.replace(ws, **changes),
+                   [("WORKSPACE_MIGRATED", {"name": ws.name, "from": ws.backend, "to": to})])
+
+
+def migration_failed(ws: Workspace, now: float, to: str, reason: str, old_url: str | None) -> Outcome:
+    """The move did not finish: the old workload stays the workspace's, and the event says why (the CLI that
+    asked for the move reports it)."""
+    return Outcome(dataclasses.replace(ws, url=old_url, updated_at=now),
+                   [("WORKSPACE_MIGRATION_FAILED", {"name": ws.name, "from": ws.backend, "to": to,
+                                                    "error": reason})])
+
+
 def failed(ws: Workspace, now: float, reason: str, **payload: Any) -> Outcome:
     return Outcome(
         set_status(ws, S.FAILED, now, failure_reason=reason, last_sample_error=reason),

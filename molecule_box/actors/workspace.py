@@ -511,6 +511,7 @@ class WorkspaceActor:
                        deadline=trio.current_time() + self.deps.settings.provision_timeout_seconds)
         self._migration = migration  # after _start_op, which would take it for a superseded one
         log.info("workspace %s: moving from %s to %s", ws.id, ws.backend, cmd.to)
+        await self._commit(t.migrating(ws, cmd.to))
         return {"status": ws.status.value, "backend": ws.backend, "migrating": True, "to": cmd.to}
 
     async def _migrated(self, done: c.OpDone) -> None:
@@ -521,15 +522,11 @@ class WorkspaceActor:
         if done.error is not None or done.result is None or ws.status is S.REMOVED:
             reason = done.error.reason if done.error is not None else "removed meanwhile"
             log.warning("workspace %s: the move to %s failed: %s", ws.id, migration.to, reason)
-            await self._commit(t.Outcome(dataclasses.replace(ws, url=migration.old_url, updated_at=self._now())),
+            await self._commit(t.migration_failed(ws, self._now(), migration.to, reason, migration.old_url),
                                token_rows.revoke(ws.id, migration.token_id))
             self._retire(migration.to, {"workspace_id": ws.id})
             return
-        changes: dict[str, Any] = {"backend": migration.to, "backend_state": done.result.handle,
-                                   "updated_at": self._now()}
-        if done.result.url:
-            changes.update(url=done.result.url, url_from_backend=True)
-        await self._commit(t.Outcome(dataclasses.replace(ws, **changes)),
+        await self._commit(t.migrated(ws, self._now(), migration.to, done.result.handle, done.result.url),
                            token_rows.revoke_others(ws.id, migration.token_id))
         log.info("workspace %s: moved from %s to %s", ws.id, migration.old_backend, migration.to)
         self._retire(migration.old_backend, migration.old_handle, drain=MIGRATE_DRAIN)

@@ -18,9 +18,24 @@ from .remote import Api, done, json_option, pass_api
 LIVE = ("online", "degraded")
 
 
+MOVE_EVENTS = ("WORKSPACE_MIGRATING", "WORKSPACE_MIGRATED", "WORKSPACE_MIGRATION_FAILED")
+
+
+def _move_failed(api: Api, wid: str) -> str | None:
+    """Why the move asked for last failed, once the box says so. The box records the start of the move before
+    it answers the request, so the newest move event is that move's until it ends."""
+    for event in api.call("GET", f"/events/{wid}"):  # newest first
+        if event["event_type"] in MOVE_EVENTS:
+            if event["event_type"] == "WORKSPACE_MIGRATION_FAILED":
+                return str(event["payload"].get("error") or "no reason given")
+            return None
+    return None
+
+
 def _wait_moved(api: Api, wid: str, to: str, timeout: float) -> dict[str, Any]:
-    """The workspace once it runs on ``to`` and is live; a ClickException when it leaves the live states or the
-    move does not finish in time (the box keeps the old workload then: nothing is lost)."""
+    """The workspace once it runs on ``to`` and is live; a ClickException when the move failed, the workspace
+    left the live states or the move did not finish in time (the box keeps the old workload then: nothing is
+    lost)."""
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -30,6 +45,10 @@ def _wait_moved(api: Api, wid: str, to: str, timeout: float) -> dict[str, Any]:
         if body["status"] not in LIVE:
             raise click.ClickException(f"workspace {body['name']} became {body['status']} while moving: "
                                        f"{body.get('failure_reason') or 'see molecule-box logs'}")
+        reason = _move_failed(api, wid)
+        if reason is not None:
+            raise click.ClickException(f"workspace {body['name']} was not moved to {to}: {reason}; it stays on "
+                                       f"{body['backend']}, its workload untouched")
         time.sleep(0.25)
     raise click.ClickException(f"workspace {body.get('name', wid)} is still on {body.get('backend')} after "
                                f"{timeout:g}s; the box keeps its old workload (see the box's log for why)")

@@ -200,3 +200,21 @@ def test_delete() -> None:
     assert (outcome.workspace.status, outcome.workspace.active_tasks) == (S.REMOVED, 0)
     assert outcome.events == [("WORKSPACE_REMOVED", {"cascade_deleted": 2})]
     assert t.delete(outcome.workspace, 10.0, {}) is None  # deleting twice is not an error
+
+
+def test_a_move_is_recorded_from_start_to_end_and_changes_no_status() -> None:
+    old = dataclasses.replace(ws(S.ONLINE, url="http://127.0.0.1:9001"), backend="docker")
+    started = t.migrating(old, "swarm")
+    assert started.workspace is old
+    assert started.events == [("WORKSPACE_MIGRATING", {"name": "w", "from": "docker", "to": "swarm"})]
+    moved = t.migrated(old, 7.0, "swarm", {"service_id": "s1"}, "http://127.0.0.1:9002")
+    new = moved.workspace
+    assert (new.backend, new.backend_state, new.url, new.status, new.updated_at) == (
+        "swarm", {"service_id": "s1"}, "http://127.0.0.1:9002", S.ONLINE, 7.0)
+    assert moved.events == [("WORKSPACE_MIGRATED", {"name": "w", "from": "docker", "to": "swarm"})]
+    registered = dataclasses.replace(old, url="http://127.0.0.1:9002")  # the new agent registered, then it failed
+    failed = t.migration_failed(registered, 8.0, "swarm", "no such image", "http://127.0.0.1:9001")
+    assert (failed.workspace.backend, failed.workspace.url, failed.workspace.status) == (
+        "docker", "http://127.0.0.1:9001", S.ONLINE)
+    assert failed.events == [("WORKSPACE_MIGRATION_FAILED", {"name": "w", "from": "docker", "to": "swarm",
+                                                             "error": "no such image"})]

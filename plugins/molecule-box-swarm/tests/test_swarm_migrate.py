@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from swarmutil import ADMIN, ADMIN_TOKEN, BoxProcess, Swarm
-from test_swarm_box import A2A, service_of
+from swarmutil import ADMIN, ADMIN_TOKEN, IMAGE, IMAGE_PREFIX, RUNTIME, BoxProcess, Swarm
+from test_swarm_box import A2A, service_of, until
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +25,21 @@ def docker_main(*args: str) -> str:
 
 async def adocker_main(*args: str) -> str:
     return await trio.to_thread.run_sync(lambda: docker_main(*args))
+
+
+def remove_main_workloads(box_id: str) -> None:
+    """The docker backend's containers and volumes of the box under test, on the machine's engine."""
+    leftovers = docker_main("ps", "-aq", "--filter", f"label=molecule-box.box={box_id}").split()
+    if leftovers:
+        docker_main("rm", "-f", "-v", *leftovers)
+    volumes = docker_main("volume", "ls", "-q", "--filter", f"label=molecule-box.box={box_id}").split()
+    if volumes:
+        docker_main("volume", "rm", "-f", *volumes)
+
+
+def cli_env(box: BoxProcess) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "VIRTUAL_ENV")},
+            "MOLECULE_BOX_URL": box.url, "ADMIN_TOKEN": ADMIN_TOKEN}
 
 
 async def test_migrate_docker_to_swarm_answering_throughout(swarm: Swarm, box_of: Any) -> None:
@@ -62,8 +77,7 @@ async def test_migrate_docker_to_swarm_answering_throughout(swarm: Swarm, box_of
                         failures.append(f"{response.status_code} {response.text[:200]}")
                     await trio.sleep(0.02)
 
-        env = {**{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "VIRTUAL_ENV")},
-               "MOLECULE_BOX_URL": box.url, "ADMIN_TOKEN": ADMIN_TOKEN}
+        env = cli_env(box)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(hammer)
             done = await trio.run_process([sys.executable, "-m", "molecule_box", "migrate", "--all", "--to", "swarm"],
@@ -93,9 +107,42 @@ async def test_migrate_docker_to_swarm_answering_throughout(swarm: Swarm, box_of
         tokens = (await box.client.get(f"/workspaces/{wid}/tokens")).json()
         assert len(tokens.get("tokens", tokens)) == 1
     finally:
-        leftovers = docker_main("ps", "-aq", "--filter", f"label=molecule-box.box={box_id}").split()
-        if leftovers:
-            docker_main("rm", "-f", "-v", *leftovers)
-        volumes = docker_main("volume", "ls", "-q", "--filter", f"label=molecule-box.box={box_id}").split()
-        if volumes:
-            docker_main("volume", "rm", "-f", *volumes)
+        remove_main_workloads(box_id)
+
+
+async def test_a_move_that_fails_says_why_and_keeps_the_old_workload(swarm: Swarm, box_of: Any) -> None:
+    """The workspace's image exists on the machine's engine only (the swarm cannot pull it): the move fails, the
+    CLI says why instead of waiting out its timeout, and the workspace keeps answering from its container."""
+    if not (await adocker_main("version", "--format", "{{.Server.Version}}")).strip():
+        pytest.skip("the machine's Docker engine is needed for the docker side")
+    tag = f"main-only-{random.randrange(1 << 30)}"
+    await adocker_main("tag", IMAGE, f"{IMAGE_PREFIX}{RUNTIME}:{tag}")
+    box: BoxProcess = box_of(swarm)
+    base = random.randrange(20000, 32600, 100)
+    box.extra = {"CONTAINER_BACKEND": "docker", "WORKSPACE_PORT_RANGE": f"{base}-{base + 99}",
+                 "WORKSPACE_IMAGE_TAG": tag}
+    await box.start()
+    box_id = await box.box_id()
+    try:
+        wid = await box.create()
+        before = await box.wait_for(wid, "online")
+        with trio.fail_after(150):
+            done = await trio.run_process(
+                [sys.executable, "-m", "molecule_box", "migrate", wid, "--to", "swarm", "--timeout", "120"],
+                env=cli_env(box), capture_stdout=True, capture_stderr=True, check=False)
+        assert done.returncode != 0, done.stdout.decode()
+        said = done.stderr.decode()
+        assert "was not moved to swarm" in said and "stays on docker" in said, said
+        after = await box.get(wid)
+        assert (after["backend"], after["status"], after["url"]) == ("docker", "online", before["url"])
+        answer = await box.client.post(f"/workspaces/{wid}/a2a", json=A2A)
+        assert answer.status_code == 200 and "result" in answer.json(), answer.text
+        history = [e["event_type"] for e in (await box.client.get(f"/events/{wid}")).json()]
+        assert history.index("WORKSPACE_MIGRATION_FAILED") < history.index("WORKSPACE_MIGRATING")  # newest first
+        await until(lambda: not swarm.ids("service", box_id) and not swarm.ids("secret", box_id),
+                    "the half-made service and its secret removed")
+        tokens = (await box.client.get(f"/workspaces/{wid}/tokens")).json()
+        assert len(tokens.get("tokens", tokens)) == 1  # the new workload's token went with it
+    finally:
+        remove_main_workloads(box_id)
+        await adocker_main("rmi", f"{IMAGE_PREFIX}{RUNTIME}:{tag}")
