@@ -8,7 +8,6 @@ from typing import Any
 import trio
 
 from ..backends.base import BackendError, BackendEvent, Workload
-from ..models import Workspace
 from ..schemas import Heartbeat as HeartbeatBody
 
 
@@ -55,24 +54,6 @@ class Register(Command):
 @dataclasses.dataclass(eq=False)
 class Heartbeat(Command):
     body: HeartbeatBody
-
-
-@dataclasses.dataclass(eq=False)
-class Beat(Command):
-    """A heartbeat that changed nothing but what it reports, already committed by the supervisor (its
-    columns only) at ``at``: the actor takes it into its record, which re-arms its deadline, and publishes
-    its event. ``actor`` and ``saves``: the incarnation and its count of row saves when that op was
-    submitted; a save since (it wrote the older values) makes the actor commit the heartbeat again.
-    ``before``, ``after`` and ``events``: the record it was applied to, the result and its events (taken as
-    they are while the actor's record is still ``before``). Nobody waits for the reply."""
-
-    body: HeartbeatBody
-    at: float
-    actor: object
-    saves: int
-    before: Workspace
-    after: Workspace
-    events: list[tuple[str, dict[str, Any]]]
 
 
 @dataclasses.dataclass(eq=False)

@@ -36,7 +36,6 @@ from ..backends.base import BackendError
 from ..errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from ..models import Workspace, WorkspaceStatus
 from ..schemas import CreateWorkspace
-from ..schemas import Heartbeat as HeartbeatBody
 from ..security import tokens as tk
 from ..security.ssrf import check_agent_url
 from ..store import events as event_rows
@@ -161,26 +160,6 @@ class Supervisor:
             return
         slot.seen_told = now
         slot.send.send_nowait(c.Seen(at=self.deps.now()))
-
-    async def heartbeat(self, workspace_id: str, body: HeartbeatBody) -> dict[str, str]:
-        """A heartbeat, answered once committed. One that changes nothing but what it reports (the common
-        case: same status, no event but its broadcast) is committed here, its columns only, by the writer's
-        group commit, and then told to the actor (no round trip: the actor takes it into its record, which
-        re-arms its deadline). Every other one, and every one that may change a status, goes to the actor."""
-        slot = self.slots.get(workspace_id)
-        actor = slot.actor if slot is not None else None
-        if slot is None or actor is None or actor.record.status is S.REMOVED:
-            return dict(await self.ask(workspace_id, c.Heartbeat(body)))
-        ws = actor.record
-        now = self.deps.now()
-        outcome = t.heartbeat(ws, body, now)
-        if not t.quiet(ws, outcome):
-            return dict(await self.ask(workspace_id, c.Heartbeat(body)))
-        saves = actor.saves
-        await self.deps.store.write(workspace_rows.save_heartbeat(outcome.workspace))
-        slot.send.send_nowait(c.Beat(body, now, actor, saves, ws, outcome.workspace, outcome.events))
-        self.deps.metrics.heartbeats.inc()
-        return {"status": "ok"}
 
     async def ask(self, workspace_id: str, command: c.Command, *, timeout: float = ASK_TIMEOUT) -> Any:
         """Send ``command`` to the workspace's actor and wait (bounded) for its answer."""

@@ -214,12 +214,6 @@ def heartbeat(ws: Workspace, hb: Heartbeat, now: float) -> Outcome:
     return Outcome(set_status(ws, status, now, **changes), events)
 
 
-def quiet(ws: Workspace, outcome: Outcome) -> bool:
-    """Whether a heartbeat's outcome changes nothing but what the heartbeat reports: the same status, and no
-    event but the WORKSPACE_HEARTBEAT broadcast (no TASK_UPDATED, no lifecycle event)."""
-    return outcome.workspace.status is ws.status and [kind for kind, _ in outcome.events] == ["WORKSPACE_HEARTBEAT"]
-
-
 def register(ws: Workspace, url: str | None, agent_card: dict[str, Any], now: float) -> Outcome:
     """Any state but removed → online. A URL the backend assigned (its own port mapping) wins over the
     one the agent reports from inside its container."""

@@ -104,8 +104,6 @@ class WorkspaceActor:
         self._outbox = outbox
         self._op: _Op | None = None
         self._op_seq = 0
-        #: Row saves submitted by this incarnation (see c.Beat).
-        self.saves = 0
         self._nursery: trio.Nursery | None = None
         self.current: c.Message | None = None
         self._cleanup_attempts = 0
@@ -203,7 +201,6 @@ class WorkspaceActor:
                 insert(db)
             return [fn(db) for fn in extra]
 
-        self.saves += 1
         results = await self.deps.store.write(op)
         before = self.record.status
         self.record = ws
@@ -619,18 +616,6 @@ class WorkspaceActor:
         await self._commit(t.heartbeat(self.record, cmd.body, self._now()))
         self.deps.metrics.heartbeats.inc()
         return {"status": "ok"}
-
-    async def _on_Beat(self, cmd: c.Beat) -> None:
-        ws = self.record
-        if ws.status is S.REMOVED or (ws.last_heartbeat_at is not None and cmd.at < ws.last_heartbeat_at):
-            return  # a newer heartbeat went through this actor meanwhile
-        if cmd.actor is self and cmd.saves == self.saves and ws is cmd.before:
-            self.record = cmd.after  # what the supervisor committed
-            for kind, payload in cmd.events:
-                self.deps.bus.publish(self.deps.bus.make(kind, ws.id, payload))
-            return
-        # The record changed since, or a save of ours wrote the older values: the heartbeat as a command's.
-        await self._commit(t.heartbeat(ws, cmd.body, cmd.at))
 
     async def _on_UpdateCard(self, cmd: c.UpdateCard) -> dict[str, str]:
         self._require_not_removed()

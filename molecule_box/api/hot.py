@@ -3,9 +3,8 @@
 quart-trio costs about a quarter of the server's ceiling on a trivial route
 (measured: bench/README.md, "What this stack reaches"), and heartbeats arrive from every agent every 30 s, so
 ``POST /registry/heartbeat`` is served here on raw ASGI: read the body, one
-pydantic parse, one token lookup (cached), the supervisor's heartbeat (which commits a heartbeat that changes
-no status itself and tells the actor, and sends any other to the actor; both wait for the group commit), one
-JSON write. Errors go through the same mapping as the app.
+pydantic parse, one token lookup, one actor round trip (which waits for the
+group commit), one JSON write. Errors go through the same mapping as the app.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from ..actors import commands as c
 from ..asgi import BODY_DEADLINE, ASGIApp, Receive, Scope, Send, error_response, read_body, send_json
 from ..schemas import Heartbeat
 from .auth import authorize, scope_headers
@@ -70,7 +70,7 @@ class Front:
             body = Heartbeat.model_validate_json(raw or b"{}")
             await authorize(box, "workspace", scope_headers(scope), body.workspace_id,
                             proof_of_life=False)  # the heartbeat is the proof
-            result = await box.supervisor.heartbeat(body.workspace_id, body)
+            result = await box.supervisor.ask(body.workspace_id, c.Heartbeat(body))
             status, payload, headers = 200, result, None
         except Exception as exc:  # mapped like every other route; never a bare 500 page
             status, payload, headers = error_response(exc)

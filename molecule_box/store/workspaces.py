@@ -104,25 +104,6 @@ def save(workspace: Workspace) -> Callable[[sqlite_utils.Database], None]:
     return op
 
 
-#: The columns a heartbeat that changes no status writes (``save_heartbeat``).
-HEARTBEAT_COLUMNS = ("last_heartbeat_at", "last_error_rate", "last_sample_error", "active_tasks", "uptime_seconds",
-                     "current_task", "runtime_state", "runtime_metadata", "monthly_spend", "updated_at")
-
-
-def save_heartbeat(workspace: Workspace) -> Callable[[sqlite_utils.Database], None]:
-    """Write only the heartbeat's columns of ``workspace``: never its status, so an op computed from a record
-    that an actor's commit in the same batch has just changed cannot undo that change."""
-    row = workspace.to_row()
-    values = [row[name] for name in HEARTBEAT_COLUMNS]
-    assignments = ", ".join(f"{name} = ?" for name in HEARTBEAT_COLUMNS)
-    wid = workspace.id
-
-    def op(db: sqlite_utils.Database) -> None:
-        db.execute(f"UPDATE workspaces SET {assignments} WHERE id = ? AND status != 'removed'", [*values, wid])
-
-    return op
-
-
 #: The tables whose rows belong to one workspace (``workspace_id``) and go with it when it is purged.
 OWNED_BY_WORKSPACE = ("tokens", "register_bootstrap", "secrets", "activity", "inbox_cursors", "events",
                       "actor_failures", "plugin_installs", "plugin_allowlist",

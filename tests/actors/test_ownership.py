@@ -10,7 +10,7 @@ import molecule_box
 
 PACKAGE = Path(molecule_box.__file__).parent
 #: The ops of ``store/workspaces.py`` that write a workspace row (its status among its columns).
-ROW_WRITES = {"insert", "save", "save_heartbeat", "purge"}
+ROW_WRITES = {"insert", "save", "purge"}
 
 
 def modules() -> list[tuple[str, ast.Module]]:
