@@ -20,9 +20,9 @@ CACHE_MAX = 200_000
 class TokenCache:
     """The live token rows presented recently, by digest: exact, because the box is the only writer.
 
-    Every op that can end a token's life (``revoke``, ``revoke_all``, a workspace saved as removed) calls
-    :func:`invalidate` while it runs in the writer's transaction, which drops that workspace's entries and
-    holds the workspace back from the cache until the batch has committed (:meth:`settle`, called by the
+    Every op that can end a token's life (each revocation, through :func:`_revoke`; a workspace saved as
+    removed) calls :func:`invalidate` while it runs in the writer's transaction, which drops that workspace's
+    entries and holds the workspace back from the cache until the batch has committed (:meth:`settle`, called by the
     writer after the COMMIT and before any submitter is woken). So once a revocation's submitter hears it is
     committed, no entry for the workspace is left, and the next lookup reads the committed row: a revoked
     token is refused on the very next call. A lookup between the op and its COMMIT reads the last commit,
@@ -59,7 +59,8 @@ class TokenCache:
 
     def _drop(self, workspace_ids: Iterable[str]) -> None:
         for workspace_id in workspace_ids:
-            for digest in self._by_workspace.pop(workspace_id, ()):
+            # A copy: on the writer's thread path (bulk ops) a lookup on the loop may add to the set meanwhile.
+            for digest in list(self._by_workspace.pop(workspace_id, ())):
                 self._rows.pop(digest, None)
 
     def __len__(self) -> int:
