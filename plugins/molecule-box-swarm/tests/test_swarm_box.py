@@ -54,6 +54,11 @@ async def a2a(box: BoxProcess, wid: str) -> None:
     assert response.json()["result"]["parts"][0]["text"] == "echo: hello swarm"
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "known race, open in issue 17: after the task's container is killed, Swarm starts two tasks of the service "
+    "at once (seen in the manager's events); on the host network the second cannot bind the workspace's port "
+    "and exits 1, and when the box has taken that one as the current task the workspace ends failed. Seen in "
+    "about half the runs on an idle machine"))
 async def test_create_register_a2a_crash_pause_resume_delete(swarm: Swarm, box_of: Any) -> None:
     box: BoxProcess = box_of(swarm)
     await box.start()
