@@ -76,15 +76,21 @@ async def test_a_deleted_workspaces_token_is_refused_on_the_next_call(client: ht
     assert heartbeat in (401, 404) and proxied == 401 and read in (401, 404), (heartbeat, proxied, read)
 
 
+def _online_workspace(writer: Any) -> str:
+    """A workspace row written straight through the writer's handle (the store tests' way), its id."""
+    wid = str(uuid.uuid4())
+    writer.execute("INSERT INTO workspaces (id, name, status, runtime, backend, created_at, updated_at) "
+                   "VALUES (?, 'w', 'online', 'external', 'external', 0, 0)", [wid])
+    return wid
+
+
 def test_a_lookup_between_the_revoking_op_and_its_commit_leaves_nothing_cached(tmp_path: Path) -> None:
     """The writer runs the revoking op, then commits; a lookup in between reads the last commit (still live)
     and must not leave that row in the cache once the commit is settled."""
     store = Store(tmp_path / "box.db")
-    wid = str(uuid.uuid4())
     token = mint()
     writer = store._wdb  # the handle ops receive, as the writer passes it
-    writer.execute("INSERT INTO workspaces (id, name, status, runtime, backend, created_at, updated_at) "
-                   "VALUES (?, 'w', 'online', 'external', 'external', 0, 0)", [wid])
+    wid = _online_workspace(writer)
     token_rows.insert(wid, token.digest, token.prefix)(writer)
     cache = store.token_cache
     assert token_rows.lookup_cached(store.db, cache, hash_token(token.plaintext)) is not None
@@ -123,9 +129,7 @@ def test_every_op_that_ends_tokens_clears_them_from_the_cache(tmp_path: Path) ->
         "revoke_all": lambda wid, ids: token_rows.revoke_all([wid]),
     }
     for name, make in ops.items():
-        wid = str(uuid.uuid4())
-        writer.execute("INSERT INTO workspaces (id, name, status, runtime, backend, created_at, updated_at) "
-                       "VALUES (?, 'w', 'online', 'external', 'external', 0, 0)", [wid])
+        wid = _online_workspace(writer)
         ended, kept = mint(), mint()
         ids = [str(token_rows.insert(wid, t.digest, t.prefix)(writer)) for t in (ended, kept)]
         assert seen(ended) and seen(kept)  # both cached now
