@@ -54,11 +54,6 @@ async def a2a(box: BoxProcess, wid: str) -> None:
     assert response.json()["result"]["parts"][0]["text"] == "echo: hello swarm"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known race, open in issue 17: after the task's container is killed, Swarm starts two tasks of the service "
-    "at once (seen in the manager's events); on the host network the second cannot bind the workspace's port "
-    "and exits 1, and when the box has taken that one as the current task the workspace ends failed. Seen in "
-    "about half the runs on an idle machine"))
 async def test_create_register_a2a_crash_pause_resume_delete(swarm: Swarm, box_of: Any) -> None:
     box: BoxProcess = box_of(swarm)
     await box.start()
@@ -118,6 +113,30 @@ async def test_create_register_a2a_crash_pause_resume_delete(swarm: Swarm, box_o
     await until(lambda: not swarm.ids("service", box_id) and not swarm.ids("secret", box_id),
                 "the service and its secrets to be removed")
     assert swarm.ids("config", box_id) == []
+
+
+async def test_a_resume_right_after_a_pause_waits_for_the_old_task(swarm: Swarm, box_of: Any) -> None:
+    """A resume cancels the pause's stop, whose task still runs through its stop grace (desired state
+    ``remove``); Swarm's scale-up does not wait for it. The start does: a new task beside it could not bind the
+    workspace's port and would exit at once, which the box would take for a crash (before the fix: an exit 1,
+    a restart, and sometimes ``failed``)."""
+    box: BoxProcess = box_of(swarm)
+    await box.start()
+    box_id = await box.box_id()
+    wid = await box.create()
+    await box.wait_for(wid, "online")
+    service = service_of(swarm, box_id, wid)["ID"]
+    for _ in range(2):
+        assert (await box.client.post(f"/workspaces/{wid}/pause")).status_code == 200
+        assert (await box.client.post(f"/workspaces/{wid}/resume")).status_code == 200
+        await box.wait_for(wid, "online")
+        await a2a(box, wid)
+    tasks = [swarm.inspect(ref) for ref in swarm.docker("service", "ps", "-q", "--no-trunc", service).split()]
+    failed = [t["Status"] for t in tasks if t["Status"]["State"] in ("failed", "rejected")]
+    assert failed == [], failed
+    events = (await box.client.get(f"/events/{wid}")).json()
+    crashes = [e for e in events if (e.get("payload") or {}).get("reason") in ("exited", "oom_killed")]
+    assert crashes == [], crashes
 
 
 async def test_a_tier_swarm_cannot_express_is_refused(swarm: Swarm, box_of: Any) -> None:

@@ -57,6 +57,8 @@ RECONNECT_MAX = 10.0
 POLL = 0.2
 #: Longest a destroy waits for the service's tasks to go before it removes the secrets anyway.
 DESTROY_WAIT = 30.0
+#: Longest a start waits for the tasks of an earlier stop still on their way out (their stop grace and some).
+LEAVING_WAIT = 20.0
 #: How long one read of all services and tasks answers "is it running" for inspect and adopt.
 SNAPSHOT_TTL = 0.5
 #: Container events of the box's tasks that may mean a workspace died.
@@ -192,6 +194,7 @@ class SwarmBackend(BaseBackend):
         if action == "oom":
             self.context.report(BackendEvent(wid, "oom", detail="the task hit its memory limit"))
         elif action == "die":
+            self._last_snapshot = None  # the inspect that confirms this must not read a snapshot taken before it
             code = str(attributes.get("exitCode"))
             self.context.report(BackendEvent(wid, "exited", exit_code=int(code) if code.isdigit() else None,
                                              detail=f"task {str(task)[:12]} exited"))
@@ -265,6 +268,8 @@ class SwarmBackend(BaseBackend):
                 for extra in existing[1:]:  # never more than one: a leftover of a lost answer goes
                     await client.delete_service(extra["ID"])
                 found = existing[0] if existing else None
+                if found is not None:
+                    await self._until_leaving_tasks_end(client, wid, str(found["ID"]))
                 image = docker_spec.image_ref(self.settings, spec.runtime)
                 user = await self._image_user(client, image)
                 port = self._port_for(wid, found)
@@ -290,6 +295,23 @@ class SwarmBackend(BaseBackend):
                           "task_id": task["ID"], "node_id": task.get("NodeID"), "node": node.get("hostname"),
                           "node_addr": node.get("addr"), "created": time.time()}
         return Workload(handle=handle, url=f"http://{node.get('addr') or '127.0.0.1'}:{port}")
+
+    async def _until_leaving_tasks_end(self, client: SwarmClient, wid: str, service_id: str) -> None:
+        """Wait (bounded) until no task of an earlier stop still runs. A stop the box cut short (a resume right
+        after a pause cancels the pause's stop) leaves its task running through its stop grace, with desired
+        state ``remove`` or ``shutdown``; Swarm's scale-up does not wait for it, and on the workspace's port the
+        new task could not bind: it would exit at once, a crash the box never caused."""
+        reported = False
+        with trio.move_on_after(LEAVING_WAIT) as waited:
+            while leaving := sv.leaving_tasks(await client.tasks({"service": [service_id]})):
+                if not reported:
+                    reported = True
+                    self.context.report(BackendEvent(
+                        wid, "progress", detail=f"swarm: waiting for task {str(leaving[0].get('ID'))[:12]} to stop"))
+                await trio.sleep(POLL)
+        if waited.cancelled_caught:
+            log.warning("swarm: a task of workspace %s still runs %.0fs after its stop; starting anyway", wid,
+                        LEAVING_WAIT)
 
     async def _services_of(self, client: SwarmClient, wid: str) -> list[dict[str, Any]]:
         found = await client.services(sv.owned_filters(self.box_id, wid))

@@ -182,6 +182,13 @@ def task_state(service: dict[str, Any] | None, tasks: list[dict[str, Any]]) -> t
     return WorkloadState.STOPPED, detail
 
 
+def leaving_tasks(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tasks Swarm is stopping that still run (or start): their desired state is past ``running`` (``shutdown``
+    after an update, ``remove`` after a scale-down) but their container still holds what it held."""
+    return [t for t in tasks if (t.get("Status") or {}).get("State") in ("running", *STARTING_STATES)
+            and t.get("DesiredState") not in ("running", *STARTING_STATES)]
+
+
 def exit_code(task: dict[str, Any] | None) -> int | None:
     status = (task or {}).get("Status") or {}
     code = (status.get("ContainerStatus") or {}).get("ExitCode")

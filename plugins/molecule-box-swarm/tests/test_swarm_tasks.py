@@ -1,0 +1,32 @@
+"""What a service's tasks mean to the box, as pure rules (no engine): which task tells the state, and which
+tasks a start must wait for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from molecule_box_swarm.service import leaving_tasks, task_state
+
+from molecule_box.backends.base import WorkloadState
+
+
+def task(ident: str, state: str, desired: str, created: str = "2026-12-02T06:00:00Z") -> dict[str, Any]:
+    return {"ID": ident, "Status": {"State": state}, "DesiredState": desired, "CreatedAt": created}
+
+
+def test_a_start_waits_only_for_tasks_on_their_way_out_that_still_run() -> None:
+    tasks = [task("scaled-down", "running", "remove"), task("updated-away", "starting", "shutdown"),
+             task("crashed", "failed", "shutdown"), task("gone", "shutdown", "remove"),
+             task("current", "running", "running"), task("coming", "preparing", "running")]
+    assert [t["ID"] for t in leaving_tasks(tasks)] == ["scaled-down", "updated-away"]
+    assert leaving_tasks([]) == []
+
+
+def test_the_newest_task_tells_the_state() -> None:
+    service = {"Spec": {"Mode": {"Replicated": {"Replicas": 1}}}}
+    old = task("old", "running", "remove", "2026-12-02T06:00:00Z")
+    new = task("new", "failed", "shutdown", "2026-12-02T06:00:05Z")
+    assert task_state(service, [old, new])[0] is WorkloadState.STOPPED
+    assert task_state(service, [old])[0] is WorkloadState.RUNNING
+    assert task_state(None, [old])[0] is WorkloadState.MISSING
+    assert task_state({"Spec": {"Mode": {"Replicated": {"Replicas": 0}}}}, [])[0] is WorkloadState.STOPPED
