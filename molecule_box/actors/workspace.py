@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from .. import templates
+from ..backends import archive as ar
 from ..backends.base import (
     Backend,
     BackendError,
@@ -497,6 +498,9 @@ class WorkspaceActor:
         token = tk.mint()
         [token_id] = await self.deps.store.write(lambda db: [token_rows.insert(ws.id, token.digest, token.prefix)(db)])
         spec = await self._workload_spec(ws, target, token.plaintext, previous=None)
+        carried = await self._files_to_carry() if spec.seed_files is not None else None
+        if carried is not None:  # the files the workspace has now, not its template's first ones
+            spec = dataclasses.replace(spec, seed_files=carried)
         migration = _Migration(cmd.to, str(token_id), ws.url, ws.backend, self._handle())
 
         async def move() -> Workload:
@@ -527,6 +531,20 @@ class WorkspaceActor:
                            token_rows.revoke_others(ws.id, migration.token_id))
         log.info("workspace %s: moved from %s to %s", ws.id, migration.old_backend, migration.to)
         self._retire(migration.old_backend, migration.old_handle, drain=MIGRATE_DRAIN)
+
+    async def _files_to_carry(self) -> bytes | None:
+        """The current workload's ``/configs`` (its files and directories; not the token, which the new
+        workload gets its own of, nor links, which no backend takes in); None when the current backend has no
+        file operations (the new workload then starts from the template's)."""
+        try:
+            backend = await self._file_ops()
+        except FilesNotSupported:
+            return None
+        with _files_deadline("reading"):
+            tree = await backend.read_config_files(self._handle())
+        kept = [ar.Entry(m.name, m.data, m.mode) for m in ar.members(tree)
+                if m.kind in ("file", "dir") and m.name != ar.TOKEN_FILE]
+        return ar.pack(kept)
 
     def _retire(self, backend_name: str, handle: Handle, *, drain: float = 0.0) -> None:
         """Remove a workload that is no longer the workspace's, in the background (a new command does not

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trio
 from swarmutil import ADMIN, ADMIN_TOKEN, IMAGE, IMAGE_PREFIX, RUNTIME, BoxProcess, Swarm
-from test_swarm_box import A2A, service_of, until
+from test_swarm_box import A2A, running_task, service_of, until
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +56,9 @@ async def test_migrate_docker_to_swarm_answering_throughout(swarm: Swarm, box_of
         remote = (await box.client.post("/workspaces", json={"name": "remote", "external": True})).json()["id"]
         before = await box.wait_for(wid, "online")
         assert before["backend"] == "docker"
+        # A file written to the docker workspace's /configs moves with it.
+        written = await box.client.put(f"/workspaces/{wid}/files/notes/carried.md", json={"content": "kept\n"})
+        assert written.status_code == 200, written.text
         [container] = (await adocker_main("ps", "-q", "--filter", f"label=molecule-box.box={box_id}")).split()
         remote_before = await box.get(remote)
 
@@ -101,6 +104,14 @@ async def test_migrate_docker_to_swarm_answering_throughout(swarm: Swarm, box_of
         assert after["url"] == f"http://127.0.0.1:{port}"
         assert calls["failed"] == 0, failures[:5]
         assert calls["ok"] > 20
+        carried = (await box.client.get(f"/workspaces/{wid}/files/notes/carried.md")).json()
+        assert carried["content"] == "kept\n"
+        listed = {e["path"] for e in (await box.client.get(f"/workspaces/{wid}/files")).json()}
+        assert "config.yaml" in listed and ".auth_token" not in listed
+        task = running_task(swarm, service_of(swarm, box_id, wid)["ID"])
+        assert task is not None
+        container = task["Status"]["ContainerStatus"]["ContainerID"]
+        assert await swarm.adocker("exec", container, "cat", "/configs/notes/carried.md") == "kept\n"
         assert (await box.get(remote))["backend"] == remote_before["backend"] == "external"
         assert (await box.get(remote))["status"] == remote_before["status"]
         # The old token died with the old workload: only the swarm task's is live.

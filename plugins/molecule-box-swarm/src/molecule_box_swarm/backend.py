@@ -21,12 +21,13 @@ import dataclasses
 import importlib.metadata
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import trio
 
+import molecule_box.backends.archive as ar
 import molecule_box.backends.docker.spec as docker_spec
 from molecule_box.backends.base import (
     BackendContext,
@@ -43,6 +44,7 @@ from molecule_box.backends.base import (
 from molecule_box.backends.docker.client import EngineError, EngineNotFound, EngineUnreachable, open_client
 from molecule_box.backends.docker.settings import HOST_NETWORK
 
+from . import configs as cf
 from . import service as sv
 from .client import SwarmClient
 from .settings import SwarmSettings
@@ -104,7 +106,7 @@ class SwarmBackend(BaseBackend):
 
     def capabilities(self) -> Capabilities:
         return Capabilities(lifecycle=True, remote=False, tiers=sv.supported_tiers(self.settings),
-                            prewrites_token=True, logs=True, files=False)
+                            prewrites_token=True, logs=True, files=True)
 
     def admit(self, *, runtime: str, tier: int) -> None:
         allowed = self.settings.allowed_runtime_names
@@ -272,6 +274,10 @@ class SwarmBackend(BaseBackend):
                     await self._until_leaving_tasks_end(client, wid, str(found["ID"]))
                 image = docker_spec.image_ref(self.settings, spec.runtime)
                 user = await self._image_user(client, image)
+                files = await cf.current(client, self.box_id, wid)
+                if files is None and spec.seed_files is not None:  # the first start: the template's files
+                    files = await cf.write(client, self.box_id, wid,
+                                           [e for e in ar.read(spec.seed_files) if e.name != ar.TOKEN_FILE])
                 port = self._port_for(wid, found)
                 generation = sv.new_generation()
                 secret_name = sv.secret_name(self.box_id, wid, generation)
@@ -281,13 +287,14 @@ class SwarmBackend(BaseBackend):
                 force = int(((found or {}).get("Spec") or {}).get("TaskTemplate", {}).get("ForceUpdate", 0)) + 1
                 body = sv.service_spec(self.settings, self.box_id, spec, image=image, port=port,
                                        network_id=network_id, secret=(secret_id, secret_name), user=user,
-                                       force=force)
+                                       force=force, configs=cf.mounts(files, user))
                 if found is None:
                     service_id = await client.create_service(body)
                 else:
                     service_id = found["ID"]
                     await client.update_service(service_id, int(found["Version"]["Index"]), body)
                 await self._remove_secrets(client, wid, keep=secret_id)
+                await cf.remove_unused(client, self.box_id, wid, keep=files)
                 task = await self._wait_running(client, wid, service_id, force)
                 node = await self._node(client, str(task.get("NodeID") or ""))
         self._current[wid] = str(task["ID"])
@@ -432,7 +439,8 @@ class SwarmBackend(BaseBackend):
                     for found in services:
                         await self._until_no_tasks(client, found["ID"])
                     while True:
-                        if await self._remove_secrets(client, wid):
+                        if await self._remove_secrets(client, wid) and await cf.remove_unused(
+                                client, self.box_id, wid, None, everything=True):
                             break
                         await trio.sleep(POLL)
 
@@ -548,11 +556,13 @@ class SwarmBackend(BaseBackend):
         return adopted
 
     async def list_managed(self) -> list[Handle]:
-        """Every service of this box, plus every workspace that has only secrets left (a start cut short)."""
+        """Every service of this box, plus every workspace that has only secrets or configs left (a start cut
+        short, or files written to a workspace never started)."""
         client = self._require_client()
         with self._errors("listing the services"):
             services = await client.services(sv.owned_filters(self.box_id))
             secrets = await client.secrets(sv.owned_filters(self.box_id))
+            secrets += await client.configs(sv.owned_filters(self.box_id))
         found: dict[str, Handle] = {}
         for item in services:
             wid = ((item.get("Spec") or {}).get("Labels") or {}).get(sv.LABEL_WORKSPACE)
@@ -573,3 +583,26 @@ class SwarmBackend(BaseBackend):
             if not services:
                 return ""
             return await client.service_logs(services[0]["ID"], tail)
+
+    # -- config files: Docker configs in generations (see configs.py) ------------------------
+
+    async def read_config_files(self, handle: Handle) -> bytes:
+        with self._errors("reading the workspace's files"):
+            entries = await cf.read(self._require_client(), self.box_id, str(handle["workspace_id"]))
+        return ar.pack(entries)
+
+    async def write_config_files(self, handle: Handle, archive: bytes, *, replace: bool = False) -> None:
+        changes = [e for e in ar.read(archive) if e.name != ar.TOKEN_FILE]
+        await self._new_generation(handle, lambda entries: cf.merged(entries, changes, replace=replace))
+
+    async def delete_config_files(self, handle: Handle, paths: list[str]) -> None:
+        cleaned = tuple(p for p in (ar.clean_path(p) for p in paths) if p != ar.TOKEN_FILE)
+        if cleaned:
+            await self._new_generation(handle, lambda entries: cf.merged(entries, [], removed=cleaned))
+
+    async def _new_generation(self, handle: Handle, change: Callable[[list[ar.Entry]], list[ar.Entry]]) -> None:
+        """The workspace's next generation of files; the running task keeps its own until the next start."""
+        wid = str(handle["workspace_id"])
+        client = self._require_client()
+        with self._errors("writing the workspace's files"):
+            await cf.write(client, self.box_id, wid, change(await cf.read(client, self.box_id, wid)))

@@ -1,4 +1,4 @@
-"""The swarm manager's API (services, tasks, secrets, nodes) over the docker backend's engine bridge.
+"""The swarm manager's API (services, tasks, secrets, configs, nodes) over the docker backend's engine bridge.
 
 The bridge (``molecule_box.backends.docker.client``) owns the trio-asyncio loop, the aiodocker client, the
 deadlines and the translation of engine failures into ``EngineError``/``EngineNotFound``/``EngineUnreachable``;
@@ -8,6 +8,7 @@ service helpers change their arguments in place and can update only the image, s
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -71,8 +72,6 @@ class SwarmClient:
     # -- secrets, nodes, networks, images -----------------------------------------------------
 
     async def create_secret(self, name: str, data: str, labels: dict[str, str]) -> str:
-        import base64
-
         body = {"Name": name, "Labels": labels, "Data": base64.b64encode(data.encode()).decode()}
         return str((await self._json("secrets/create", "POST", body=body))["ID"])
 
@@ -81,6 +80,17 @@ class SwarmClient:
 
     async def delete_secret(self, ref: str) -> None:
         await self._json(f"secrets/{ref}", "DELETE")
+
+    async def create_config(self, name: str, data: bytes, labels: dict[str, str]) -> str:
+        body = {"Name": name, "Labels": labels, "Data": base64.b64encode(data).decode()}
+        return str((await self._json("configs/create", "POST", body=body))["ID"])
+
+    async def configs(self, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """Configs with their data (a config, unlike a secret, is readable back)."""
+        return list(await self._json("configs", params=self._filters(filters)) or [])
+
+    async def delete_config(self, ref: str) -> None:
+        await self._json(f"configs/{ref}", "DELETE")
 
     async def node(self, ref: str) -> dict[str, Any]:
         return dict(await self._json(f"nodes/{ref}"))

@@ -102,7 +102,7 @@ def resources(settings: SwarmSettings, tier: int) -> dict[str, Any]:
 
 def service_spec(settings: SwarmSettings, box_id: str, spec: WorkloadSpec, *, image: str, port: int,
                  network_id: str | None, secret: tuple[str, str], user: tuple[int, int],
-                 replicas: int = 1, force: int = 0) -> dict[str, Any]:
+                 replicas: int = 1, force: int = 0, configs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The ``ServiceSpec`` of a workspace.
 
     Restart condition ``none``: the workspace's actor is the one restarter (backoff, ``RESTART_LIMIT``, the
@@ -120,6 +120,7 @@ def service_spec(settings: SwarmSettings, box_id: str, spec: WorkloadSpec, *, im
         "Labels": labels(box_id, spec.workspace_id),
         "Secrets": [{"File": {"Name": TOKEN_TARGET, "UID": str(uid), "GID": str(gid), "Mode": 0o600},
                      "SecretID": secret_id, "SecretName": secret_name_}],
+        "Configs": configs or [],
         "StopGracePeriod": 10 * NANO,
         "Init": True,
     }
