@@ -8,9 +8,10 @@ Runs on a private one-node swarm (``scripts/swarm-engine``: a second dockerd of 
 or on ``--swarm-host unix:///...`` (left running), with the local test agent image
 ``molecule-box-test-agent-langgraph:latest`` (``./scripts/docker-test-image``; no registry). Run as root.
 
-1. **Direct.** ``--count`` services created at once straight through the Engine API (one secret and one
-   ``POST /services/create`` each, with the very service spec the plugin builds: the tier-2 limits, the token
-   secret at ``/configs/.auth_token``, host network, restart condition none). Time until every service's task
+1. **Direct.** ``--count`` services created at once straight through the Engine API (one secret, one config and
+   one ``POST /services/create`` each, with the very service spec the plugin builds: the tier-2 limits, the
+   token secret at ``/configs/.auth_token``, the first ``config.yaml`` as a config at ``/configs/config.yaml``,
+   host network, restart condition none). Time until every service's task
    is ``running``, polled through ``GET /tasks`` every 50 ms.
 2. **Through the box.** ``--count`` workspaces created at once with ``POST /workspaces`` against a real
    ``python -m molecule_box run`` (``CONTAINER_BACKEND=swarm``), timed the same way (every task running), and
@@ -99,14 +100,15 @@ class Engine:
             if not await self.tasks(label):
                 break
             await asyncio.sleep(0.1)
-        for _ in range(100):
-            secrets = await self.call("GET", "/secrets", params={"filters": json.dumps({"label": [label]})})
-            if not secrets:
-                return
-            for secret in secrets:
-                response = await self.http.delete(f"/secrets/{secret['ID']}")
-                if response.status_code not in (204, 404):
-                    await asyncio.sleep(0.1)
+        for kind in ("secrets", "configs"):
+            for _ in range(100):
+                found = await self.call("GET", f"/{kind}", params={"filters": json.dumps({"label": [label]})})
+                if not found:
+                    break
+                for item in found:
+                    response = await self.http.delete(f"/{kind}/{item['ID']}")
+                    if response.status_code not in (204, 404):
+                        await asyncio.sleep(0.1)
 
 
 async def direct(engine: Engine, settings: SwarmSettings, run_id: str, count: int, ports: tuple[int, int]) -> float:
@@ -120,8 +122,14 @@ async def direct(engine: Engine, settings: SwarmSettings, run_id: str, count: in
         name = sv.secret_name(run_id, wid, sv.new_generation())
         secret = await engine.call("POST", "/secrets/create", json={
             "Name": name, "Labels": labels, "Data": "ZGlyZWN0"})
+        # The box's first start delivers the template's files too: config.yaml as a Docker config.
+        config_name = f"{sv.service_name(run_id, wid)}-cfg-0"
+        config = await engine.call("POST", "/configs/create", json={
+            "Name": config_name, "Labels": labels, "Data": "bmFtZTogZGlyZWN0Cg=="})
+        mount = {"File": {"Name": "/configs/config.yaml", "UID": "0", "GID": "0", "Mode": 0o644},
+                 "ConfigID": config["ID"], "ConfigName": config_name}
         body = sv.service_spec(settings, run_id, spec, image=IMAGE, port=ports[0] + n, network_id=None,
-                               secret=(secret["ID"], name), user=(0, 0))
+                               secret=(secret["ID"], name), user=(0, 0), configs=[mount])
         await engine.call("POST", "/services/create", json=body)
 
     started = time.monotonic()
