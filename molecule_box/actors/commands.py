@@ -49,6 +49,8 @@ class Register(Command):
     mint_token: bool
     #: A bearer-less register claiming the open bootstrap: the caller's address (for its event), else None.
     bootstrap_from: str | None = None
+    #: The row of the workspace token the register came with (None: the admin's, or a bootstrap).
+    token_id: str | None = None
 
 
 @dataclasses.dataclass(eq=False)

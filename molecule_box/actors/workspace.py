@@ -89,7 +89,7 @@ class _Migration:
     old_url: str | None
     old_backend: str
     old_handle: Handle
-    #: Set by the first register after the move began: the new agent, with its own token.
+    #: Set by the first register with the move's token: the new agent (the old one holds only the old tokens).
     registered: trio.Event = dataclasses.field(default_factory=trio.Event)
 
 
@@ -619,8 +619,8 @@ class WorkspaceActor:
             token = tk.mint()
             extra.append(token_rows.insert(ws.id, token.digest, token.prefix))
         await self._commit(outcome, *extra)
-        if self._migration is not None and cmd.url and cmd.url != self._migration.old_url:
-            self._migration.registered.set()
+        if self._migration is not None and cmd.token_id == self._migration.token_id and cmd.url:
+            self._migration.registered.set()  # the new workload's agent: only it holds the move's token
         if cmd.bootstrap_from is not None:
             log.info("workspace %s: bootstrap register from %s minted its first token", ws.id, cmd.bootstrap_from)
         self.deps.metrics.registrations.inc()

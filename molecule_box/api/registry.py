@@ -31,7 +31,8 @@ async def register(call: Call[Register]) -> Any:
     mint = call.principal.is_admin
     bootstrap_from = (request.remote_addr or "unknown") if call.principal.kind == "bootstrap" else None
     url = await check_agent_url(body.url or NO_INBOUND, b.settings.allow_agent_networks)
-    return respond(await b.supervisor.ask(wid, c.Register(url, body.agent_card, mint, bootstrap_from)))
+    return respond(await b.supervisor.ask(wid, c.Register(url, body.agent_card, mint, bootstrap_from,
+                                                          token_id=call.principal.token_id)))
 
 
 @route(bp, "/registry/update-card", "POST", summary="Replace the agent card", auth="workspace", body=UpdateCard,
