@@ -77,3 +77,16 @@ async def test_template_files_and_the_files_api_on_a_swarm_workspace(swarm: Swar
     assert (await box.client.delete(f"/workspaces/{wid}", params={"confirm": "true"})).status_code == 200
     await until(lambda: not swarm.ids("service", box_id) and not swarm.ids("config", box_id),
                 "the service and its configs to be removed")
+
+
+async def test_a_tier_1_workspace_has_its_files_on_a_read_only_root(swarm: Swarm, box_of: Any) -> None:
+    """Tier 1 runs with a read-only root filesystem; the files and the token are mounts, so they are there."""
+    box: BoxProcess = box_of(swarm)
+    await box.start()
+    box_id = await box.box_id()
+    wid = await box.create(tier=1)
+    await box.wait_for(wid, "online")
+    service = service_of(swarm, box_id, wid)
+    assert service["Spec"]["TaskTemplate"]["ContainerSpec"]["ReadOnly"] is True
+    assert "name: swarm-ws" in await in_task(swarm, service["ID"], "cat", "/configs/config.yaml")
+    await a2a(box, wid)
