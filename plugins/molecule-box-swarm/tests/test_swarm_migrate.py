@@ -157,3 +157,36 @@ async def test_a_move_that_fails_says_why_and_keeps_the_old_workload(swarm: Swar
     finally:
         remove_main_workloads(box_id)
         await adocker_main("rmi", f"{IMAGE_PREFIX}{RUNTIME}:{tag}")
+
+
+async def test_a_swarm_workspace_moves_back_to_docker_with_its_files(swarm: Swarm, box_of: Any) -> None:
+    """The way back (a swarm workspace onto the box's own engine) is the same move: the container starts beside
+    the service with the service's files, the service, its secret and its configs go after the switch."""
+    if not (await adocker_main("version", "--format", "{{.Server.Version}}")).strip():
+        pytest.skip("the machine's Docker engine is needed for the docker side")
+    box: BoxProcess = box_of(swarm)
+    base = random.randrange(20000, 32600, 100)
+    box.extra = {"WORKSPACE_PORT_RANGE": f"{base}-{base + 99}"}
+    await box.start()
+    box_id = await box.box_id()
+    try:
+        wid = await box.create()
+        assert (await box.wait_for(wid, "online"))["backend"] == "swarm"
+        written = await box.client.put(f"/workspaces/{wid}/files/notes/back.md", json={"content": "home\n"})
+        assert written.status_code == 200, written.text
+        with trio.fail_after(150):
+            done = await trio.run_process(
+                [sys.executable, "-m", "molecule_box", "migrate", wid, "--from", "swarm", "--to", "docker"],
+                env=cli_env(box), capture_stdout=True, capture_stderr=True, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        after = await box.get(wid)
+        assert (after["backend"], after["status"]) == ("docker", "online")
+        answer = await box.client.post(f"/workspaces/{wid}/a2a", json=A2A)
+        assert answer.status_code == 200 and "result" in answer.json(), answer.text
+        assert (await box.client.get(f"/workspaces/{wid}/files/notes/back.md")).json()["content"] == "home\n"
+        [container] = (await adocker_main("ps", "-q", "--filter", f"label=molecule-box.box={box_id}")).split()
+        assert await adocker_main("exec", container, "cat", "/configs/notes/back.md") == "home\n"
+        await until(lambda: not swarm.ids("service", box_id) and not swarm.ids("secret", box_id)
+                    and not swarm.ids("config", box_id), "the service, its secret and its configs removed")
+    finally:
+        remove_main_workloads(box_id)
