@@ -79,16 +79,20 @@ async def current(client: SwarmClient, box_id: str, workspace_id: str) -> Genera
     return _manifest(max(manifests, key=_generation_of))
 
 
-async def read(client: SwarmClient, box_id: str, workspace_id: str) -> list[ar.Entry]:
-    """The files and directories of the newest generation."""
+async def _load(client: SwarmClient, box_id: str, workspace_id: str) -> tuple[Generation | None, list[ar.Entry]]:
     found = await current(client, box_id, workspace_id)
     if found is None:
-        return []
+        return None, []
     datas = {str(c["ID"]): base64.b64decode((c.get("Spec") or {}).get("Data") or "")
              for c in await client.configs(_filters(box_id, workspace_id, "file"))}
     entries = [ar.Entry(d, None, 0o755) for d in found.dirs]
     entries += [ar.Entry(f.path, datas.get(f.config_id, b""), f.mode) for f in found.files]
-    return entries
+    return found, entries
+
+
+async def read(client: SwarmClient, box_id: str, workspace_id: str) -> list[ar.Entry]:
+    """The files and directories of the newest generation."""
+    return (await _load(client, box_id, workspace_id))[1]
 
 
 def merged(entries: list[ar.Entry], changes: list[ar.Entry], *, replace: bool = False,
@@ -121,13 +125,13 @@ async def write(client: SwarmClient, box_id: str, workspace_id: str, entries: li
         if entry.data is not None and len(entry.data) > MAX_FILE:
             raise ar.ArchiveTooLarge(f"{entry.name} is {len(entry.data)} bytes; a swarm workspace's file is at "
                                      f"most {MAX_FILE} bytes (Docker's limit on a config)")
-    previous = await current(client, box_id, workspace_id)
+    previous, old_entries = await _load(client, box_id, workspace_id)
     generation = max(sv.new_generation(), (previous.number + 1) if previous else 0)
     reusable: dict[tuple[str, int, bytes], File] = {}
     if previous is not None:
-        old = {e.name: e for e in await read(client, box_id, workspace_id)}
+        old = {e.name: e.data for e in old_entries}
         for f in previous.files:
-            data = old[f.path].data if f.path in old else None
+            data = old.get(f.path)
             if data is not None:
                 reusable[(f.path, f.mode, data)] = f
     files: list[File] = []
