@@ -90,3 +90,31 @@ async def test_a_tier_1_workspace_has_its_files_on_a_read_only_root(swarm: Swarm
     assert service["Spec"]["TaskTemplate"]["ContainerSpec"]["ReadOnly"] is True
     assert "name: swarm-ws" in await in_task(swarm, service["ID"], "cat", "/configs/config.yaml")
     await a2a(box, wid)
+
+
+async def test_an_agent_plugin_installed_into_a_swarm_workspace_is_in_its_next_task(swarm: Swarm,
+                                                                                    box_of: Any) -> None:
+    """Installing a plugin copies it into ``/configs/plugins/<name>`` and restarts the workload: on a swarm, a
+    new generation of configs and a new task that has them (a script keeps its mode)."""
+    box: BoxProcess = box_of(swarm)
+    registry = box.data_dir.parent / "registry"
+    (registry / "hello" / "rules").mkdir(parents=True)
+    (registry / "hello" / "plugin.yaml").write_text('name: hello\nversion: "1.0.0"\n')
+    (registry / "hello" / "rules" / "r.md").write_text("# a rule\n")
+    (registry / "hello" / "setup.sh").write_text("#!/bin/sh\n")
+    (registry / "hello" / "setup.sh").chmod(0o755)
+    await box.start(MOLECULE_BOX_PLUGINS_DIR=str(registry))
+    box_id = await box.box_id()
+    wid = await box.create()
+    await box.wait_for(wid, "online")
+    service = service_of(swarm, box_id, wid)["ID"]
+    first = running_task(swarm, service)
+    assert first is not None
+    installed = await box.client.post(f"/workspaces/{wid}/plugins", json={"source": "local://hello"})
+    assert installed.status_code == 200, installed.text
+    await until(lambda: (t := running_task(swarm, service)) is not None and t["ID"] != first["ID"], "a new task")
+    await box.wait_for(wid, "online")
+    assert await in_task(swarm, service, "cat", "/configs/plugins/hello/rules/r.md") == "# a rule\n"
+    assert await in_task(swarm, service, "stat", "-c", "%a", "/configs/plugins/hello/setup.sh") == "755\n"
+    listed = (await box.client.get(f"/workspaces/{wid}/plugins")).json()
+    assert [p["name"] for p in listed] == ["hello"]
