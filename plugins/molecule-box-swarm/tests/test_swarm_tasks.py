@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from molecule_box_swarm.service import leaving_tasks, task_state
+from molecule_box_swarm.service import leaving_tasks, runs, task_state
 
 from molecule_box.backends.base import WorkloadState
 
@@ -22,11 +22,21 @@ def test_a_start_waits_only_for_tasks_on_their_way_out_that_still_run() -> None:
     assert leaving_tasks([]) == []
 
 
+def test_a_task_on_a_node_that_is_down_is_not_waited_for() -> None:
+    stranded = {**task("stranded", "running", "shutdown"), "NodeID": "dead"}
+    assert leaving_tasks([stranded], frozenset({"dead"})) == []
+    assert leaving_tasks([stranded], frozenset({"other"})) == [stranded]
+
+
 def test_the_newest_task_tells_the_state() -> None:
     service = {"Spec": {"Mode": {"Replicated": {"Replicas": 1}}}}
-    old = task("old", "running", "remove", "2026-12-02T06:00:00Z")
+    old = task("old", "running", "running", "2026-12-02T06:00:00Z")
     new = task("new", "failed", "shutdown", "2026-12-02T06:00:05Z")
     assert task_state(service, [old, new])[0] is WorkloadState.STOPPED
-    assert task_state(service, [old])[0] is WorkloadState.RUNNING
+    assert task_state(service, [old])[0] is WorkloadState.RUNNING and runs(old)
+    # Its node went down: the task last said running, and Swarm shuts it down.
+    stranded = task("stranded", "running", "shutdown")
+    state, detail = task_state(service, [stranded])
+    assert state is WorkloadState.STOPPED and "shuts it down" in str(detail) and not runs(stranded)
     assert task_state(None, [old])[0] is WorkloadState.MISSING
     assert task_state({"Spec": {"Mode": {"Replicated": {"Replicas": 0}}}}, [])[0] is WorkloadState.STOPPED

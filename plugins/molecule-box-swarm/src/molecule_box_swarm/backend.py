@@ -209,17 +209,25 @@ class SwarmBackend(BaseBackend):
             return
         tasks = await client.tasks(sv.owned_filters(self.box_id))  # the container labels: every node's tasks
         by_id = {t.get("ID"): t for t in tasks}
+        down: frozenset[str] | None = None
         for wid, task_id in watched.items():
             if wid in self._busy or self._current.get(wid) != task_id:
                 continue
             task = by_id.get(task_id)
             state = str(((task or {}).get("Status") or {}).get("State") or "gone")
-            if state in ("running", *sv.STARTING_STATES):
+            desired = str((task or {}).get("DesiredState") or "running")
+            if state in ("running", *sv.STARTING_STATES) and desired in ("running", *sv.STARTING_STATES):
                 continue
+            detail = f"task {task_id[:12]} is {state}"
+            if state == "running":  # Swarm is taking it down: its node is down, or someone else updated it
+                if down is None:
+                    down = await client.down_nodes()
+                node = str((task or {}).get("NodeID") or "")
+                detail += f", its node {node[:12]} is down" if node in down else f", desired state {desired}"
             self._current.pop(wid, None)
             err = ((task or {}).get("Status") or {}).get("Err")
             self.context.report(BackendEvent(wid, "exited", exit_code=sv.exit_code(task),
-                                             detail=f"task {task_id[:12]} is {state}" + (f": {err}" if err else "")))
+                                             detail=detail + (f": {err}" if err else "")))
 
     async def _learn_ports(self, client: SwarmClient) -> None:
         for found in await client.services(sv.owned_filters(self.box_id)):
@@ -310,7 +318,8 @@ class SwarmBackend(BaseBackend):
         new task could not bind: it would exit at once, a crash the box never caused."""
         reported = False
         with trio.move_on_after(LEAVING_WAIT) as waited:
-            while leaving := sv.leaving_tasks(await client.tasks({"service": [service_id]})):
+            while leaving := sv.leaving_tasks(await client.tasks({"service": [service_id]}),
+                                              await client.down_nodes()):
                 if not reported:
                     reported = True
                     self.context.report(BackendEvent(
@@ -490,7 +499,7 @@ class SwarmBackend(BaseBackend):
         if found is None:
             return None
         task = sv.newest_task(snapshot.tasks.get(str(found["ID"]), []))
-        if task is None or (task.get("Status") or {}).get("State") != "running":
+        if task is None or not sv.runs(task):
             return None
         return found, task
 
@@ -547,7 +556,7 @@ class SwarmBackend(BaseBackend):
             self._ports.reserve(int(port), wid)
         adopted = {**handle, "service_id": found["ID"]}
         newest = sv.newest_task(tasks)
-        if newest is not None and (newest.get("Status") or {}).get("State") == "running":
+        if newest is not None and sv.runs(newest):
             task = newest
             self._current[wid] = str(task["ID"])
             node = await self._node(client, str(task.get("NodeID") or ""))

@@ -95,6 +95,11 @@ class SwarmClient:
     async def node(self, ref: str) -> dict[str, Any]:
         return dict(await self._json(f"nodes/{ref}"))
 
+    async def down_nodes(self) -> frozenset[str]:
+        """Ids of the nodes the managers see as down (or disconnected): their tasks last said what they said."""
+        return frozenset(str(n.get("ID")) for n in await self._json("nodes") or []
+                         if (n.get("Status") or {}).get("State") in ("down", "disconnected"))
+
     async def find_network(self, name: str) -> dict[str, Any] | None:
         return await self.engine.find_network(name)
 

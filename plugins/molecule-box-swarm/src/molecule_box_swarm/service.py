@@ -162,6 +162,13 @@ def newest_task(tasks: list[dict[str, Any]]) -> dict[str, Any] | None:
                default=None)
 
 
+def runs(task: dict[str, Any] | None) -> bool:
+    """The task runs and Swarm means it to: a task whose node went down keeps its last state (``running``)
+    while its desired state turns ``shutdown``; it is gone for the workspace, whatever it last said."""
+    found = task or {}
+    return (found.get("Status") or {}).get("State") == "running" and found.get("DesiredState") in (None, "running")
+
+
 def task_state(service: dict[str, Any] | None, tasks: list[dict[str, Any]]) -> tuple[WorkloadState, str | None]:
     """(state, detail) of a workspace from its service and tasks: no service is MISSING; 0 replicas or no live
     task is STOPPED (a crashed task is not replaced: restarts are the box's); a task on its way is STARTING."""
@@ -176,6 +183,8 @@ def task_state(service: dict[str, Any] | None, tasks: list[dict[str, Any]]) -> t
     detail = f"task {str(task.get('ID', ''))[:12]} is {state}"
     if status.get("Err"):
         detail += f": {status['Err']}"
+    if state == "running" and not runs(task):
+        return WorkloadState.STOPPED, f"{detail}, but Swarm shuts it down (desired: {task.get('DesiredState')})"
     if state == "running":
         return WorkloadState.RUNNING, detail
     if state in STARTING_STATES and task.get("DesiredState") == "running" and replicas:
@@ -183,11 +192,12 @@ def task_state(service: dict[str, Any] | None, tasks: list[dict[str, Any]]) -> t
     return WorkloadState.STOPPED, detail
 
 
-def leaving_tasks(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def leaving_tasks(tasks: list[dict[str, Any]], down_nodes: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """Tasks Swarm is stopping that still run (or start): their desired state is past ``running`` (``shutdown``
-    after an update, ``remove`` after a scale-down) but their container still holds what it held."""
+    after an update, ``remove`` after a scale-down) but their container still holds what it held. A task on a
+    node that is down only says so: nothing of it holds anything a new task needs."""
     return [t for t in tasks if (t.get("Status") or {}).get("State") in ("running", *STARTING_STATES)
-            and t.get("DesiredState") not in ("running", *STARTING_STATES)]
+            and t.get("DesiredState") not in ("running", *STARTING_STATES) and t.get("NodeID") not in down_nodes]
 
 
 def exit_code(task: dict[str, Any] | None) -> int | None:
