@@ -117,6 +117,13 @@ class Workspace:
         caps = meta.get("capabilities")
         return caps if isinstance(caps, dict) else {}
 
+    @property
+    def location(self) -> str | None:
+        """Where the workload runs, as its backend words it in the handle (``location``: a swarm node, a region);
+        None when the backend says nothing of it."""
+        found = self.backend_state.get("location") if isinstance(self.backend_state, dict) else None
+        return str(found)[:200] if found else None
+
     def public(self, *, detail: bool = True) -> dict[str, Any]:
         """The platform's JSON shape of a workspace (its list; ``detail=False`` is its get shape)."""
         body: dict[str, Any] = {
@@ -143,6 +150,8 @@ class Workspace:
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
         }
+        if self.location is not None:  # molecule-box addition
+            body["location"] = self.location
         if detail:
             body.update(
                 budget_limit=self.budget_limit,

@@ -83,3 +83,16 @@ def test_the_docker_pieces_plugins_may_import_load_nothing_of_the_box_but_the_co
         assert "quart_trio" not in packages
     bridge = (DOCKER / "client.py").read_text()
     assert "async def run(" in bridge, "the bridge's public call is what plugins on the same engine use"
+
+
+def test_a_handles_location_is_the_workspaces_location() -> None:
+    """The one handle key the box reads: ``location`` is shown as the workspace's, and absent when unsaid."""
+    import dataclasses
+
+    from molecule_box.models import Workspace, WorkspaceStatus
+
+    ws = Workspace(id="w", name="n", status=WorkspaceStatus.ONLINE, runtime="langgraph", backend="swarm",
+                   created_at=0.0, updated_at=0.0, backend_state={"workspace_id": "w", "location": "vm (abc)"})
+    assert ws.public()["location"] == ws.public(detail=False)["location"] == "vm (abc)"
+    for state in ({"workspace_id": "w"}, None, ["not", "a", "dict"], {"location": ""}):
+        assert "location" not in dataclasses.replace(ws, backend_state=state).public()

@@ -481,6 +481,7 @@ function renderDetails(ws) {
   const parent = ws.parent_id && state.workspaces.get(ws.parent_id);
   $("d-facts").replaceChildren(
     ...fact("ID", ws.id), ...fact("URL", ws.url), ...fact("Backend", ws.backend),
+    ...(ws.location ? fact("Runs on", ws.location) : []),
     ...fact("Runtime", ws.runtime), ...fact("Tier", `T${ws.tier}`),
     ...fact("Parent", parent ? parent.name : ws.parent_id),
     ...fact("Active tasks", ws.active_tasks), ...fact("Uptime", ws.uptime_seconds ? `${ws.uptime_seconds} s` : ""),

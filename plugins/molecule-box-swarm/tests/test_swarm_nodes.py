@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import trio
 from swarmutil import SCRIPT, BoxProcess, Swarm, in_ci
-from test_swarm_box import a2a, running_task, service_of
+from test_swarm_box import a2a, running_task, service_of, until
 
 pytestmark = pytest.mark.slow
 
@@ -83,6 +83,10 @@ def die(worker: Worker) -> None:
     subprocess.run(["pkill", "-9", "-f", str(worker.directory)], capture_output=True, timeout=30, check=False)
 
 
+async def located(box: BoxProcess, wid: str, node_id: str) -> bool:
+    return f"({node_id[:12]})" in str((await box.get(wid)).get("location"))
+
+
 async def node_of(swarm: Swarm, box: BoxProcess, wid: str, timeout: float = 120) -> str:
     """The node of the workspace's running task once the workspace is online. (Every node's address is
     127.0.0.1 to the manager here, the source of their connections to it, so the URL does not tell.)"""
@@ -110,6 +114,9 @@ async def test_placed_on_the_worker_reached_there_and_restarted_on_the_manager_w
     assert await node_of(swarm, box, on_worker) == worker.node_id
     assert worker.docker("ps", "-q", "--filter", f"label=molecule-box.workspace={on_worker}").strip()
     assert await node_of(swarm, box, on_manager) == manager_id
+    # The record says where each runs: the node's hostname and short id (both nodes are "vm" here).
+    for wid, node in ((on_worker, worker.node_id), (on_manager, manager_id)):
+        await until(lambda w=wid, n=node: located(box, w, n), f"the location of {wid}")
     await a2a(box, on_worker)
     await a2a(box, on_manager)
 

@@ -61,6 +61,8 @@ POLL = 0.2
 DESTROY_WAIT = 30.0
 #: Longest a start waits for the tasks of an earlier stop still on their way out (their stop grace and some).
 LEAVING_WAIT = 20.0
+#: Tries of a service update whose version Swarm moved meanwhile.
+UPDATE_ATTEMPTS = 5
 #: How long one read of all services and tasks answers "is it running" for inspect and adopt.
 SNAPSHOT_TTL = 0.5
 #: Container events of the box's tasks that may mean a workspace died.
@@ -300,7 +302,7 @@ class SwarmBackend(BaseBackend):
                     service_id = await client.create_service(body)
                 else:
                     service_id = found["ID"]
-                    await client.update_service(service_id, int(found["Version"]["Index"]), body)
+                    await self._update(client, service_id, body)
                 await self._remove_secrets(client, wid, keep=secret_id)
                 await cf.remove_unused(client, self.box_id, wid, keep=files)
                 task = await self._wait_running(client, wid, service_id, force)
@@ -308,8 +310,24 @@ class SwarmBackend(BaseBackend):
         self._current[wid] = str(task["ID"])
         handle: Handle = {"workspace_id": wid, "service_id": service_id, "secret_id": secret_id, "port": port,
                           "task_id": task["ID"], "node_id": task.get("NodeID"), "node": node.get("hostname"),
-                          "node_addr": node.get("addr"), "created": time.time()}
+                          "node_addr": node.get("addr"), "created": time.time(),
+                          "location": sv.location(node.get("hostname"), task.get("NodeID"))}
         return Workload(handle=handle, url=f"http://{node.get('addr') or '127.0.0.1'}:{port}")
+
+    @staticmethod
+    async def _update(client: SwarmClient, service_id: str, body: dict[str, Any]) -> None:
+        """Update the service to ``body`` at its current version. Swarm bumps the version on its own (the
+        updater records its progress in the service), so a version read before the start's other calls may be
+        stale by now: "update out of sequence" is answered by reading it again, a few times."""
+        for attempt in range(UPDATE_ATTEMPTS):
+            version = int((await client.service(service_id))["Version"]["Index"])
+            try:
+                await client.update_service(service_id, version, body)
+                return
+            except EngineError as exc:
+                if "out of sequence" not in exc.message or attempt == UPDATE_ATTEMPTS - 1:
+                    raise
+            await trio.sleep(POLL)
 
     async def _until_leaving_tasks_end(self, client: SwarmClient, wid: str, service_id: str) -> None:
         """Wait (bounded) until no task of an earlier stop still runs. A stop the box cut short (a resume right
@@ -425,7 +443,7 @@ class SwarmBackend(BaseBackend):
                     body = dict(found["Spec"])
                     body["Mode"] = {"Replicated": {"Replicas": 0}}
                     try:
-                        await client.update_service(found["ID"], int(found["Version"]["Index"]), body)
+                        await self._update(client, str(found["ID"]), body)
                     except EngineNotFound:
                         continue
                     with trio.move_on_after(grace + 10):
@@ -561,7 +579,7 @@ class SwarmBackend(BaseBackend):
             self._current[wid] = str(task["ID"])
             node = await self._node(client, str(task.get("NodeID") or ""))
             adopted.update(task_id=task["ID"], node_id=task.get("NodeID"), node=node.get("hostname"),
-                           node_addr=node.get("addr"))
+                           node_addr=node.get("addr"), location=sv.location(node.get("hostname"), task.get("NodeID")))
         return adopted
 
     async def list_managed(self) -> list[Handle]:

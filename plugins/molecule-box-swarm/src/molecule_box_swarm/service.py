@@ -192,6 +192,13 @@ def task_state(service: dict[str, Any] | None, tasks: list[dict[str, Any]]) -> t
     return WorkloadState.STOPPED, detail
 
 
+def location(hostname: str | None, node_id: str | None) -> str:
+    """The workspace's ``location`` (its record shows it): the node's hostname and short id, since several nodes
+    may share a hostname."""
+    short_id = str(node_id or "")[:12]
+    return f"{hostname} ({short_id})" if hostname and short_id else hostname or short_id or "unknown node"
+
+
 def leaving_tasks(tasks: list[dict[str, Any]], down_nodes: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """Tasks Swarm is stopping that still run (or start): their desired state is past ``running`` (``shutdown``
     after an update, ``remove`` after a scale-down) but their container still holds what it held. A task on a
