@@ -348,8 +348,9 @@ def profiled(b: Bench, label: str, seconds: float) -> Iterator[None]:
         yield
         return
     b.args.profile.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(["py-spy", "record", "--gil", "--threads", "-r", "100", "-p", str(b.box.pid), "-d",
-                             str(math.ceil(seconds)), "--format", "raw", "-o", str(b.args.profile / f"{label}.txt")],
+    proc = subprocess.Popen(["py-spy", "record", "--gil", "--nonblocking", "--threads", "-r", "100", "-p",
+                             str(b.box.pid), "-d", str(math.ceil(seconds)), "--format", "raw", "-o",
+                             str(b.args.profile / f"{label}.txt")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield
