@@ -38,6 +38,7 @@ Only 127.0.0.1 is contacted; every subprocess is stopped on exit, Ctrl-C include
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -322,6 +323,43 @@ def histogram(text: str, name: str) -> tuple[dict[float, float], float, float]:
     for le, value in re.findall(rf'^{re.escape(name)}_bucket{{le="([^"]+)"}} (\S+)$', text, re.MULTILINE):
         buckets[math.inf if le == "+Inf" else float(le)] = float(value)
     return buckets, metric_value(text, f"{name}_sum") or 0.0, metric_value(text, f"{name}_count") or 0.0
+
+
+def sqlite_figures(before: str, after: str) -> str:
+    """What the box's SQLite COMMITs and checkpoints took between two /metrics texts: count, mean, how many
+    over 20 and 50 ms (a heartbeat waits for its commit, so their tail is the heartbeats' tail)."""
+    parts = []
+    for what in ("commit", "checkpoint"):
+        name = f"molecule_box_sqlite_{what}_seconds"
+        b0, s0, c0 = histogram(before, name)
+        b1, s1, c1 = histogram(after, name)
+        n = c1 - c0
+        over = {le: (c1 - b1.get(le, 0.0)) - (c0 - b0.get(le, 0.0)) for le in (0.025, 0.05, 0.1) if le in b1}
+        mean = (s1 - s0) / n * 1000 if n else math.nan
+        parts.append(f"{what}s {n:.0f}, mean {mean:.1f} ms, over 25/50/100 ms: "
+                     + "/".join(f"{v:.0f}" for v in over.values()))
+    return "; ".join(parts)
+
+
+@contextlib.contextmanager
+def profiled(b: Bench, label: str, seconds: float) -> Iterator[None]:
+    """``--profile DIR``: py-spy (GIL holder only: CPU, not waits) of the box for ``seconds`` while the block runs."""
+    if b.args.profile is None or b.box is None:
+        yield
+        return
+    b.args.profile.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(["py-spy", "record", "--gil", "--nonblocking", "--threads", "-r", "100", "-p",
+                             str(b.box.pid), "-d", str(math.ceil(seconds)), "--format", "raw", "-o",
+                             str(b.args.profile / f"{label}.txt")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        try:
+            proc.wait(seconds + 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -714,6 +752,9 @@ def phase_ingest(b: Bench, ceiling_url: str) -> None:
     run_wrk(b.box.url, b.lua, b.pairs_file, n // 2, 2)  # warm-up (page cache, first touches)
     runs: list[WrkResult] = []
     offset = 0
+    if b.args.profile is not None:  # a round of its own: py-spy pauses the box, so no measured round is profiled
+        with profiled(b, "ingest", b.args.box_seconds):
+            run_wrk(b.box.url, b.lua, b.pairs_file, n // 3, b.args.box_seconds)
     for r in range(b.args.rounds):
         res = run_wrk(b.box.url, b.lua, b.pairs_file, offset, b.args.box_seconds, pid=b.box.pid)
         offset = (offset + res.requests) % n
@@ -736,12 +777,15 @@ def phase_paced(b: Bench) -> None:
     print(f"\n[4] latency at {rate:g} req/s for {seconds:g} s ({count} heartbeats, paced driver, 32 connections)",
           flush=True)
     b.sampler.phase = "paced"
+    metrics0 = b.box.metrics()
     res = run_driver(b.port, b.pairs_file, rate, count, offset=len(b.results["pairs"]) // 3)
+    sqlite = sqlite_figures(metrics0, b.box.metrics())
     b.results["paced"] = res
     print(f"    achieved {res['rate']:.1f} req/s; from due time p50 {res['p50_ms']:.1f} ms  "
           f"p90 {res['p90_ms']:.1f} ms  p99 {res['p99_ms']:.1f} ms  max {res['max_ms']:.1f} ms; "
           f"from send p50 {res['send_p50_ms']:.1f} ms  p99 {res['send_p99_ms']:.1f} ms; statuses {res['statuses']}",
           flush=True)
+    print(f"    SQLite meanwhile: {sqlite}", flush=True)
     if res["errors"]:
         print(f"    errors: {res['errors']}", flush=True)
     rss, hwm = memory_mb(b.box.pid)
@@ -1104,6 +1148,10 @@ def main(argv: list[str] | None = None) -> int:
                              "deadlines twice as dense as 10,000 agents beating every 30 s)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (data, logs) for inspection")
     parser.add_argument("--box-src", type=Path, help="run the box from this source tree (first on PYTHONPATH)")
+    parser.add_argument("--seed", action="store_true", help="seed the workspaces in bulk straight into the store "
+                        "(as --scale does) instead of creating and registering them through the API")
+    parser.add_argument("--profile", type=Path, help="py-spy the box (GIL holder, raw stacks into this dir) "
+                        "during an extra ingest round before the measured ones (needs py-spy on PATH)")
     parser.add_argument("--scale", type=lambda v: [int(x) for x in v.split(",")],
                         help="the cost table instead: e.g. 1000,10000,50000 workspaces, each seeded in bulk "
                              "straight into the store; ingest, RSS, restore and offline detection at each")
@@ -1132,7 +1180,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if run_scales(args, work, procs, sampler) else 1
         b = Bench(args, work, procs, sampler)
         ceiling_url = phase_ceiling(b)
-        phase_create(b)
+        if args.seed:
+            seed_bulk(b)
+            b.results.update(create_rate=math.nan, register_rate=math.nan)
+        else:
+            phase_create(b)
         phase_ingest(b, ceiling_url)
         phase_paced(b)
         phase_restore(b)
