@@ -101,9 +101,6 @@ class WorkspaceActor:
         self.crashes = crashes
         self.last_error = last_error
         self.record = record
-        #: The row holds exactly ``record`` (read from it, or committed): a save may then write only what changed.
-        #: False after a write that failed or outlived its deadline, which may or may not be in the row.
-        self._row_is_record = True
         self._inbox = inbox
         self._outbox = outbox
         self._op: _Op | None = None
@@ -197,7 +194,7 @@ class WorkspaceActor:
         ws = outcome.workspace
         events = [self.deps.bus.make(kind, ws.id, payload) for kind, payload in outcome.events]
         persisted = [event_rows.insert(e) for e in events if e.type not in BROADCAST_ONLY]
-        save = workspace_rows.save(ws, self.record if self._row_is_record else None)
+        save = workspace_rows.save(ws, self.record)
 
         def op(db: Any) -> list[Any]:
             save(db)
@@ -205,9 +202,7 @@ class WorkspaceActor:
                 insert(db)
             return [fn(db) for fn in extra]
 
-        self._row_is_record = False
         results = await self.deps.store.write(op)
-        self._row_is_record = True
         before = self.record.status
         self.record = ws
         if ws.status is not before:
