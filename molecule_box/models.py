@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -103,22 +102,14 @@ class Workspace:
         values["url_from_backend"] = bool(values.get("url_from_backend"))
         return cls(**values)
 
-    def to_row(self, names: Iterable[str] | None = None) -> dict[str, Any]:
-        """The row's columns (only ``names`` when given), encoded for SQLite."""
-        row = {name: getattr(self, name) for name in (COLUMNS if names is None else names)}
+    def to_row(self) -> dict[str, Any]:
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for name in self.JSON_FIELDS:
-            if name in row:
-                row[name] = None if row[name] is None else json.dumps(row[name], separators=(",", ":"))
-        if "status" in row:
-            row["status"] = self.status.value
-        for name in ("collapsed", "url_from_backend"):
-            if name in row:
-                row[name] = int(row[name])
+            row[name] = None if row[name] is None else json.dumps(row[name], separators=(",", ":"))
+        row["status"] = self.status.value
+        row["collapsed"] = int(self.collapsed)
+        row["url_from_backend"] = int(self.url_from_backend)
         return row
-
-    def changed_columns(self, before: Workspace) -> list[str]:
-        """The columns whose value differs from ``before`` (the same workspace's previous record)."""
-        return [name for name in COLUMNS if getattr(self, name) != getattr(before, name)]
 
     @property
     def capabilities(self) -> dict[str, bool]:
@@ -185,10 +176,6 @@ class Workspace:
         if self.status not in LIVE_STATES:
             return 0
         return max(0, self.max_concurrent_tasks - max(self.active_tasks, in_flight))
-
-
-#: The columns of a workspace row, in the dataclass's order (computed once: ``dataclasses.fields`` is slow).
-COLUMNS = tuple(f.name for f in dataclasses.fields(Workspace))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -194,7 +194,7 @@ class WorkspaceActor:
         ws = outcome.workspace
         events = [self.deps.bus.make(kind, ws.id, payload) for kind, payload in outcome.events]
         persisted = [event_rows.insert(e) for e in events if e.type not in BROADCAST_ONLY]
-        save = workspace_rows.save(ws, self.record)
+        save = workspace_rows.save(ws)
 
         def op(db: Any) -> list[Any]:
             save(db)

@@ -89,22 +89,17 @@ def insert(workspace: Workspace) -> Callable[[sqlite_utils.Database], None]:
     return op
 
 
-def save(workspace: Workspace, before: Workspace | None = None) -> Callable[[sqlite_utils.Database], None]:
-    """Write ``workspace`` (the actor's whole record) in one UPDATE: every column, or with ``before`` (the
-    record as last committed) only the columns that differ from it. A heartbeat changes three or four of the
-    row's 36 columns; writing them all encoded the four JSON columns and rewrote both indexed columns
-    (status, parent) on every beat."""
-    wid = workspace.id
-    row = workspace.to_row(None if before is None else workspace.changed_columns(before))
-    row.pop("id", None)
+def save(workspace: Workspace) -> Callable[[sqlite_utils.Database], None]:
+    """Write every column of ``workspace`` (the actor's whole record) in one UPDATE."""
+    row = workspace.to_row()
+    wid = row.pop("id")
     removed = workspace.status is WorkspaceStatus.REMOVED
 
     def op(db: sqlite_utils.Database) -> None:
         if removed:  # its tokens stop working with it (the token lookup joins the workspace's status)
             invalidate(db, [wid])
-        if row:
-            assignments = ", ".join(f"{name} = ?" for name in row)
-            db.execute(f"UPDATE workspaces SET {assignments} WHERE id = ?", [*row.values(), wid])
+        assignments = ", ".join(f"{name} = ?" for name in row)
+        db.execute(f"UPDATE workspaces SET {assignments} WHERE id = ?", [*row.values(), wid])
 
     return op
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -10,7 +9,6 @@ import pytest
 import trio
 
 from molecule_box.errors import ConfigError
-from molecule_box.models import Workspace, WorkspaceStatus
 from molecule_box.store import Store
 from molecule_box.store import workspaces as workspace_rows
 from molecule_box.store.migrations import MIGRATIONS, SCHEMA_VERSION, STATUSES
@@ -162,28 +160,3 @@ async def test_wal_is_folded_back_by_the_checkpointer_not_by_commits(tmp_path: P
         while path.stat().st_size < size_before + 1_500_000:
             await trio.sleep(0.1)
     store.close()
-
-
-async def test_a_save_after_a_record_writes_only_the_columns_that_changed(tmp_path: Path,
-                                                                           nursery: trio.Nursery) -> None:
-    """An actor saves its record against the one it last committed: a heartbeat's UPDATE sets the few columns
-    it changed, so it leaves the others (the indexed status and parent, the JSON columns) untouched."""
-    store = Store(tmp_path / "box.db")
-    await nursery.start(store.run)
-    before = Workspace(id="w1", name="one", status=WorkspaceStatus.ONLINE, runtime="external", backend="external",
-                       created_at=1.0, updated_at=1.0, agent_card={"name": "one"})
-    await store.write(workspace_rows.insert(before))
-    # A column this record does not change, written meanwhile by someone else: a partial save keeps it.
-    await store.write(lambda db: db.execute("UPDATE workspaces SET name = 'renamed' WHERE id = 'w1'"))
-    after = dataclasses.replace(before, last_heartbeat_at=5.0, uptime_seconds=7, updated_at=5.0)
-    assert after.changed_columns(before) == ["updated_at", "last_heartbeat_at", "uptime_seconds"]
-    await store.write(workspace_rows.save(after, before))
-    row = workspace_rows.get(store.db, "w1")
-    assert row is not None and (row.name, row.last_heartbeat_at, row.uptime_seconds, row.agent_card) == \
-        ("renamed", 5.0, 7, {"name": "one"})
-    # Without the record before, every column is written.
-    await store.write(workspace_rows.save(after))
-    row = workspace_rows.get(store.db, "w1")
-    assert row is not None and row.name == "one"
-    # Nothing changed: nothing to write.
-    assert workspace_rows.save(after, after) is not None and after.changed_columns(after) == []
