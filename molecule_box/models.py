@@ -150,8 +150,9 @@ class Workspace:
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
         }
-        if self.location is not None:  # molecule-box addition
-            body["location"] = self.location
+        location = self.location
+        if location is not None:  # molecule-box addition
+            body["location"] = location
         if detail:
             body.update(
                 budget_limit=self.budget_limit,

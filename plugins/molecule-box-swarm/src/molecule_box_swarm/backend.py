@@ -302,7 +302,7 @@ class SwarmBackend(BaseBackend):
                     service_id = await client.create_service(body)
                 else:
                     service_id = found["ID"]
-                    await self._update(client, service_id, body)
+                    await self._update(client, service_id, body, int(found["Version"]["Index"]))
                 await self._remove_secrets(client, wid, keep=secret_id)
                 await cf.remove_unused(client, self.box_id, wid, keep=files)
                 task = await self._wait_running(client, wid, service_id, force)
@@ -315,12 +315,11 @@ class SwarmBackend(BaseBackend):
         return Workload(handle=handle, url=f"http://{node.get('addr') or '127.0.0.1'}:{port}")
 
     @staticmethod
-    async def _update(client: SwarmClient, service_id: str, body: dict[str, Any]) -> None:
-        """Update the service to ``body`` at its current version. Swarm bumps the version on its own (the
-        updater records its progress in the service), so a version read before the start's other calls may be
-        stale by now: "update out of sequence" is answered by reading it again, a few times."""
+    async def _update(client: SwarmClient, service_id: str, body: dict[str, Any], version: int) -> None:
+        """Update the service to ``body`` at ``version``. Swarm bumps the version on its own (the updater records
+        its progress in the service), so a version read before the start's other calls may be stale by now:
+        "update out of sequence" is answered by reading it again, a few times."""
         for attempt in range(UPDATE_ATTEMPTS):
-            version = int((await client.service(service_id))["Version"]["Index"])
             try:
                 await client.update_service(service_id, version, body)
                 return
@@ -328,6 +327,7 @@ class SwarmBackend(BaseBackend):
                 if "out of sequence" not in exc.message or attempt == UPDATE_ATTEMPTS - 1:
                     raise
             await trio.sleep(POLL)
+            version = int((await client.service(service_id))["Version"]["Index"])
 
     async def _until_leaving_tasks_end(self, client: SwarmClient, wid: str, service_id: str) -> None:
         """Wait (bounded) until no task of an earlier stop still runs. A stop the box cut short (a resume right
@@ -336,8 +336,8 @@ class SwarmBackend(BaseBackend):
         new task could not bind: it would exit at once, a crash the box never caused."""
         reported = False
         with trio.move_on_after(LEAVING_WAIT) as waited:
-            while leaving := sv.leaving_tasks(await client.tasks({"service": [service_id]}),
-                                              await client.down_nodes()):
+            while (leaving := sv.leaving_tasks(await client.tasks({"service": [service_id]}))) and \
+                    (leaving := sv.leaving_tasks(leaving, await client.down_nodes())):  # nodes read only then
                 if not reported:
                     reported = True
                     self.context.report(BackendEvent(
@@ -443,7 +443,7 @@ class SwarmBackend(BaseBackend):
                     body = dict(found["Spec"])
                     body["Mode"] = {"Replicated": {"Replicas": 0}}
                     try:
-                        await self._update(client, str(found["ID"]), body)
+                        await self._update(client, str(found["ID"]), body, int(found["Version"]["Index"]))
                     except EngineNotFound:
                         continue
                     with trio.move_on_after(grace + 10):
