@@ -74,7 +74,7 @@ class _Conn:
 
         On plain TCP this reads the descriptor directly and waits for it only when nothing is there: a
         trio stream yields to the scheduler after every successful send and receive, and under load each
-        such yield queues the call behind every other runnable task (measured with bench/a2a_proxy.py: the
+        such yield queues the call behind every other runnable task (bench/README.md, "Third round": the
         proxy's CPU per request fell by a tenth with the send and the receive done this way). The waits
         are trio's, so deadlines and cancellation work as before, and so does a close from another task
         (``close_now`` closes the socket, which wakes the wait with ClosedResourceError)."""
