@@ -202,8 +202,7 @@ class UpstreamResponse:
                 del conn.buf[:take]
                 self._remaining -= take
                 yield chunk
-            self._done = True
-            conn.reusable = self._keep_alive and not conn.buf  # bytes past the body: not a clean keep-alive
+            self._body_ended()
             return
         while not self._done:
             try:
@@ -220,18 +219,22 @@ class UpstreamResponse:
             elif isinstance(event, h11.ConnectionClosed):
                 raise UpstreamError("reset", "agent closed the connection mid-response", response_started=True)
 
+    def _body_ended(self) -> None:
+        """A Content-Length body read whole: the connection may be kept, unless bytes came past the body."""
+        self._done = True
+        self._conn.reusable = self._keep_alive and not self._conn.buf
+
     async def read(self, limit: int) -> bytes:
         remaining = self._remaining
         if remaining is not None and not self._done and len(self._conn.buf) >= remaining:
-            # The whole body came with the head (the common case): no async generator, no scheduling round.
+            # The whole body came with the head (the common case): taken at once, without the async generator.
             if remaining > limit:
                 raise UpstreamError("protocol", f"agent response over {limit} bytes", response_started=True)
-            conn = self._conn
-            body = bytes(conn.buf[:remaining])
-            del conn.buf[:remaining]
+            buf = self._conn.buf
+            body = bytes(buf[:remaining])
+            del buf[:remaining]
             self._remaining = 0
-            self._done = True
-            conn.reusable = self._keep_alive and not conn.buf
+            self._body_ended()
             return body
         out = bytearray()
         async for chunk in self.chunks():
@@ -301,10 +304,8 @@ class AgentPool:
         chunked, close-delimited and 1xx replies are handed to h11, which is fed what was read so far.
 
         ``waiting`` is called once the agent has not answered within QUICK_ANSWER (receiving is cancel-safe)."""
-        while True:
-            end = conn.buf.find(b"\r\n\r\n")
-            if end >= 0:
-                break
+        end = conn.buf.find(b"\r\n\r\n")
+        while end < 0:
             if len(conn.buf) > _MAX_HEAD:
                 raise h11.RemoteProtocolError("response head too large")
             filled: bool | None = None
@@ -318,7 +319,8 @@ class AgentPool:
                 filled = await conn.fill(ack=False)
             if not filled:
                 raise trio.BrokenResourceError("agent closed the connection")
-            if conn.buf.find(b"\r\n\r\n") < 0:
+            end = conn.buf.find(b"\r\n\r\n")
+            if end < 0:
                 conn.received()  # the head is not complete: its rest may wait for our ACK
         parsed = _parse_head(bytes(conn.buf[:end]))
         status, headers, http11 = parsed or (0, [], False)

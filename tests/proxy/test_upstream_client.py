@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from molecule_box.proxy.admission import Admission
-from molecule_box.proxy.client import AgentPool
+from molecule_box.proxy.client import AgentPool, UpstreamError
 
 REPLY = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"ok": True}}).encode()
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(REPLY)
@@ -39,12 +39,19 @@ async def _read_request(stream: trio.SocketStream, buf: bytearray) -> bool:
 
 
 @pytest.fixture
-async def agent(nursery: trio.Nursery) -> AsyncIterator[Callable[[Serve], Awaitable[int]]]:
-    """Start an agent whose connections ``serve`` handles; its port."""
-    async def start(serve: Serve) -> int:
+async def agent(nursery: trio.Nursery) -> AsyncIterator[Callable[[Serve], Awaitable[AgentPool]]]:
+    """Start an agent whose connections ``serve`` handles; a pool to it, closed when the test ends."""
+    pools: list[AgentPool] = []
+
+    async def start(serve: Serve) -> AgentPool:
         listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
-        return int(listeners[0].socket.getsockname()[1])
-    yield start
+        pools.append(AgentPool("http", "127.0.0.1", int(listeners[0].socket.getsockname()[1]), "127.0.0.1"))
+        return pools[-1]
+    try:
+        yield start
+    finally:
+        for pool in pools:
+            pool.close()
 
 
 async def _keep_alive(stream: trio.SocketStream) -> None:
@@ -60,74 +67,61 @@ async def _one_request_then_close(stream: trio.SocketStream) -> None:
     await stream.aclose()
 
 
-async def test_a_whole_reply_is_read_without_a_scheduling_round(agent: Callable[[Serve], Awaitable[int]]) -> None:
-    pool = AgentPool("http", "127.0.0.1", await agent(_keep_alive), "127.0.0.1")
-    try:
-        for _ in range(3):
-            async with pool.post("/", [], b"{}") as resp:
-                assert resp.status == 200
-                if len(resp._conn.buf) < len(REPLY):  # the body came in a later segment: the slow path is fine
-                    assert json.loads(await resp.read(10_000)) == json.loads(REPLY)
-                    continue
-                with trio.testing.assert_no_checkpoints():
-                    body = await resp.read(10_000)
-                assert json.loads(body) == json.loads(REPLY)
-        assert pool.opened == 1  # every call after the first on the kept-alive connection
-    finally:
-        pool.close()
+async def test_a_whole_reply_is_read_without_a_scheduling_round(
+        agent: Callable[[Serve], Awaitable[AgentPool]]) -> None:
+    pool = await agent(_keep_alive)
+    for _ in range(3):
+        async with pool.post("/", [], b"{}") as resp:
+            assert resp.status == 200
+            if len(resp._conn.buf) < len(REPLY):  # the body came in a later segment: the slow path is fine
+                assert json.loads(await resp.read(10_000)) == json.loads(REPLY)
+                continue
+            with trio.testing.assert_no_checkpoints():
+                body = await resp.read(10_000)
+            assert json.loads(body) == json.loads(REPLY)
+    assert pool.opened == 1  # every call after the first on the kept-alive connection
 
 
 async def test_a_reply_over_the_limit_is_refused_from_the_buffer_too(
-        agent: Callable[[Serve], Awaitable[int]]) -> None:
-    from molecule_box.proxy.client import UpstreamError
-
-    pool = AgentPool("http", "127.0.0.1", await agent(_keep_alive), "127.0.0.1")
-    try:
-        async with pool.post("/", [], b"{}") as resp:
-            with pytest.raises(UpstreamError, match="over 10 bytes"):
-                await resp.read(10)
-        assert pool.opened == 1
-    finally:
-        pool.close()
+        agent: Callable[[Serve], Awaitable[AgentPool]]) -> None:
+    pool = await agent(_keep_alive)
+    async with pool.post("/", [], b"{}") as resp:
+        with pytest.raises(UpstreamError, match="over 10 bytes"):
+            await resp.read(10)
+    assert pool.opened == 1
 
 
 async def test_a_connection_the_agent_closed_is_retried_on_a_fresh_one(
-        agent: Callable[[Serve], Awaitable[int]]) -> None:
-    pool = AgentPool("http", "127.0.0.1", await agent(_one_request_then_close), "127.0.0.1")
-    try:
-        for calls in (1, 2, 3):
-            async with pool.post("/", [], b"{}") as resp:
-                assert resp.status == 200 and json.loads(await resp.read(10_000)) == json.loads(REPLY)
-            await trio.sleep(0.05)  # the agent's close has arrived: the next call meets a dead kept-alive socket
-            assert pool.opened == calls
-    finally:
-        pool.close()
+        agent: Callable[[Serve], Awaitable[AgentPool]]) -> None:
+    pool = await agent(_one_request_then_close)
+    for calls in (1, 2, 3):
+        async with pool.post("/", [], b"{}") as resp:
+            assert resp.status == 200 and json.loads(await resp.read(10_000)) == json.loads(REPLY)
+        await trio.sleep(0.05)  # the agent's close has arrived: the next call meets a dead kept-alive socket
+        assert pool.opened == calls
 
 
-async def test_a_closed_connection_forgets_its_descriptor(agent: Callable[[Serve], Awaitable[int]]) -> None:
+async def test_a_closed_connection_forgets_its_descriptor(agent: Callable[[Serve], Awaitable[AgentPool]]) -> None:
     """The number of a closed socket may be reused by the next one opened: reading it would read another
     connection's bytes. After ``close_now`` the connection answers from its closed stream instead."""
-    pool = AgentPool("http", "127.0.0.1", await agent(_keep_alive), "127.0.0.1")
-    try:
-        conn = await pool._open()
-        assert conn.fd is not None
-        conn.close_now()
-        assert conn.fd is None
-        other = await pool._open()  # most likely given the same descriptor number
-        with pytest.raises(trio.ClosedResourceError):
-            await conn.receive()
-        other.close_now()
-    finally:
-        pool.close()
+    pool = await agent(_keep_alive)
+    conn = await pool._open()
+    assert conn.fd is not None
+    conn.close_now()
+    assert conn.fd is None
+    other = await pool._open()  # most likely given the same descriptor number
+    with pytest.raises(trio.ClosedResourceError):
+        await conn.receive()
+    other.close_now()
 
 
 async def test_a_close_wakes_a_call_waiting_for_its_reply(nursery: trio.Nursery,
-                                                          agent: Callable[[Serve], Awaitable[int]]) -> None:
+                                                          agent: Callable[[Serve], Awaitable[AgentPool]]) -> None:
     async def never_answers(stream: trio.SocketStream) -> None:
         await _read_request(stream, bytearray())
         await trio.sleep_forever()
 
-    pool = AgentPool("http", "127.0.0.1", await agent(never_answers), "127.0.0.1")
+    pool = await agent(never_answers)
     conn = await pool._open()
     failed = trio.Event()
 
