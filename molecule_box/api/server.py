@@ -31,13 +31,16 @@ Every connection must deliver its first request head within the head timeout
 of its accept (queue time included), or it is closed; between requests,
 hypercorn's keep-alive timeout closes it.
 
-Everything else is hypercorn's: ``TCPServer`` (HTTP/1.1, h2, keep-alive,
-timeouts), ``Lifespan`` and ``WorkerContext``, used the way its
-``hypercorn.trio.run.worker_serve`` uses them (hypercorn offers no way to give
-it listeners or an accept loop). They are internal modules, so pyproject.toml
-pins the hypercorn minor this was written against; moving the pin means
-rereading ``worker_serve`` against ``serve`` below, and :class:`_Exchange`
-against hypercorn's ``H11Protocol._maybe_recycle``.
+Each connection is served by :class:`~molecule_box.api.connection.Connection`,
+hypercorn's ``TCPServer`` with its socket reads and writes, keep-alive timer and
+app queue made cheaper (connection.py says why). Everything else is
+hypercorn's: the HTTP/1.1 and h2 protocols, ``Lifespan`` and ``WorkerContext``,
+used the way its ``hypercorn.trio.run.worker_serve`` uses them (hypercorn
+offers no way to give it listeners or an accept loop). They are internal
+modules, so pyproject.toml pins the hypercorn minor this was written against;
+moving the pin means rereading ``worker_serve`` against ``serve`` below,
+:class:`_Exchange` against hypercorn's ``H11Protocol._maybe_recycle``, and
+connection.py against ``hypercorn/trio/tcp_server.py`` and ``task_group.py``.
 """
 
 from __future__ import annotations
@@ -55,12 +58,12 @@ import hypercorn.config
 import trio
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
-from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr
 
 from ..config import Settings
+from .connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +331,7 @@ async def serve(
         _arriving.set(place)  # the tasks hypercorn spawns for its requests copy this task's context
         try:
             with place.head:
-                await TCPServer(entered, config, context, state, stream)  # type: ignore[arg-type]
+                await Connection(entered, config, context, state, stream)
         finally:
             place.release()
             with trio.CancelScope(shield=True):  # a cancellation (the head deadline) cuts hypercorn's own close

@@ -48,8 +48,9 @@ class App:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, app: App, intake: server.Intake) -> AsyncIterator[tuple[str, trio.Event]]:
-    config = server.hypercorn_config(make_settings(tmp_path))
+async def serving(tmp_path: Path, app: App, intake: server.Intake, **env: str) -> AsyncIterator[tuple[str, trio.Event]]:
+    """``app`` served by ``server.serve`` on 127.0.0.1, with the settings ``env`` changes; (its URL, the stop)."""
+    config = server.hypercorn_config(make_settings(tmp_path, **env))
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         urls = await nursery.start(partial(server.serve, app, config, intake=intake, shutdown_trigger=stop.wait))

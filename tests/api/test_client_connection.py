@@ -1,0 +1,213 @@
+"""One client connection (api/connection.py): hypercorn's TCPServer with direct socket reads and writes and
+one keep-alive timer per connection, on real sockets through ``server.serve``.
+
+What it must keep: every byte of every response in order, whatever its size and however it is split; the
+keep-alive timeout, which never cuts a request in the app; the close of idle connections when the server
+stops; a client that leaves mid-response costs nothing but its connection. What it changes is counted with
+a trio instrument (task steps and spawned tasks per request), beside hypercorn's own ``TCPServer``.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from hypercorn.trio.tcp_server import TCPServer
+
+from molecule_box.api import connection, server
+from tests.api.test_connections import ask, closed_by_box, connect
+from tests.api.test_server import App, serving
+
+#: Sizes of the chunks /chunks streams: small ones, ones around the direct-write limit, and large ones (more
+#: than the kernel's socket buffers hold: tcp_wmem's default maximum is 4 MiB).
+CHUNKS = [1, 17, 1000, connection.DIRECT_WRITE_MAX - 1, connection.DIRECT_WRITE_MAX,
+          connection.DIRECT_WRITE_MAX + 1, 300_000, 5, 8_000_000, 3]
+
+
+def chunk(index: int, size: int) -> bytes:
+    """Content that tells a lost, doubled or reordered byte from the right one."""
+    pattern = f"<{index}>".encode()
+    return (pattern * (size // len(pattern) + 1))[:size]
+
+
+class StreamingApp(App):
+    """``/chunks``: CHUNKS as separate body messages; ``/endless``: 64 KiB messages until ``http.disconnect``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left = trio.Event()  # /endless saw its client leave
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/chunks":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", str(sum(CHUNKS)).encode())]})
+            for index, size in enumerate(CHUNKS):
+                await send({"type": "http.response.body", "body": chunk(index, size), "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if scope["type"] == "http" and scope["path"] == "/endless":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            async with trio.open_nursery() as nursery:
+                async def until_disconnect() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    self.left.set()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(until_disconnect)
+                while True:
+                    await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+                    await trio.lowlevel.checkpoint()
+            return
+        await super().__call__(scope, receive, send)
+
+
+async def test_every_byte_of_a_streamed_response_arrives_in_order_over_one_connection(tmp_path: Any) -> None:
+    expected = b"".join(chunk(index, size) for index, size in enumerate(CHUNKS))
+    async with serving(tmp_path, StreamingApp(), server.Intake(4)) as (url, _):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            for _ in range(3):  # kept alive: the next response follows the last one's bytes exactly
+                response = await client.get("/chunks")
+                assert response.status_code == 200
+                assert response.content == expected
+                assert (await client.get("/")).text == "ok"
+
+
+async def test_a_slow_reader_gets_the_whole_response(tmp_path: Any) -> None:
+    """The socket fills, so writes go through trio's waits; what was written directly comes first."""
+    expected = b"".join(chunk(index, size) for index, size in enumerate(CHUNKS))
+    async with serving(tmp_path, StreamingApp(), server.Intake(4)) as (url, _):
+        stream = await connect(url)
+        async with stream:
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            await stream.send_all(b"GET /chunks HTTP/1.1\r\nHost: box\r\n\r\n")
+            await trio.sleep(0.5)  # the box writes until the socket is full, then waits
+            received = b""
+            with trio.fail_after(30):
+                while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < len(expected):
+                    data = await stream.receive_some(65536)
+                    assert data, "the box closed mid-response"
+                    received += data
+                    if len(received) < 500_000:  # slowly at first: the box's writes keep finding the socket full
+                        await trio.sleep(0.001)
+            head, _, body = received.partition(b"\r\n\r\n")
+            assert b" 200 " in head.split(b"\r\n")[0]
+            assert body == expected
+
+
+async def test_a_request_longer_than_the_keep_alive_timeout_is_answered_then_the_idle_connection_closed(
+        tmp_path: Any) -> None:
+    app = App()
+    async with serving(tmp_path, app, server.Intake(4), MOLECULE_BOX_KEEP_ALIVE_TIMEOUT="0.3") as (url, _):
+        stream = await connect(url)
+        async with stream:
+            await ask(stream, b"GET / HTTP/1.1\r\nHost: box\r\n\r\n", 200)  # idle, then busy again: the timer moves
+            await stream.send_all(b"GET /hold HTTP/1.1\r\nHost: box\r\n\r\n")
+            with trio.fail_after(5):
+                await app.entered.wait()
+            await trio.sleep(1.0)  # three keep-alive timeouts inside the app
+            app.release.set()
+            with trio.fail_after(5):
+                status = (await stream.receive_some(65536)).split(b"\r\n")[0]
+            assert b" 200 " in status, "the keep-alive timer cut a request that was in the app"
+            began = trio.current_time()
+            assert await closed_by_box(stream), "the connection stayed open after the keep-alive timeout"
+            assert trio.current_time() - began < 3
+
+
+async def test_a_stopping_server_closes_its_idle_keep_alive_connections_at_once(tmp_path: Any) -> None:
+    async with serving(tmp_path, App(), server.Intake(4)) as (url, stop):  # the keep-alive timeout is 75 s
+        streams = [await connect(url) for _ in range(3)]
+        for stream in streams:
+            await ask(stream, b"GET / HTTP/1.1\r\nHost: box\r\n\r\n", 200)
+        stop.set()
+        with trio.fail_after(1.5):  # well inside the shutdown grace (2 s), which would also end them
+            for stream in streams:
+                assert await closed_by_box(stream)
+                await stream.aclose()
+
+
+async def test_a_client_that_resets_mid_response_leaves_the_server_serving(tmp_path: Any,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    app = StreamingApp()
+    async with serving(tmp_path, app, server.Intake(4)) as (url, _):
+        stream = await connect(url)
+        await stream.send_all(b"GET /endless HTTP/1.1\r\nHost: box\r\n\r\n")
+        assert await stream.receive_some(65536)
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        await stream.aclose()
+        with trio.fail_after(5):
+            await app.left.wait()  # the app was told its client left
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/")).text == "ok"
+    assert not [record for record in caplog.records if record.levelname in ("ERROR", "CRITICAL")]
+
+
+async def test_a_connection_its_client_closed_ends_without_waiting_for_the_keep_alive_timeout(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    ended: list[float] = []
+
+    class Watched(connection.Connection):
+        async def run(self) -> None:
+            try:
+                await super().run()
+            finally:
+                ended.append(trio.current_time())
+
+    monkeypatch.setattr(server, "Connection", Watched)
+    async with serving(tmp_path, App(), server.Intake(4)) as (url, _):  # the keep-alive timeout is 75 s
+        stream = await connect(url)
+        await ask(stream, b"GET / HTTP/1.1\r\nHost: box\r\n\r\n", 200)
+        closed = trio.current_time()
+        await stream.aclose()
+        with trio.fail_after(5):
+            while not ended:
+                await trio.sleep(0.01)
+        assert ended[0] - closed < 1
+
+
+class Counter(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.steps = 0
+        self.spawned = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.spawned += 1
+
+
+async def per_request(url: str, requests: int) -> Counter:
+    """Task steps and spawned tasks, in the whole loop, for ``requests`` requests over one kept-alive connection."""
+    stream = await connect(url)
+    async with stream:
+        await ask(stream, b"GET / HTTP/1.1\r\nHost: box\r\n\r\n", 200)  # the connection is up and idle
+        counter = Counter()
+        trio.lowlevel.add_instrument(counter)
+        try:
+            for _ in range(requests):
+                await ask(stream, b"GET / HTTP/1.1\r\nHost: box\r\n\r\n", 200)
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+    return counter
+
+
+async def test_a_kept_alive_request_costs_fewer_scheduling_rounds_than_with_hypercorns_own_handler(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The figure this module exists for, counted rather than timed: hypercorn's TCPServer steps its tasks
+    about twice as often per request and spawns a keep-alive timer task beside each request's app task."""
+    requests = 50
+    async with serving(tmp_path / "hypercorn", App(), server.Intake(4)) as (url, _):
+        monkeypatch.setattr(server, "Connection", TCPServer)
+        theirs = await per_request(url, requests)
+        monkeypatch.undo()
+    async with serving(tmp_path / "box", App(), server.Intake(4)) as (url, _):
+        ours = await per_request(url, requests)
+    assert theirs.spawned == 2 * requests  # the app's task and the timer's
+    assert ours.spawned == requests  # the app's task only
+    assert ours.steps <= theirs.steps * 0.7, (ours.steps / requests, theirs.steps / requests)
