@@ -77,6 +77,22 @@ async def test_every_byte_of_a_streamed_response_arrives_in_order_over_one_conne
                 assert (await client.get("/")).text == "ok"
 
 
+async def test_an_http2_client_gets_every_stream_whole_over_one_connection(tmp_path: Any) -> None:
+    """h2 with prior knowledge: many streams at once write through one socket, each its own app and queue."""
+    expected = b"".join(chunk(index, size) for index, size in enumerate(CHUNKS))
+    async with serving(tmp_path, StreamingApp(), server.Intake(4)) as (url, _):
+        async with httpx.AsyncClient(base_url=url, http1=False, http2=True, timeout=30) as client:
+            async def fetch(path: str, body: bytes) -> None:
+                response = await client.get(path)
+                assert response.http_version == "HTTP/2"
+                assert response.status_code == 200 and response.content == body
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(fetch, "/chunks", expected)
+                    nursery.start_soon(fetch, "/", b"ok")
+
+
 async def test_a_slow_reader_gets_the_whole_response(tmp_path: Any) -> None:
     """The socket fills, so writes go through trio's waits; what was written directly comes first."""
     expected = b"".join(chunk(index, size) for index, size in enumerate(CHUNKS))
