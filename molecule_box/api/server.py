@@ -29,7 +29,7 @@ hold.
 
 Every connection must deliver its first request head within the head timeout
 of its accept (queue time included), or it is closed; between requests,
-hypercorn's keep-alive timeout closes it.
+the keep-alive timeout closes it (connection.py).
 
 Each connection is served by :class:`~molecule_box.api.connection.Connection`,
 hypercorn's ``TCPServer`` with its socket reads and writes, keep-alive timer and
