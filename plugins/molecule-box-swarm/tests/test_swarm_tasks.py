@@ -22,6 +22,14 @@ def test_a_start_waits_only_for_tasks_on_their_way_out_that_still_run() -> None:
     assert leaving_tasks([]) == []
 
 
+def test_a_service_scaled_to_zero_has_every_running_task_on_its_way_out() -> None:
+    """The stop's scale-down is in the spec before the orchestrator turns its task's desired state."""
+    lagging = task("lagging", "running", "running")
+    assert leaving_tasks([lagging]) == []
+    assert leaving_tasks([lagging, task("gone", "shutdown", "remove")], scaled_to_zero=True) == [lagging]
+    assert leaving_tasks([{**lagging, "NodeID": "dead"}], frozenset({"dead"}), scaled_to_zero=True) == []
+
+
 def test_a_task_on_a_node_that_is_down_is_not_waited_for() -> None:
     stranded = {**task("stranded", "running", "shutdown"), "NodeID": "dead"}
     assert leaving_tasks([stranded], frozenset({"dead"})) == []

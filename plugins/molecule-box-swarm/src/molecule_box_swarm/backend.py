@@ -281,7 +281,8 @@ class SwarmBackend(BaseBackend):
                     await client.delete_service(extra["ID"])
                 found = existing[0] if existing else None
                 if found is not None:
-                    await self._until_leaving_tasks_end(client, wid, str(found["ID"]))
+                    await self._until_leaving_tasks_end(client, wid, str(found["ID"]),
+                                                        scaled_to_zero=sv.replicas(found) == 0)
                 image = docker_spec.image_ref(self.settings, spec.runtime)
                 user = await self._image_user(client, image)
                 files = await cf.current(client, self.box_id, wid)
@@ -329,15 +330,18 @@ class SwarmBackend(BaseBackend):
             await trio.sleep(POLL)
             version = int((await client.service(service_id))["Version"]["Index"])
 
-    async def _until_leaving_tasks_end(self, client: SwarmClient, wid: str, service_id: str) -> None:
+    async def _until_leaving_tasks_end(self, client: SwarmClient, wid: str, service_id: str, *,
+                                       scaled_to_zero: bool) -> None:
         """Wait (bounded) until no task of an earlier stop still runs. A stop the box cut short (a resume right
         after a pause cancels the pause's stop) leaves its task running through its stop grace, with desired
         state ``remove`` or ``shutdown``; Swarm's scale-up does not wait for it, and on the workspace's port the
         new task could not bind: it would exit at once, a crash the box never caused."""
         reported = False
         with trio.move_on_after(LEAVING_WAIT) as waited:
-            while (leaving := sv.leaving_tasks(await client.tasks({"service": [service_id]}))) and \
-                    (leaving := sv.leaving_tasks(leaving, await client.down_nodes())):  # nodes read only then
+            while (leaving := sv.leaving_tasks(await client.tasks({"service": [service_id]}),
+                                               scaled_to_zero=scaled_to_zero)) and \
+                    (leaving := sv.leaving_tasks(leaving, await client.down_nodes(),  # nodes read only then
+                                                 scaled_to_zero=scaled_to_zero)):
                 if not reported:
                     reported = True
                     self.context.report(BackendEvent(

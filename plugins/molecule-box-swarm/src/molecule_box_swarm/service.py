@@ -199,12 +199,24 @@ def location(hostname: str | None, node_id: str | None) -> str:
     return f"{hostname} ({short_id})" if hostname and short_id else hostname or short_id or "unknown node"
 
 
-def leaving_tasks(tasks: list[dict[str, Any]], down_nodes: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+def leaving_tasks(tasks: list[dict[str, Any]], down_nodes: frozenset[str] = frozenset(), *,
+                  scaled_to_zero: bool = False) -> list[dict[str, Any]]:
     """Tasks Swarm is stopping that still run (or start): their desired state is past ``running`` (``shutdown``
     after an update, ``remove`` after a scale-down) but their container still holds what it held. A task on a
-    node that is down only says so: nothing of it holds anything a new task needs."""
+    node that is down only says so: nothing of it holds anything a new task needs.
+
+    ``scaled_to_zero``: the service's spec asks for no replica (a stop was sent), so every task that still runs
+    is on its way out, even one whose desired state Swarm's orchestrator has not turned yet. Under load that
+    lag is long enough for a resume right after a pause to see the old task as ``running``, scale up, and get a
+    new task beside it that cannot bind the workspace's port (seen once in CI: an exit 1, then ``failed``)."""
     return [t for t in tasks if (t.get("Status") or {}).get("State") in ("running", *STARTING_STATES)
-            and t.get("DesiredState") not in ("running", *STARTING_STATES) and t.get("NodeID") not in down_nodes]
+            and (scaled_to_zero or t.get("DesiredState") not in ("running", *STARTING_STATES))
+            and t.get("NodeID") not in down_nodes]
+
+
+def replicas(service: dict[str, Any] | None) -> int:
+    """The replicas the service's spec asks for (0 for a stopped workspace, 1 for a started one)."""
+    return int(((service or {}).get("Spec") or {}).get("Mode", {}).get("Replicated", {}).get("Replicas", 0) or 0)
 
 
 def exit_code(task: dict[str, Any] | None) -> int | None:
