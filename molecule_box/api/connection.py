@@ -32,7 +32,6 @@ builds one per accepted connection. Written against hypercorn 0.18's
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 from collections import deque
@@ -51,9 +50,6 @@ from hypercorn.utils import parse_socket_addr
 #: download's chunks) take trio's ``send_all``, which yields, so a fast reader cannot keep the loop busy.
 DIRECT_WRITE_MAX = 64 * 1024
 
-#: Errors of a read or write that mean the peer has gone (a broken pipe, a reset), as trio maps them.
-_GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH}
-
 
 class Connection(TCPServer):
     """hypercorn's connection handler, reading and writing a plain TCP socket without needless yields."""
@@ -70,7 +66,6 @@ class Connection(TCPServer):
             client = parse_socket_addr(socket.family, socket.getpeername())
             server = parse_socket_addr(socket.family, socket.getsockname())
             async with AppTaskGroup() as task_group:
-                self._task_group = task_group
                 self.protocol = ProtocolWrapper(
                     self.app, self.config, self.context, task_group, ConnectionState(self.state), False,
                     client, server, self.protocol_send, "http/1.1")
@@ -107,9 +102,7 @@ class Connection(TCPServer):
                 view = view[os.write(fd, view):]
             except BlockingIOError:
                 pass
-            except OSError as exc:
-                if exc.errno not in _GONE:
-                    raise
+            except OSError:  # the client has gone (trio's send_all makes every OSError a broken stream too)
                 await self.protocol.handle(Closed())
                 return
             if not view:
@@ -158,9 +151,7 @@ class Connection(TCPServer):
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(socket)
                 continue
-            except OSError as exc:
-                if exc.errno not in _GONE:
-                    raise
+            except OSError as exc:  # a reset: a broken stream, as trio's receive_some would say
                 raise trio.BrokenResourceError from exc
             await trio.lowlevel.checkpoint_if_cancelled()
             return data

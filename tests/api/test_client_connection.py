@@ -1,5 +1,5 @@
-"""One client connection (api/connection.py): hypercorn's TCPServer with direct socket reads and writes and
-one keep-alive timer per connection, on real sockets through ``server.serve``.
+"""One client connection (api/connection.py): hypercorn's TCPServer with direct socket reads and writes, an
+app queue without yields and one keep-alive timer per connection, on real sockets through ``server.serve``.
 
 What it must keep: every byte of every response in order, whatever its size and however it is split; the
 keep-alive timeout, which never cuts a request in the app; the close of idle connections when the server

@@ -174,10 +174,10 @@ def task_state(service: dict[str, Any] | None, tasks: list[dict[str, Any]]) -> t
     task is STOPPED (a crashed task is not replaced: restarts are the box's); a task on its way is STARTING."""
     if service is None:
         return WorkloadState.MISSING, None
-    replicas = ((service.get("Spec") or {}).get("Mode") or {}).get("Replicated", {}).get("Replicas", 0)
+    wanted = replicas(service)
     task = newest_task(tasks)
     if task is None:
-        return (WorkloadState.STOPPED if not replicas else WorkloadState.STARTING), None
+        return (WorkloadState.STOPPED if not wanted else WorkloadState.STARTING), None
     status = task.get("Status") or {}
     state = str(status.get("State") or "")
     detail = f"task {str(task.get('ID', ''))[:12]} is {state}"
@@ -187,7 +187,7 @@ def task_state(service: dict[str, Any] | None, tasks: list[dict[str, Any]]) -> t
         return WorkloadState.STOPPED, f"{detail}, but Swarm shuts it down (desired: {task.get('DesiredState')})"
     if state == "running":
         return WorkloadState.RUNNING, detail
-    if state in STARTING_STATES and task.get("DesiredState") == "running" and replicas:
+    if state in STARTING_STATES and task.get("DesiredState") == "running" and wanted:
         return WorkloadState.STARTING, detail
     return WorkloadState.STOPPED, detail
 
@@ -216,7 +216,8 @@ def leaving_tasks(tasks: list[dict[str, Any]], down_nodes: frozenset[str] = froz
 
 def replicas(service: dict[str, Any] | None) -> int:
     """The replicas the service's spec asks for (0 for a stopped workspace, 1 for a started one)."""
-    return int(((service or {}).get("Spec") or {}).get("Mode", {}).get("Replicated", {}).get("Replicas", 0) or 0)
+    mode = ((service or {}).get("Spec") or {}).get("Mode") or {}
+    return int((mode.get("Replicated") or {}).get("Replicas") or 0)
 
 
 def exit_code(task: dict[str, Any] | None) -> int | None:
