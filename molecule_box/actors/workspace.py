@@ -189,8 +189,14 @@ class WorkspaceActor:
 
     # -- committing ---------------------------------------------------------------------------
 
-    async def _commit(self, outcome: t.Outcome, *extra: Callable[[Any], Any]) -> list[Any]:
-        """Persist the new record, its lifecycle events and ``extra`` ops in one transaction, then publish."""
+    async def _commit(self, outcome: t.Outcome, *extra: Callable[[Any], Any],
+                      then: Callable[[], None] | None = None) -> list[Any]:
+        """Persist the new record, its lifecycle events and ``extra`` ops in one transaction, then publish.
+
+        What follows the commit (the record, the events, then ``then``) runs as the write's continuation
+        (store.db.Write), the moment the commit is durable and while this task still waits on it, so nothing
+        else changes the actor meanwhile. ``then`` is for a reply that needs nothing more from the actor: a
+        heartbeat is answered without waiting for the actor to be scheduled once more."""
         ws = outcome.workspace
         events = [self.deps.bus.make(kind, ws.id, payload) for kind, payload in outcome.events]
         persisted = [event_rows.insert(e) for e in events if e.type not in BROADCAST_ONLY]
@@ -202,14 +208,17 @@ class WorkspaceActor:
                 insert(db)
             return [fn(db) for fn in extra]
 
-        results = await self.deps.store.write(op)
-        before = self.record.status
-        self.record = ws
-        if ws.status is not before:
-            self.deps.metrics.transitions.labels(ws.status.value).inc()
-        for event in events:
-            self.deps.bus.publish(event)
-        return results
+        def committed(_: list[Any]) -> None:
+            before = self.record.status
+            self.record = ws
+            if ws.status is not before:
+                self.deps.metrics.transitions.labels(ws.status.value).inc()
+            for event in events:
+                self.deps.bus.publish(event)
+            if then is not None:
+                then()
+
+        return await self.deps.store.write(op, on_commit=committed)
 
     def _now(self) -> float:
         return self.deps.now()
@@ -631,9 +640,14 @@ class WorkspaceActor:
 
     async def _on_Heartbeat(self, cmd: c.Heartbeat) -> dict[str, str]:
         self._require_not_removed()
-        await self._commit(t.heartbeat(self.record, cmd.body, self._now()))
-        self.deps.metrics.heartbeats.inc()
-        return {"status": "ok"}
+        answer = {"status": "ok"}
+
+        def answered() -> None:
+            self.deps.metrics.heartbeats.inc()
+            cmd.reply.set(answer)
+
+        await self._commit(t.heartbeat(self.record, cmd.body, self._now()), then=answered)
+        return answer
 
     async def _on_UpdateCard(self, cmd: c.UpdateCard) -> dict[str, str]:
         self._require_not_removed()

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import outcome
 import sqlite_utils
 import trio
 
@@ -62,27 +63,48 @@ CHECKPOINT_EVERY = 1.0
 
 
 class Write(Generic[T]):
-    """A submitted op; ``await write.wait()`` returns its result once committed."""
+    """A submitted op; ``await write.wait()`` returns its result once committed.
 
-    __slots__ = ("bulk", "done", "error", "fn", "result")
+    ``on_commit`` is the submitter's continuation, run with the op's result the moment the commit is known
+    durable, before the submitter resumes: from the commit thread's delivery, so what it sets (an actor's
+    record, the reply to the request that asked) is seen a scheduling round earlier than after the writer
+    task and then the submitter had each been scheduled. It runs only while the submitter still waits (not
+    after it gave up on the deadline or was cancelled), and its exception is raised by ``wait()``, as if the
+    submitter had run it."""
 
-    def __init__(self, fn: Op[T], bulk: bool = False) -> None:
+    __slots__ = ("abandoned", "bulk", "done", "error", "fn", "on_commit", "result")
+
+    def __init__(self, fn: Op[T], bulk: bool = False, on_commit: Callable[[T], None] | None = None) -> None:
         self.fn = fn
         self.bulk = bulk
+        self.on_commit = on_commit
         self.done = trio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+        self.abandoned = False
+
+    def finish(self) -> None:
+        """The batch is over (committed, or ``error`` says why not): run the continuation, wake the submitter."""
+        if self.error is None and self.on_commit is not None and not self.abandoned:
+            try:
+                self.on_commit(self.result)
+            except Exception as exc:  # the submitter's own code: it fails the submitter, never the writer
+                self.error = exc
+        self.done.set()
 
     async def wait(self) -> T:
         """The deadline is the disk's, so it is counted in real seconds: on trio's clock alone, a test's
         MockClock jumps past it while the COMMIT runs in its thread (the loop looks idle then), and the write
         failed though the disk was merely slow. On a real clock the two are the same."""
         started = time.monotonic()
-        while not self.done.is_set():
-            with trio.move_on_after(WRITE_DEADLINE):
-                await self.done.wait()
-            if not self.done.is_set() and time.monotonic() - started >= WRITE_DEADLINE:
-                raise StoreUnavailable("commit did not finish in time")
+        try:
+            while not self.done.is_set():
+                with trio.move_on_after(WRITE_DEADLINE):
+                    await self.done.wait()
+                if not self.done.is_set() and time.monotonic() - started >= WRITE_DEADLINE:
+                    raise StoreUnavailable("commit did not finish in time")
+        finally:
+            self.abandoned = not self.done.is_set()
         if self.error is not None:
             raise self.error
         return self.result  # type: ignore[no-any-return]
@@ -175,19 +197,20 @@ class Store:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def submit(self, fn: Op[T], *, bulk: bool = False) -> Write[T]:
+    def submit(self, fn: Op[T], *, bulk: bool = False, on_commit: Callable[[T], None] | None = None) -> Write[T]:
         """Queue an op for the next batch; await ``.wait()`` on the result for its commit.
 
-        ``bulk=True`` for an op whose cost grows with the data (it runs off the loop, see the module doc)."""
+        ``bulk=True`` for an op whose cost grows with the data (it runs off the loop, see the module doc);
+        ``on_commit``: see :class:`Write`."""
         if self._closed:
             raise StoreUnavailable("store is closed")
-        write: Write[T] = Write(fn, bulk)
+        write: Write[T] = Write(fn, bulk, on_commit)
         self._pending.append(write)
         self._has_work.set()
         return write
 
-    async def write(self, fn: Op[T], *, bulk: bool = False) -> T:
-        return await self.submit(fn, bulk=bulk).wait()
+    async def write(self, fn: Op[T], *, bulk: bool = False, on_commit: Callable[[T], None] | None = None) -> T:
+        return await self.submit(fn, bulk=bulk, on_commit=on_commit).wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer task and its checkpointer. On cancellation it still commits everything already submitted."""
@@ -196,9 +219,13 @@ class Store:
                 nursery.start_soon(self._checkpointer)
                 task_status.started()
                 while True:
-                    # Whatever was submitted since the last commit started shares the next one. (A
-                    # scheduling round here to gather more measured as pure latency under load.)
-                    await self._has_work.wait()
+                    # Whatever was submitted since the last commit started shares the next one, at once: a
+                    # scheduling round here to gather more measured as pure latency under load, and so does
+                    # the one Event.wait() takes when the event is already set (under load it always is).
+                    if self._has_work.is_set():
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                    else:
+                        await self._has_work.wait()
                     await self._flush()
         finally:
             with trio.CancelScope(shield=True):
@@ -224,15 +251,19 @@ class Store:
         started = time.perf_counter()
         if not any(write.bulk for write in batch) and self._begin_now():
             self._run_ops(batch)
-            await _commit_thread(self._commit, batch)
+            await _commit_thread(self._commit, batch, self._deliver)
         else:
             await trio.to_thread.run_sync(self._apply, batch)
-        self.token_cache.settle()  # before any submitter hears of its commit
+            self._deliver(batch)
         self.commit_seconds += time.perf_counter() - started
         self.batches += 1
         self._committed.set()
+
+    def _deliver(self, batch: list[Write[Any]]) -> None:
+        """Tell each submitter of a finished batch; never raises (it may run in trio's callback task)."""
+        self.token_cache.settle()  # before any submitter hears of its commit
         for write in batch:
-            write.done.set()
+            write.finish()
 
     def _begin_now(self) -> bool:
         """BEGIN IMMEDIATE on the loop without ever waiting for the lock (the writer's busy_timeout is 0).
@@ -324,19 +355,30 @@ class Store:
                 pass
 
 
-async def _commit_thread(fn: Callable[[list[Write[Any]]], None], batch: list[Write[Any]]) -> None:
+async def _commit_thread(fn: Callable[[list[Write[Any]]], None], batch: list[Write[Any]],
+                         deliver: Callable[[list[Write[Any]]], None]) -> None:
     """Run the COMMIT in a worker thread and wait for it, not cancellable (a half-seen commit has no meaning).
 
     Not ``trio.to_thread.run_sync``: its capacity limiter costs a scheduling round before the thread starts,
     and under load every round is long; this path is taken by every commit (measured in bench/a2a_proxy with
-    2,000 calls in flight: heartbeat p99 70-101 ms -> 33-50 ms, and the proxy's CPU per request -20 %)."""
+    2,000 calls in flight: heartbeat p99 70-101 ms -> 33-50 ms, and the proxy's CPU per request -20 %). For
+    the same reason ``deliver`` (the submitters told) runs in the callback that brings the result back to the
+    loop, not in this task once rescheduled: one round fewer between a commit and each submitter."""
     task = trio.lowlevel.current_task()
     token = trio.lowlevel.current_trio_token()
 
-    def deliver(result: Any) -> None:  # an outcome.Outcome, as trio.lowlevel.reschedule takes it
-        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+    def back_on_the_loop(result: outcome.Outcome[None]) -> None:
+        if isinstance(result, outcome.Value):
+            try:
+                deliver(batch)
+            except BaseException as exc:  # this callback must not raise into trio's run loop
+                result = outcome.Error(exc)
+        trio.lowlevel.reschedule(task, result)
 
-    trio.lowlevel.start_thread_soon(lambda: fn(batch), deliver)
+    def report(result: outcome.Outcome[None]) -> None:  # in the worker thread
+        token.run_sync_soon(back_on_the_loop, result)
+
+    trio.lowlevel.start_thread_soon(lambda: fn(batch), report)
     await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
 
 

@@ -97,6 +97,110 @@ async def test_writer_commits_pending_writes_on_cancel(tmp_path: Path) -> None:
     assert sqlite3.connect(tmp_path / "box.db").execute("SELECT value FROM box_settings").fetchone()[0] == "v"
 
 
+def put(key: str):  # type: ignore[no-untyped-def]
+    def op(db):  # type: ignore[no-untyped-def]
+        db.execute("INSERT INTO box_settings (key, value) VALUES (?, 'v')", [key])
+        return key
+    return op
+
+
+async def test_a_writes_continuation_runs_once_committed_before_its_submitter_resumes(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    """on_commit runs with the op's result once the row is durable, on the thread path too, and not for an op
+    that failed or a commit that failed; its own exception is the submitter's, and the writer goes on."""
+    store = Store(tmp_path / "box.db")
+    await nursery.start(store.run)
+    seen: list[tuple[str, int]] = []
+
+    def note(result: str) -> None:
+        rows = sqlite3.connect(tmp_path / "box.db").execute("SELECT count(*) FROM box_settings").fetchone()[0]
+        seen.append((result, rows))
+
+    assert await store.write(put("a"), on_commit=note) == "a"
+    assert seen == [("a", 1)]  # before the submitter resumed, and already visible to another connection
+    assert await store.write(put("b"), bulk=True, on_commit=note) == "b"
+    assert seen[-1] == ("b", 2)
+
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.write(put("a"), on_commit=note)  # the op itself fails: no continuation
+    assert len(seen) == 2
+
+    def broken(_: str) -> None:
+        raise RuntimeError("the submitter's own bug")
+
+    with pytest.raises(RuntimeError, match="own bug"):
+        await store.write(put("c"), on_commit=broken)
+    assert await store.write(put("d"), on_commit=note) == "d"  # the writer is unharmed
+    assert seen[-1] == ("d", 4)
+    store.close()
+
+
+async def test_a_writes_continuation_does_not_run_once_its_submitter_stopped_waiting(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    """A cancelled submitter has moved on: the commit still happens, its continuation must not run behind it."""
+    store = Store(tmp_path / "box.db")
+    await nursery.start(store.run)
+    ran: list[str] = []
+    write = store.submit(put("gone"), on_commit=ran.append)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await write.wait()
+    assert write.abandoned
+    with trio.fail_after(10):
+        await write.done.wait()
+    assert ran == [] and write.error is None
+    assert sqlite3.connect(tmp_path / "box.db").execute(
+        "SELECT count(*) FROM box_settings WHERE key = 'gone'").fetchone()[0] == 1
+    store.close()
+
+
+async def test_what_waited_for_a_commit_in_flight_runs_in_the_round_after_that_commit_ends(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    """Under load a write is mostly submitted while the previous batch's COMMIT is in its thread. Once that
+    commit is back on the loop (trio's callback task delivers it), the writer runs the next batch in the very
+    next round. It took a round more when the writer's loop waited on its already set event (Event.wait()
+    yields even then). Counted in the loop's batches of task steps."""
+    import threading
+
+    store = Store(tmp_path / "box.db")
+    await nursery.start(store.run)
+    hold, holding = threading.Event(), threading.Event()
+
+    def observe(seconds: float) -> None:  # in the commit thread, after the first COMMIT
+        if not holding.is_set():
+            holding.set()
+            hold.wait(10)
+
+    class Rounds(trio.abc.Instrument):
+        batches = 0
+
+        def before_io_wait(self, timeout: float) -> None:
+            self.batches += 1
+
+    rounds = Rounds()
+    marks: list[int] = []  # the round of the first commit's delivery, then the round the second op ran in
+
+    def second_op(db):  # type: ignore[no-untyped-def]
+        marks.append(rounds.batches)
+        return put("second")(db)
+
+    store.observe_commit = observe
+    first = store.submit(put("first"), on_commit=lambda _: marks.append(rounds.batches))
+    await trio.to_thread.run_sync(holding.wait, 10)
+    second = store.submit(second_op)  # waits for the commit in flight
+    trio.lowlevel.add_instrument(rounds)
+    try:
+        hold.set()
+        with trio.fail_after(10):
+            await first.wait()
+            await second.wait()
+    finally:
+        trio.lowlevel.remove_instrument(rounds)
+    delivered, ran = marks
+    assert ran - delivered == 1, marks
+    store.close()
+
+
 async def test_ops_run_on_the_loop_and_bulk_ops_in_the_thread(tmp_path: Path, nursery: trio.Nursery) -> None:
     """Small ops run on the loop (no GIL hand-offs per statement); only COMMIT waits in the thread. An op marked
     bulk runs, with its whole batch, in the worker thread so a large delete never stalls the loop."""
