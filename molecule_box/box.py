@@ -382,7 +382,7 @@ async def serve(
             intake = server.Intake(settings.connection_intake, head_timeout=settings.head_timeout_seconds)
             async with trio.open_nursery() as nursery:
                 box.urls = await nursery.start(partial(
-                    server.serve, app, config, intake=intake, sockets=sockets,
+                    server.serve, app, config, intake=intake, sockets=sockets, inline=app.runs_inline,
                     shutdown_trigger=box.shutdown_requested.wait,
                 ))
                 log.info("molecule-box %s serving on %s (data: %s, pid %d)", __version__, ", ".join(box.urls),

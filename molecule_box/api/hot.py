@@ -22,10 +22,11 @@ if TYPE_CHECKING:
     from ..box import Box
 
 HEARTBEAT_LIMIT = 64 * 1024
+HEARTBEAT_PATH = "/registry/heartbeat"
 #: The key of the hot handler for ``/workspaces/<id>/<action>`` paths, e.g. ("POST", A2A_PATH).
 A2A_PATH = "/workspaces/<id>/a2a"
 
-declare("/registry/heartbeat", "POST", summary="Agent liveness and load snapshot", auth="workspace",
+declare(HEARTBEAT_PATH, "POST", summary="Agent liveness and load snapshot", auth="workspace",
         tag="registry", body=Heartbeat,
         responses={200: "{status: ok}", 400: "Bad body", 401: "Wrong or missing token", 404: "Deleted workspace",
                    408: f"Body not received within {BODY_DEADLINE:g} s"})
@@ -50,7 +51,7 @@ class Front:
     def __init__(self, box: Box, app: ASGIApp, hot: Mapping[tuple[str, str], ASGIApp] | None = None) -> None:
         self.box = box
         self.app = app
-        self.hot: dict[tuple[str, str], ASGIApp] = {("POST", "/registry/heartbeat"): self.heartbeat, **(hot or {})}
+        self.hot: dict[tuple[str, str], ASGIApp] = {("POST", HEARTBEAT_PATH): self.heartbeat, **(hot or {})}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -62,6 +63,11 @@ class Front:
                 await handler(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def runs_inline(self, scope: Scope) -> bool:
+        """A heartbeat reads its body, waits for its actor and answers, never for a disconnect: the server may
+        run it in the connection's own task (api/connection.py), a scheduling round sooner."""
+        return bool(scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == HEARTBEAT_PATH)
 
     async def heartbeat(self, scope: Scope, receive: Receive, send: Send) -> None:
         box = self.box

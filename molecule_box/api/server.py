@@ -301,11 +301,14 @@ async def serve(
     intake: Intake,
     shutdown_trigger: Callable[[], Awaitable[object]],
     sockets: hypercorn.config.Sockets | None = None,
+    inline: Callable[[Any], bool] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the ASGI ``app`` until ``shutdown_trigger`` returns; ``task_status.started(urls)`` once listening.
 
     ``sockets``: already bound by the caller (the box binds before it opens the store), else bound here.
+    ``inline``: the requests ``app`` serves without waiting for a disconnect, run in their connection's
+    task when their body comes whole (connection.py's ``AppTaskGroup``: one scheduling round less).
 
     On shutdown the listeners close first (new connections are refused, not left
     hanging in the backlog), then open connections get ``config.graceful_timeout``."""
@@ -331,7 +334,7 @@ async def serve(
         _arriving.set(place)  # the tasks hypercorn spawns for its requests copy this task's context
         try:
             with place.head:
-                await Connection(entered, config, context, state, stream)
+                await Connection(entered, config, context, state, stream, inline)
         finally:
             place.release()
             with trio.CancelScope(shield=True):  # a cancellation (the head deadline) cuts hypercorn's own close

@@ -219,7 +219,7 @@ async def test_a_kept_alive_request_costs_fewer_scheduling_rounds_than_with_hype
     about twice as often per request and spawns a keep-alive timer task beside each request's app task."""
     requests = 50
     async with serving(tmp_path / "hypercorn", App(), server.Intake(4)) as (url, _):
-        monkeypatch.setattr(server, "Connection", TCPServer)
+        monkeypatch.setattr(server, "Connection", lambda *args: TCPServer(*args[:5]))  # it has no inline
         theirs = await per_request(url, requests)
         monkeypatch.undo()
     async with serving(tmp_path / "box", App(), server.Intake(4)) as (url, _):
@@ -227,3 +227,149 @@ async def test_a_kept_alive_request_costs_fewer_scheduling_rounds_than_with_hype
     assert theirs.spawned == 2 * requests  # the app's task and the timer's
     assert ours.spawned == requests  # the app's task only
     assert ours.steps <= theirs.steps * 0.7, (ours.steps / requests, theirs.steps / requests)
+
+
+class EchoApp(App):
+    """``POST /echo``: reads the whole body and answers with it, noting the task it ran in; ``POST /again``
+    reads its body, then waits for one more event, as an app watching for a disconnect does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: list[trio.lowlevel.Task] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] in ("/echo", "/again"):
+            body = b""
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body", False):
+                    break
+            self.tasks.append(trio.lowlevel.current_task())
+            if scope["path"] == "/again":
+                await receive()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await super().__call__(scope, receive, send)
+
+
+def inline(scope: dict[str, Any]) -> bool:
+    return scope["type"] == "http" and scope["method"] == "POST"
+
+
+def post(path: str, body: bytes, *extra: str) -> bytes:
+    head = "".join(f"{line}\r\n" for line in extra)
+    return (f"POST {path} HTTP/1.1\r\nHost: box\r\nContent-Length: {len(body)}\r\n{head}\r\n").encode() + body
+
+
+async def answer(stream: trio.SocketStream, buffered: bytes = b"") -> tuple[bytes, bytes, bytes]:
+    """(status line, body, what followed) of the next response."""
+    data = buffered
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = next(int(line.partition(b":")[2]) for line in head.split(b"\r\n")[1:]
+                      if line.lower().startswith(b"content-length:"))
+        while len(rest) < length:
+            rest += await stream.receive_some(65536)
+    return head.split(b"\r\n")[0], rest[:length], rest[length:]
+
+
+async def test_a_request_whose_body_comes_with_its_head_runs_inline_in_its_connections_task(tmp_path: Any) -> None:
+    """No task is spawned for it and it starts in the round of the read; the same server still gives every
+    request ``inline`` does not choose a task of its own."""
+    app = EchoApp()
+    async with serving(tmp_path, app, server.Intake(4), inline=inline) as (url, _):
+        stream = await connect(url)
+        async with stream:
+            await ask(stream, post("/echo", b"warm"), 200)
+            counter = Counter()
+            trio.lowlevel.add_instrument(counter)
+            try:
+                for index in range(20):
+                    await stream.send_all(post("/echo", b"body %d" % index))
+                    line, body, rest = await answer(stream)
+                    assert b" 200 " in line and body == b"body %d" % index and rest == b""
+            finally:
+                trio.lowlevel.remove_instrument(counter)
+            assert counter.spawned == 0
+            inline_steps = counter.steps
+            counter = Counter()
+            trio.lowlevel.add_instrument(counter)
+            try:
+                for _ in range(20):
+                    await ask(stream, b"GET / HTTP/1.1\r\nHost: box\r\n\r\n", 200)
+            finally:
+                trio.lowlevel.remove_instrument(counter)
+            assert counter.spawned == 20
+            assert inline_steps < counter.steps, (inline_steps, counter.steps)
+    assert len({id(task) for task in app.tasks}) == 1  # every /echo ran in the connection's one task
+
+
+async def test_a_body_that_comes_after_its_head_is_read_by_a_task_of_its_own(tmp_path: Any) -> None:
+    """The app then meets its own body deadline, as every request does; the body is whole either way, also
+    after a 100-continue."""
+    app = EchoApp()
+    async with serving(tmp_path, app, server.Intake(4), inline=inline) as (url, _):
+        stream = await connect(url)
+        async with stream:
+            request = post("/echo", b"x" * 5000)
+            head, body = request[:-5000], request[-5000:]
+            await stream.send_all(head)
+            await trio.sleep(0.05)
+            await stream.send_all(body)
+            line, echoed, _ = await answer(stream)
+            assert b" 200 " in line and echoed == body
+            await stream.send_all(post("/echo", b"y" * 10, "Expect: 100-continue")[:-10])
+            with trio.fail_after(5):
+                continued = await stream.receive_some(65536)
+            assert continued.startswith(b"HTTP/1.1 100 ")
+            await stream.send_all(b"y" * 10)
+            line, echoed, _ = await answer(stream, continued.partition(b"\r\n\r\n")[2])
+            assert b" 200 " in line and echoed == b"y" * 10
+    assert len({id(task) for task in app.tasks}) == 2  # each in a task of its own (inline, both are the connection's)
+
+
+async def test_pipelined_requests_inline_or_not_are_answered_in_order(tmp_path: Any) -> None:
+    async with serving(tmp_path, EchoApp(), server.Intake(4), inline=inline) as (url, _):
+        stream = await connect(url)
+        async with stream:
+            await stream.send_all(post("/echo", b"one") + b"GET / HTTP/1.1\r\nHost: box\r\n\r\n"
+                                  + post("/echo", b"three") + post("/echo", b"four"))
+            rest = b""
+            for expected in (b"one", b"ok", b"three", b"four"):
+                line, body, rest = await answer(stream, rest)
+                assert b" 200 " in line and body == expected
+
+
+async def test_a_body_in_more_pieces_than_the_app_queue_holds_does_not_wait_on_itself(tmp_path: Any) -> None:
+    """A chunked body of 40 chunks in one write is 40 events, past the queue's limit: the app then takes its
+    own task before the connection would wait for it to drain the queue."""
+    chunks = [b"%02d" % index for index in range(40)]
+    body = b"".join(b"2\r\n" + piece + b"\r\n" for piece in chunks) + b"0\r\n\r\n"
+    async with serving(tmp_path, EchoApp(), server.Intake(4), inline=inline) as (url, _):
+        stream = await connect(url)
+        async with stream:
+            await stream.send_all(b"POST /echo HTTP/1.1\r\nHost: box\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+            line, echoed, _ = await answer(stream)
+            assert b" 200 " in line and echoed == b"".join(chunks)
+
+
+async def test_an_inline_app_that_waits_for_more_than_its_body_fails_instead_of_hanging(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing reads while it runs, so nothing could answer the wait: the app gets an error at once (hypercorn
+    logs it, answers 500 and closes the connection), and the server serves the next one."""
+    async with serving(tmp_path, EchoApp(), server.Intake(4), inline=inline) as (url, _):
+        stream = await connect(url)
+        async with stream:
+            await stream.send_all(post("/again", b"z"))
+            line, _, _ = await answer(stream)
+            assert b" 500 " in line
+            assert await closed_by_box(stream)  # hypercorn closes after an app's error, as for any request
+        stream = await connect(url)
+        async with stream:
+            await ask(stream, post("/echo", b"next"), 200)
+    assert any("inline" in str(record.exc_info[1]) for record in caplog.records if record.exc_info)

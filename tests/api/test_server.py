@@ -6,7 +6,7 @@ its own intake, and speaks HTTP to it with httpx or raw trio streams.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -48,12 +48,14 @@ class App:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, app: App, intake: server.Intake, **env: str) -> AsyncIterator[tuple[str, trio.Event]]:
+async def serving(tmp_path: Path, app: App, intake: server.Intake, inline: Callable[[Any], bool] | None = None,
+                  **env: str) -> AsyncIterator[tuple[str, trio.Event]]:
     """``app`` served by ``server.serve`` on 127.0.0.1, with the settings ``env`` changes; (its URL, the stop)."""
     config = server.hypercorn_config(make_settings(tmp_path, **env))
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        urls = await nursery.start(partial(server.serve, app, config, intake=intake, shutdown_trigger=stop.wait))
+        urls = await nursery.start(partial(server.serve, app, config, intake=intake, inline=inline,
+                                           shutdown_trigger=stop.wait))
         try:
             yield urls[0], stop
         finally:
