@@ -166,6 +166,15 @@ class Supervisor:
         slot = self.slots.get(workspace_id)
         if slot is None:
             raise NotFound("workspace not found")
+        lent = slot.actor.lend(command) if slot.actor is not None else None
+        if lent is not None:  # committed in the parked actor's name, its reply set with the commit
+            with trio.move_on_after(timeout):
+                await lent.done.wait()
+            if not lent.done.is_set():
+                raise ServiceUnavailable("workspace is busy; retry shortly", retry_after=2)
+            if lent.error is not None:
+                raise lent.error
+            return command.reply.unwrap()
         slot.send.send_nowait(command)
         with trio.move_on_after(timeout):
             await command.reply.done.wait()

@@ -7,7 +7,9 @@ mailbox itself, so no sweep polls 10,000 rows: trio wakes the actor exactly
 when its deadline passes. Backend operations (start, stop, destroy) run as
 child tasks in the actor's own nursery and report back through the mailbox,
 so a slow image pull never keeps the actor from answering heartbeats or a
-delete; a new lifecycle command cancels the operation in flight.
+delete; a new lifecycle command cancels the operation in flight. A steady
+heartbeat (the status stays) is decided by the actor's own code in the asker's
+task while the actor is parked, committed in its name (:meth:`WorkspaceActor.lend`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ..bus import REMOVED, REVOKED
 from ..errors import Conflict, MoleculeBoxError
 from ..models import BROADCAST_ONLY, Workspace, WorkspaceStatus
 from ..security import tokens as tk
+from ..store import Write
 from ..store import events as event_rows
 from ..store import secrets as secret_rows
 from ..store import tokens as token_rows
@@ -116,6 +119,10 @@ class WorkspaceActor:
         self._exit_pending: BackendEvent | None = None
         #: A move to another backend in progress (``Migrate``).
         self._migration: _Migration | None = None
+        #: The wait on the mailbox while the actor is parked there, between messages (see :meth:`lend`).
+        self._parked: trio.CancelScope | None = None
+        #: A heartbeat committed in this actor's name by its asker and not yet settled (see :meth:`lend`).
+        self._lent: Write[list[Any]] | None = None
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -127,8 +134,13 @@ class WorkspaceActor:
                 await self._resume_after_restart()
                 while True:
                     message: c.Message | None = None
-                    with trio.move_on_at(self._next_deadline()):
-                        message = await self._inbox.receive()
+                    try:
+                        with trio.move_on_at(self._next_deadline()) as self._parked:
+                            message = await self._inbox.receive()
+                    finally:
+                        self._parked = None
+                    if self._lent is not None:
+                        await self._settle_lent()
                     if message is None:
                         await self._fire_deadlines()
                         continue
@@ -138,6 +150,50 @@ class WorkspaceActor:
             except ActorExit:
                 pass
             nursery.cancel_scope.cancel()
+
+    def lend(self, command: c.Command) -> Write[list[Any]] | None:
+        """Take a steady heartbeat without waking the actor: its asker commits it in the actor's name.
+
+        A heartbeat that changes nothing but the snapshot (the status stays) is most of the traffic, and
+        waking the actor for it costs a scheduling round between the asker and the store, which under load
+        is the longest part of a heartbeat's wait. While the actor is parked on its empty mailbox its state is
+        exactly its committed record, so this method (the actor's own code, run in the asker's task) makes
+        the decision the actor would make from it, submits the same op, and leaves the rest to the write's
+        continuation: the record, the events, the reply and the parked wait's new deadline, set the moment
+        the commit is durable. The actor never sees a message meanwhile: when anything wakes it, it first
+        waits for the lent write (:meth:`_settle_lent`), so it decides from the record that write leaves.
+
+        None when the actor must decide itself: it is not parked, another lent write is in flight, or the
+        heartbeat changes the status (every change of status goes through the actor's mailbox). The
+        returned write is done once the reply is set, or failed (its ``error``, the reply unset)."""
+        if (not isinstance(command, c.Heartbeat) or self._parked is None or self._lent is not None
+                or self._inbox.statistics().tasks_waiting_receive == 0):
+            return None
+        ws = self.record
+        if ws.status is S.REMOVED:
+            return None
+        outcome = t.heartbeat(ws, command.body, self._now())
+        if outcome.workspace.status is not ws.status:
+            return None
+
+        def answered() -> None:
+            self._lent = None  # settled: the record is the commit's
+            self.deps.metrics.heartbeats.inc()
+            command.reply.set({"status": "ok"})
+            if self._parked is not None:  # still parked: its wait ends at the new deadline, not the old one
+                self._parked.deadline = self._next_deadline()
+
+        self._lent = self._submit(outcome, then=answered)
+        return self._lent
+
+    async def _settle_lent(self) -> None:
+        """Wait for the lent heartbeat's commit before deciding anything: its continuation sets the record.
+
+        Its failure is its asker's to report; the record is then unchanged, as the store is."""
+        lent, self._lent = self._lent, None
+        assert lent is not None
+        with contextlib.suppress(Exception):
+            await lent.wait()
 
     def _trio_time(self, wall: float) -> float:
         return trio.current_time() + (wall - self.deps.now())
@@ -197,6 +253,11 @@ class WorkspaceActor:
         (store.db.Write), the moment the commit is durable and while this task still waits on it, so nothing
         else changes the actor meanwhile. ``then`` is for a reply that needs nothing more from the actor: a
         heartbeat is answered without waiting for the actor to be scheduled once more."""
+        return await self._submit(outcome, *extra, then=then).wait()
+
+    def _submit(self, outcome: t.Outcome, *extra: Callable[[Any], Any],
+                then: Callable[[], None] | None = None) -> Write[list[Any]]:
+        """:meth:`_commit`'s op and continuation, submitted; the caller waits for it."""
         ws = outcome.workspace
         events = [self.deps.bus.make(kind, ws.id, payload) for kind, payload in outcome.events]
         persisted = [event_rows.insert(e) for e in events if e.type not in BROADCAST_ONLY]
@@ -218,7 +279,7 @@ class WorkspaceActor:
             if then is not None:
                 then()
 
-        return await self.deps.store.write(op, on_commit=committed)
+        return self.deps.store.submit(op, on_commit=committed)
 
     def _now(self) -> float:
         return self.deps.now()
@@ -643,6 +704,7 @@ class WorkspaceActor:
         answer = {"status": "ok"}
 
         def answered() -> None:
+            self._lent = None  # settled: the record is the commit's
             self.deps.metrics.heartbeats.inc()
             cmd.reply.set(answer)
 
