@@ -700,11 +700,11 @@ class WorkspaceActor:
         return body
 
     async def _on_Heartbeat(self, cmd: c.Heartbeat) -> dict[str, str]:
+        """A heartbeat the actor decides itself; :meth:`lend` takes the same decision for a steady one."""
         self._require_not_removed()
         answer = {"status": "ok"}
 
         def answered() -> None:
-            self._lent = None  # settled: the record is the commit's
             self.deps.metrics.heartbeats.inc()
             cmd.reply.set(answer)
 
