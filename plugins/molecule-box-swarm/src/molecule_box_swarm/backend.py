@@ -227,6 +227,10 @@ class SwarmBackend(BaseBackend):
                 node = str((task or {}).get("NodeID") or "")
                 detail += f", its node {node[:12]} is down" if node in down else f", desired state {desired}"
             self._current.pop(wid, None)
+            # The inspect that confirms this must read these task states, not a snapshot taken before them: one
+            # taken between the container's death and Swarm marking its task failed still shows it running,
+            # and the crash, no longer watched, was never reported again (seen in CI).
+            self._last_snapshot = None
             err = ((task or {}).get("Status") or {}).get("Err")
             self.context.report(BackendEvent(wid, "exited", exit_code=sv.exit_code(task),
                                              detail=detail + (f": {err}" if err else "")))
@@ -532,6 +536,8 @@ class SwarmBackend(BaseBackend):
         except (EngineError, BackendError):
             quick = None
         if quick is not None:
+            if wid not in self._busy:  # it runs: watched again, whatever report came before (as below)
+                self._current[wid] = str(quick[1]["ID"])
             return WorkloadStatus(WorkloadState.RUNNING, detail=f"task {str(quick[1]['ID'])[:12]} is running",
                                   started_at=sv.parse_time(quick[1].get("CreatedAt")))
         try:
