@@ -167,19 +167,16 @@ class Supervisor:
         if slot is None:
             raise NotFound("workspace not found")
         lent = slot.actor.lend(command) if slot.actor is not None else None
-        if lent is not None:  # committed in the parked actor's name, its reply set with the commit
-            with trio.move_on_after(timeout):
-                await lent.done.wait()
-            if not lent.done.is_set():
-                raise ServiceUnavailable("workspace is busy; retry shortly", retry_after=2)
-            if lent.error is not None:
-                raise lent.error
-            return command.reply.unwrap()
-        slot.send.send_nowait(command)
+        if lent is None:
+            slot.send.send_nowait(command)
+        # A lent write (committed in the parked actor's name) is done once its reply is set, or has failed.
+        done = command.reply.done if lent is None else lent.done
         with trio.move_on_after(timeout):
-            await command.reply.done.wait()
-        if not command.reply.done.is_set():
+            await done.wait()
+        if not done.is_set():
             raise ServiceUnavailable("workspace is busy; retry shortly", retry_after=2)
+        if lent is not None and lent.error is not None:
+            raise lent.error
         return command.reply.unwrap()
 
     async def _supervise(self, slot: ActorSlot, ws: Workspace) -> None:

@@ -70,6 +70,8 @@ OBSERVE_DEADLINE = 10.0
 FILES_DEADLINE = 25.0
 #: States in which a workload the box started is expected to run, so its death is a crash.
 RUNNING_STATES = frozenset({S.ONLINE, S.DEGRADED, S.OFFLINE, S.PROVISIONING})
+#: What an accepted heartbeat is answered.
+HEARTBEAT_ANSWER = {"status": "ok"}
 #: After a move, the old workload is removed this many seconds after the switch: calls forwarded to it finish.
 MIGRATE_DRAIN = 2.0
 
@@ -178,8 +180,7 @@ class WorkspaceActor:
 
         def answered() -> None:
             self._lent = None  # settled: the record is the commit's
-            self.deps.metrics.heartbeats.inc()
-            command.reply.set({"status": "ok"})
+            self._answer_heartbeat(command)
             if self._parked is not None:  # still parked: its wait ends at the new deadline, not the old one
                 self._parked.deadline = self._next_deadline()
 
@@ -702,14 +703,13 @@ class WorkspaceActor:
     async def _on_Heartbeat(self, cmd: c.Heartbeat) -> dict[str, str]:
         """A heartbeat the actor decides itself; :meth:`lend` takes the same decision for a steady one."""
         self._require_not_removed()
-        answer = {"status": "ok"}
+        await self._commit(t.heartbeat(self.record, cmd.body, self._now()), then=lambda: self._answer_heartbeat(cmd))
+        return dict(HEARTBEAT_ANSWER)
 
-        def answered() -> None:
-            self.deps.metrics.heartbeats.inc()
-            cmd.reply.set(answer)
-
-        await self._commit(t.heartbeat(self.record, cmd.body, self._now()), then=answered)
-        return answer
+    def _answer_heartbeat(self, cmd: c.Heartbeat) -> None:
+        """Counted and answered from the commit's continuation, by the actor or by its lent turn alike."""
+        self.deps.metrics.heartbeats.inc()
+        cmd.reply.set(dict(HEARTBEAT_ANSWER))
 
     async def _on_UpdateCard(self, cmd: c.UpdateCard) -> dict[str, str]:
         self._require_not_removed()
