@@ -710,6 +710,14 @@ def sqlite_slow(box_url: str) -> dict[str, dict[str, float]]:
     return out
 
 
+def py_spy() -> str:
+    """py-spy on PATH, or beside this interpreter (a venv's ``pip install py-spy`` is not on PATH unactivated)."""
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    return found
+
+
 @contextlib.contextmanager
 def profiled(procs: Procs, out_dir: Path | None, pid: int, label: str, seconds: float) -> Iterator[None]:
     """py-spy record (non-blocking sampling) of ``pid`` for ``seconds`` while the block runs."""
@@ -717,7 +725,7 @@ def profiled(procs: Procs, out_dir: Path | None, pid: int, label: str, seconds: 
         yield
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    proc = procs.start(f"py-spy-{label}", ["py-spy", "record", "--nonblocking", "--threads", "-r", "200", "-p",
+    proc = procs.start(f"py-spy-{label}", [py_spy(), "record", "--nonblocking", "--threads", "-r", "200", "-p",
                                            str(pid), "-d", str(math.ceil(seconds)), "--format", "raw", "-o",
                                            str(out_dir / f"{label}.txt")])
     time.sleep(0.5)
@@ -933,6 +941,8 @@ def main() -> int:
     if args.role:
         ROLES[args.role](args)
         return 0
+    if args.profile is not None:
+        py_spy()  # missing: say so now, not after the first scenario
     return drive(args)
 
 

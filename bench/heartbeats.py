@@ -341,6 +341,14 @@ def sqlite_figures(before: str, after: str) -> str:
     return "; ".join(parts)
 
 
+def py_spy() -> str:
+    """py-spy on PATH, or beside this interpreter (a venv's ``pip install py-spy`` is not on PATH unactivated)."""
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    return found
+
+
 @contextlib.contextmanager
 def profiled(b: Bench, label: str, seconds: float) -> Iterator[None]:
     """``--profile DIR``: py-spy (GIL holder only: CPU, not waits) of the box for ``seconds`` while the block runs."""
@@ -348,7 +356,7 @@ def profiled(b: Bench, label: str, seconds: float) -> Iterator[None]:
         yield
         return
     b.args.profile.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(["py-spy", "record", "--gil", "--nonblocking", "--threads", "-r", "100", "-p",
+    proc = subprocess.Popen([py_spy(), "record", "--gil", "--nonblocking", "--threads", "-r", "100", "-p",
                              str(b.box.pid), "-d", str(math.ceil(seconds)), "--format", "raw", "-o",
                              str(b.args.profile / f"{label}.txt")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -1158,6 +1166,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workspaces < 10:
         parser.error("--workspaces must be at least 10")
+    if args.profile is not None:
+        py_spy()  # missing: say so now, not after the seeding
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.ceiling_seconds = 3 if args.quick else 5
     args.box_seconds = 5 if args.quick else 10
