@@ -10,8 +10,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import sqlite3
 
 
 class WorkspaceStatus(enum.StrEnum):
@@ -93,7 +97,7 @@ class Workspace:
     JSON_FIELDS = ("agent_card", "runtime_metadata", "config", "backend_state")
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Workspace:
+    def from_row(cls, row: Mapping[str, Any] | sqlite3.Row) -> Workspace:
         values = dict(row)
         for name in cls.JSON_FIELDS:
             values[name] = _json(values.get(name))

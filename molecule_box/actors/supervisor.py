@@ -116,6 +116,13 @@ class Supervisor:
             for ws in workspace_rows.all_live(self.deps.store.db):
                 self.spawn(ws)
                 restored += 1
+            # Restored means every actor has taken its first step (its resumption), not only been spawned. The
+            # spawned actors run in the next scheduling batch, and started() wakes the caller in the batch after
+            # the one it is called in: called right here, the caller would share the actors' batch, which trio
+            # runs forwards or backwards at random, and see the restore end before their first steps half the
+            # time. After this checkpoint it is called in the actors' batch or later. The box says ready once
+            # its actors are live, and the restore's time counts all of it.
+            await trio.lowlevel.checkpoint()
             task_status.started(restored)
             await trio.sleep_forever()
 

@@ -13,13 +13,13 @@ from .tokens import invalidate
 
 def get(db: sqlite_utils.Database, workspace_id: str) -> Workspace | None:
     row = db.execute("SELECT * FROM workspaces WHERE id = ?", [workspace_id]).fetchone()
-    return Workspace.from_row(dict(row)) if row else None
+    return Workspace.from_row(row) if row else None
 
 
 def all_live(db: sqlite_utils.Database) -> list[Workspace]:
     """Every workspace not removed, oldest first (the list order and the restore order)."""
     rows = db.execute("SELECT * FROM workspaces WHERE status != 'removed' ORDER BY created_at, id").fetchall()
-    return [Workspace.from_row(dict(row)) for row in rows]
+    return [Workspace.from_row(row) for row in rows]  # from_row copies the row once
 
 
 def _unique(rows: list[Any], workspace_id: str) -> list[str]:

@@ -125,3 +125,43 @@ async def test_supervisor_without_a_box(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+async def test_restore_reports_started_once_every_actor_has_taken_its_first_step(tmp_path: Path) -> None:
+    """The restore's figure (and the box's readiness) covers each actor's resumption, not only its spawn.
+
+    The spawned actors run in the scheduling batch after the spawns, which trio runs forwards or backwards
+    at random: reported from the spawning step itself, the restore's caller would find them unstarted about
+    half the time, so eight restores in a row catch it with a chance of 255 in 256."""
+    settings = make_settings(tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    store = Store(settings.store_path)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            context = BackendContext(box_id="test", settings=BackendSettings(), report=lambda event: None,
+                                     platform_url=settings.platform_url, bind_addr=settings.bind_addr)
+            backends = BackendRegistry(context, nursery, settings=settings.backends)
+
+            def supervisor() -> Supervisor:
+                return Supervisor(ActorDeps(store=store, bus=EventBus(), backends=backends, settings=settings,
+                                            metrics=BoxMetrics(), vault=Vault(store, SecretBox(load_key(settings))),
+                                            now=time.time))
+
+            first = supervisor()
+            async with trio.open_nursery() as actors:
+                await actors.start(first.run)
+                for i in range(20):
+                    await first.create(CreateWorkspace(name=f"ws-{i}", external=True))
+                actors.cancel_scope.cancel()
+            for _ in range(8):
+                again = supervisor()
+                async with trio.open_nursery() as actors:
+                    assert await actors.start(again.run) == 20
+                    parked = [slot.workspace_id for slot in again.slots.values()
+                              if slot.actor is not None and slot.actor._parked is not None]
+                    assert len(parked) == 20, f"only {len(parked)} of 20 actors had run when the restore ended"
+                    actors.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
