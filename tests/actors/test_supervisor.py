@@ -15,6 +15,7 @@ from molecule_box.actors.deps import ActorDeps
 from molecule_box.backends import BackendContext, BackendSettings, Workload, WorkloadSpec
 from molecule_box.backends.loader import BackendRegistry
 from molecule_box.bus import EventBus
+from molecule_box.config import Settings
 from molecule_box.errors import Conflict, ServiceUnavailable
 from molecule_box.metrics import BoxMetrics
 from molecule_box.models import WorkspaceStatus
@@ -92,6 +93,12 @@ async def test_buggy_backend_crashes_only_its_workspace(runner: BoxRunner) -> No
         assert deleted.status_code == 200
 
 
+def _supervisor(store: Store, backends: BackendRegistry, settings: Settings) -> Supervisor:
+    """A supervisor built from its parts, without a box."""
+    return Supervisor(ActorDeps(store=store, bus=EventBus(), backends=backends, settings=settings,
+                                metrics=BoxMetrics(), vault=Vault(store, SecretBox(load_key(settings))), now=time.time))
+
+
 async def test_supervisor_without_a_box(tmp_path: Path) -> None:
     """The supervisor takes its parts, not the box: built here from a store, a bus and a backend registry,
     it creates a family, runs the tree rules over it and purges it once its actors have exited."""
@@ -103,11 +110,7 @@ async def test_supervisor_without_a_box(tmp_path: Path) -> None:
             await nursery.start(store.run)
             context = BackendContext(box_id="test", settings=BackendSettings(), report=lambda event: None,
                                      platform_url=settings.platform_url, bind_addr=settings.bind_addr)
-            backends = BackendRegistry(context, nursery, settings=settings.backends)
-            bus = EventBus()
-            supervisor = Supervisor(ActorDeps(store=store, bus=bus, backends=backends, settings=settings,
-                                              metrics=BoxMetrics(), vault=Vault(store, SecretBox(load_key(settings))),
-                                              now=time.time))
+            supervisor = _supervisor(store, BackendRegistry(context, nursery, settings=settings.backends), settings)
             assert await nursery.start(supervisor.run) == 0
             parent = await supervisor.create(CreateWorkspace(name="parent", external=True))
             assert parent.workspace.status is WorkspaceStatus.AWAITING_AGENT and parent.token
@@ -142,20 +145,14 @@ async def test_restore_reports_started_once_every_actor_has_taken_its_first_step
             context = BackendContext(box_id="test", settings=BackendSettings(), report=lambda event: None,
                                      platform_url=settings.platform_url, bind_addr=settings.bind_addr)
             backends = BackendRegistry(context, nursery, settings=settings.backends)
-
-            def supervisor() -> Supervisor:
-                return Supervisor(ActorDeps(store=store, bus=EventBus(), backends=backends, settings=settings,
-                                            metrics=BoxMetrics(), vault=Vault(store, SecretBox(load_key(settings))),
-                                            now=time.time))
-
-            first = supervisor()
+            first = _supervisor(store, backends, settings)
             async with trio.open_nursery() as actors:
                 await actors.start(first.run)
                 for i in range(20):
                     await first.create(CreateWorkspace(name=f"ws-{i}", external=True))
                 actors.cancel_scope.cancel()
             for _ in range(8):
-                again = supervisor()
+                again = _supervisor(store, backends, settings)
                 async with trio.open_nursery() as actors:
                     assert await actors.start(again.run) == 20
                     parked = [slot.workspace_id for slot in again.slots.values()
