@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -93,6 +95,23 @@ async def test_buggy_backend_crashes_only_its_workspace(runner: BoxRunner) -> No
         assert deleted.status_code == 200
 
 
+@contextlib.asynccontextmanager
+async def _parts(tmp_path: Path) -> AsyncIterator[tuple[Settings, Store, BackendRegistry, trio.Nursery]]:
+    """What a supervisor runs on without a box: a running store and a backend registry, and their nursery."""
+    settings = make_settings(tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    store = Store(settings.store_path)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            context = BackendContext(box_id="test", settings=BackendSettings(), report=lambda event: None,
+                                     platform_url=settings.platform_url, bind_addr=settings.bind_addr)
+            yield settings, store, BackendRegistry(context, nursery, settings=settings.backends), nursery
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
 def _supervisor(store: Store, backends: BackendRegistry, settings: Settings) -> Supervisor:
     """A supervisor built from its parts, without a box."""
     return Supervisor(ActorDeps(store=store, bus=EventBus(), backends=backends, settings=settings,
@@ -102,32 +121,22 @@ def _supervisor(store: Store, backends: BackendRegistry, settings: Settings) -> 
 async def test_supervisor_without_a_box(tmp_path: Path) -> None:
     """The supervisor takes its parts, not the box: built here from a store, a bus and a backend registry,
     it creates a family, runs the tree rules over it and purges it once its actors have exited."""
-    settings = make_settings(tmp_path)
-    tmp_path.mkdir(exist_ok=True)
-    store = Store(settings.store_path)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(store.run)
-            context = BackendContext(box_id="test", settings=BackendSettings(), report=lambda event: None,
-                                     platform_url=settings.platform_url, bind_addr=settings.bind_addr)
-            supervisor = _supervisor(store, BackendRegistry(context, nursery, settings=settings.backends), settings)
-            assert await nursery.start(supervisor.run) == 0
-            parent = await supervisor.create(CreateWorkspace(name="parent", external=True))
-            assert parent.workspace.status is WorkspaceStatus.AWAITING_AGENT and parent.token
-            child = await supervisor.create(CreateWorkspace(name="child", external=True, url="http://127.0.0.1:9/",
-                                                            parent_id=parent.workspace.id))
-            assert child.workspace.status is WorkspaceStatus.ONLINE
-            assert await supervisor.pause_tree(parent.workspace.id) == 2
-            with pytest.raises(Conflict, match='"parent" is paused'):
-                await supervisor.wake(child.workspace.id)
-            assert await supervisor.resume_tree(parent.workspace.id) == ("awaiting_agent", 2)
-            assert await supervisor.delete_tree(parent.workspace.id, purge=True) == 1
-            assert supervisor.slots == {}
-            assert workspace_rows.all_live(store.db) == []
-            assert workspace_rows.get(store.db, child.workspace.id) is None
-            nursery.cancel_scope.cancel()
-    finally:
-        store.close()
+    async with _parts(tmp_path) as (settings, store, backends, nursery):
+        supervisor = _supervisor(store, backends, settings)
+        assert await nursery.start(supervisor.run) == 0
+        parent = await supervisor.create(CreateWorkspace(name="parent", external=True))
+        assert parent.workspace.status is WorkspaceStatus.AWAITING_AGENT and parent.token
+        child = await supervisor.create(CreateWorkspace(name="child", external=True, url="http://127.0.0.1:9/",
+                                                        parent_id=parent.workspace.id))
+        assert child.workspace.status is WorkspaceStatus.ONLINE
+        assert await supervisor.pause_tree(parent.workspace.id) == 2
+        with pytest.raises(Conflict, match='"parent" is paused'):
+            await supervisor.wake(child.workspace.id)
+        assert await supervisor.resume_tree(parent.workspace.id) == ("awaiting_agent", 2)
+        assert await supervisor.delete_tree(parent.workspace.id, purge=True) == 1
+        assert supervisor.slots == {}
+        assert workspace_rows.all_live(store.db) == []
+        assert workspace_rows.get(store.db, child.workspace.id) is None
 
 
 async def test_restore_reports_started_once_every_actor_has_taken_its_first_step(tmp_path: Path) -> None:
@@ -136,29 +145,18 @@ async def test_restore_reports_started_once_every_actor_has_taken_its_first_step
     The spawned actors run in the scheduling batch after the spawns, which trio runs forwards or backwards
     at random: reported from the spawning step itself, the restore's caller would find them unstarted about
     half the time, so eight restores in a row catch it with a chance of 255 in 256."""
-    settings = make_settings(tmp_path)
-    tmp_path.mkdir(exist_ok=True)
-    store = Store(settings.store_path)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(store.run)
-            context = BackendContext(box_id="test", settings=BackendSettings(), report=lambda event: None,
-                                     platform_url=settings.platform_url, bind_addr=settings.bind_addr)
-            backends = BackendRegistry(context, nursery, settings=settings.backends)
-            first = _supervisor(store, backends, settings)
+    async with _parts(tmp_path) as (settings, store, backends, _):
+        first = _supervisor(store, backends, settings)
+        async with trio.open_nursery() as actors:
+            await actors.start(first.run)
+            for i in range(20):
+                await first.create(CreateWorkspace(name=f"ws-{i}", external=True))
+            actors.cancel_scope.cancel()
+        for _ in range(8):
+            again = _supervisor(store, backends, settings)
             async with trio.open_nursery() as actors:
-                await actors.start(first.run)
-                for i in range(20):
-                    await first.create(CreateWorkspace(name=f"ws-{i}", external=True))
+                assert await actors.start(again.run) == 20
+                parked = [slot.workspace_id for slot in again.slots.values()
+                          if slot.actor is not None and slot.actor._parked is not None]
+                assert len(parked) == 20, f"only {len(parked)} of 20 actors had run when the restore ended"
                 actors.cancel_scope.cancel()
-            for _ in range(8):
-                again = _supervisor(store, backends, settings)
-                async with trio.open_nursery() as actors:
-                    assert await actors.start(again.run) == 20
-                    parked = [slot.workspace_id for slot in again.slots.values()
-                              if slot.actor is not None and slot.actor._parked is not None]
-                    assert len(parked) == 20, f"only {len(parked)} of 20 actors had run when the restore ended"
-                    actors.cancel_scope.cancel()
-            nursery.cancel_scope.cancel()
-    finally:
-        store.close()
