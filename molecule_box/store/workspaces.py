@@ -7,19 +7,22 @@ from typing import Any
 
 import sqlite_utils
 
-from ..models import Workspace, WorkspaceStatus
+from ..models import WORKSPACE_COLUMNS, Workspace, WorkspaceStatus
 from .tokens import invalidate
+
+#: The columns a record is decoded from, by position (Workspace.from_columns).
+_SELECT = f"SELECT {', '.join(WORKSPACE_COLUMNS)} FROM workspaces"
 
 
 def get(db: sqlite_utils.Database, workspace_id: str) -> Workspace | None:
-    row = db.execute("SELECT * FROM workspaces WHERE id = ?", [workspace_id]).fetchone()
-    return Workspace.from_row(row) if row else None
+    row = db.execute(f"{_SELECT} WHERE id = ?", [workspace_id]).fetchone()
+    return Workspace.from_columns(row) if row else None
 
 
 def all_live(db: sqlite_utils.Database) -> list[Workspace]:
     """Every workspace not removed, oldest first (the list order and the restore order)."""
-    rows = db.execute("SELECT * FROM workspaces WHERE status != 'removed' ORDER BY created_at, id").fetchall()
-    return [Workspace.from_row(row) for row in rows]  # from_row copies the row once
+    rows = db.execute(f"{_SELECT} WHERE status != 'removed' ORDER BY created_at, id").fetchall()
+    return [Workspace.from_columns(row) for row in rows]
 
 
 def _unique(rows: list[Any], workspace_id: str) -> list[str]:

@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from molecule_box.errors import ConfigError
+from molecule_box.models import WORKSPACE_COLUMNS, Workspace, WorkspaceStatus
 from molecule_box.store import Store
 from molecule_box.store import workspaces as workspace_rows
 from molecule_box.store.migrations import MIGRATIONS, SCHEMA_VERSION, STATUSES
@@ -31,6 +32,36 @@ def test_status_check_constraint_has_all_ten_states(tmp_path: Path) -> None:
         store._wconn.execute("INSERT INTO workspaces (id, name, status, runtime, backend, created_at, updated_at) "
                              "VALUES ('x', 'n', 'bogus', 'r', 'b', 0, 0)")
     store.close()
+
+
+async def test_a_record_reads_back_from_its_row_as_it_was_written(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """Records are decoded by column position (Workspace.from_columns): every field, its JSON, its enum and its
+    booleans come back as written, by get and by the restore's all_live alike, and the record's fields are
+    exactly the table's columns (a column the record lacked would be read into the wrong field, or not at all)."""
+    store = Store(tmp_path / "box.db")
+    await nursery.start(store.run)
+    columns = [row[1] for row in store.db.execute("PRAGMA table_info(workspaces)").fetchall()]
+    assert sorted(columns) == sorted(WORKSPACE_COLUMNS)
+    full = Workspace(
+        id="w1", name="every field", status=WorkspaceStatus.PAUSED, runtime="langgraph", backend="docker",
+        created_at=1.5, updated_at=2.5, role="planner", tier=2, agent_card={"name": "a", "skills": [{"id": "s"}]},
+        url="http://127.0.0.1:9", url_from_backend=True, parent_id=None, last_heartbeat_at=3.5, last_error_rate=0.25,
+        last_sample_error="boom", active_tasks=2, uptime_seconds=7, current_task="t", runtime_state="wedged",
+        runtime_metadata={"capabilities": {"status_mgmt": True}}, monthly_spend=11, budget_limit=99,
+        max_concurrent_tasks=3, workspace_dir="/srv/w", workspace_access="read_only", config={"model": "m"},
+        backend_state={"container": "c1"}, failure_reason="oom", last_outbound_at=4.5, x=1.0, y=-2.0, collapsed=True,
+        status_changed_at=5.5, last_seen_at=6.5)
+    child = Workspace(id="w2", name="defaults", status=WorkspaceStatus.ONLINE, runtime="external",
+                      backend="external", created_at=8.0, updated_at=8.0, parent_id="w1")
+    await store.write(lambda db: [workspace_rows.insert(full)(db), workspace_rows.insert(child)(db)])
+    got = workspace_rows.get(store.db, "w1")
+    assert got == full
+    # == takes 1 for True and "paused" for the enum member: the types are checked apart
+    assert got is not None and got.url_from_backend is True and got.collapsed is True
+    assert got.status is WorkspaceStatus.PAUSED
+    assert workspace_rows.get(store.db, "w2") == child
+    assert workspace_rows.all_live(store.db) == [full, child]
+    assert workspace_rows.get(store.db, "nobody") is None
 
 
 def older_store(path: Path, version: int) -> sqlite3.Connection:
