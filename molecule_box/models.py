@@ -106,7 +106,7 @@ class Workspace:
         return cls(*fields)
 
     def to_row(self) -> dict[str, Any]:
-        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        row = {name: getattr(self, name) for name in WORKSPACE_COLUMNS}
         for name in self.JSON_FIELDS:
             row[name] = None if row[name] is None else json.dumps(row[name], separators=(",", ":"))
         row["status"] = self.status.value
