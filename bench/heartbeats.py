@@ -64,6 +64,9 @@ from typing import Any
 
 import trio
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import a2a_proxy as ap
+
 HOST = "127.0.0.1"
 HEARTBEAT_PATH = "/registry/heartbeat"
 TARGET_RATE = 334.0  # 10,000 workspaces, one beat per 30 s
@@ -341,14 +344,6 @@ def sqlite_figures(before: str, after: str) -> str:
     return "; ".join(parts)
 
 
-def py_spy() -> str:
-    """py-spy on PATH, or beside this interpreter (a venv's ``pip install py-spy`` is not on PATH unactivated)."""
-    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
-    if found is None:
-        raise SystemExit("--profile needs py-spy: pip install py-spy")
-    return found
-
-
 @contextlib.contextmanager
 def profiled(b: Bench, label: str, seconds: float) -> Iterator[None]:
     """``--profile DIR``: py-spy (GIL holder only: CPU, not waits) of the box for ``seconds`` while the block runs."""
@@ -356,7 +351,7 @@ def profiled(b: Bench, label: str, seconds: float) -> Iterator[None]:
         yield
         return
     b.args.profile.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([py_spy(), "record", "--gil", "--nonblocking", "--threads", "-r", "100", "-p",
+    proc = subprocess.Popen([ap.py_spy(), "record", "--gil", "--nonblocking", "--threads", "-r", "100", "-p",
                              str(b.box.pid), "-d", str(math.ceil(seconds)), "--format", "raw", "-o",
                              str(b.args.profile / f"{label}.txt")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -1167,7 +1162,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workspaces < 10:
         parser.error("--workspaces must be at least 10")
     if args.profile is not None:
-        py_spy()  # missing: say so now, not after the seeding
+        ap.py_spy()  # missing: say so now, not after the seeding
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.ceiling_seconds = 3 if args.quick else 5
     args.box_seconds = 5 if args.quick else 10
