@@ -10,10 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from molecule_box.actors import Supervisor
 from molecule_box.actors import commands as c
 from molecule_box.actors.deps import ActorDeps
+from molecule_box.actors.workspace import WorkspaceActor
 from molecule_box.backends import BackendContext, BackendSettings, Workload, WorkloadSpec
 from molecule_box.backends.loader import BackendRegistry
 from molecule_box.bus import EventBus
@@ -160,3 +162,68 @@ async def test_restore_reports_started_once_every_actor_has_taken_its_first_step
                           if slot.actor is not None and slot.actor._parked is not None]
                 assert len(parked) == 20, f"only {len(parked)} of 20 actors had run when the restore ended"
                 actors.cancel_scope.cancel()
+
+
+class GatedBackend(LifecycleStub):
+    """A lifecycle backend whose start waits for the test to open its gate, and says whether it was cancelled."""
+
+    name = "gated"
+
+    def __init__(self, context: BackendContext) -> None:
+        super().__init__(context)
+        self.gate = trio.Event()
+        self.started = trio.Event()
+        self.cancelled = False
+
+    async def start(self, spec: WorkloadSpec) -> Workload:
+        self.started.set()
+        try:
+            await self.gate.wait()
+        except trio.Cancelled:
+            self.cancelled = True
+            raise
+        return Workload(handle={"workspace_id": spec.workspace_id})
+
+
+async def test_an_actor_has_a_nursery_only_while_it_has_background_work(tmp_path: Path) -> None:
+    """Most actors never start a backend operation, and a nursery for each costs a third of its first step
+    at restore: it opens for a start and closes once the start has reported, and a delete during a start
+    cancels the start with the actor (no child outlives its actor)."""
+    async with _parts(tmp_path) as (settings, store, _, nursery):
+        context = BackendContext(box_id="test", settings=BackendSettings(), report=lambda event: None,
+                                 platform_url=settings.platform_url, bind_addr=settings.bind_addr)
+        backends = BackendRegistry(context, nursery, extra={"gated": GatedBackend}, settings=settings.backends)
+        gated = await backends.get("gated")
+        assert isinstance(gated, GatedBackend)
+        supervisor = _supervisor(store, backends, settings)
+        await nursery.start(supervisor.run)
+
+        def actor_of(wid: str) -> WorkspaceActor:
+            actor = supervisor.slots[wid].actor
+            assert actor is not None
+            return actor
+
+        remote = (await supervisor.create(CreateWorkspace(name="remote", external=True))).workspace.id
+        await trio.testing.wait_all_tasks_blocked()
+        assert actor_of(remote)._nursery is None
+
+        run = (await supervisor.create(CreateWorkspace(name="run", backend="gated"))).workspace.id
+        with trio.fail_after(5):
+            await gated.started.wait()
+        starting = actor_of(run)._nursery
+        assert starting is not None and len(starting.child_tasks) == 1
+        gated.gate.set()
+        with trio.fail_after(5):
+            while actor_of(run)._nursery is not None:
+                await trio.sleep(0.01)
+        assert workspace_rows.get(store.db, run).backend_state == {"workspace_id": run}
+
+        gated.gate, gated.started = trio.Event(), trio.Event()
+        again = (await supervisor.create(CreateWorkspace(name="again", backend="gated"))).workspace.id
+        with trio.fail_after(5):
+            await gated.started.wait()
+        actor = actor_of(again)
+        assert await supervisor.delete_tree(again, purge=True) == 0  # no descendants
+        assert gated.cancelled and again not in supervisor.slots and actor._nursery is None
+        assert actor_of(remote)._nursery is None and actor_of(run)._nursery is None
+        nursery.cancel_scope.cancel()
