@@ -176,13 +176,9 @@ class WorkspaceActor:
                 self.current = message
                 await self._dispatch(message)
                 self.current = None
-            if nursery is None:
-                if self._spawns:
-                    return
-            else:
-                self._start_spawns()
-                if not nursery.child_tasks:
-                    return
+            # In the nursery, _spawn starts work at once: only its end can change anything here.
+            if (nursery is None and self._spawns) or (nursery is not None and not nursery.child_tasks):
+                return
 
     def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Start ``fn`` as a child of this actor: now if its nursery is open, else once the current message

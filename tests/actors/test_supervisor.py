@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -98,8 +99,10 @@ async def test_buggy_backend_crashes_only_its_workspace(runner: BoxRunner) -> No
 
 
 @contextlib.asynccontextmanager
-async def _parts(tmp_path: Path) -> AsyncIterator[tuple[Settings, Store, BackendRegistry, trio.Nursery]]:
-    """What a supervisor runs on without a box: a running store and a backend registry, and their nursery."""
+async def _parts(tmp_path: Path, extra: dict[str, Any] | None = None,
+                 ) -> AsyncIterator[tuple[Settings, Store, BackendRegistry, trio.Nursery]]:
+    """What a supervisor runs on without a box: a running store and a backend registry (with ``extra``
+    backends), and their nursery."""
     settings = make_settings(tmp_path)
     tmp_path.mkdir(exist_ok=True)
     store = Store(settings.store_path)
@@ -108,7 +111,7 @@ async def _parts(tmp_path: Path) -> AsyncIterator[tuple[Settings, Store, Backend
             await nursery.start(store.run)
             context = BackendContext(box_id="test", settings=BackendSettings(), report=lambda event: None,
                                      platform_url=settings.platform_url, bind_addr=settings.bind_addr)
-            yield settings, store, BackendRegistry(context, nursery, settings=settings.backends), nursery
+            yield settings, store, BackendRegistry(context, nursery, extra=extra, settings=settings.backends), nursery
             nursery.cancel_scope.cancel()
     finally:
         store.close()
@@ -189,10 +192,7 @@ async def test_an_actor_has_a_nursery_only_while_it_has_background_work(tmp_path
     """Most actors never start a backend operation, and a nursery for each costs a third of its first step
     at restore: it opens for a start and closes once the start has reported, and a delete during a start
     cancels the start with the actor (no child outlives its actor)."""
-    async with _parts(tmp_path) as (settings, store, _, nursery):
-        context = BackendContext(box_id="test", settings=BackendSettings(), report=lambda event: None,
-                                 platform_url=settings.platform_url, bind_addr=settings.bind_addr)
-        backends = BackendRegistry(context, nursery, extra={"gated": GatedBackend}, settings=settings.backends)
+    async with _parts(tmp_path, extra={"gated": GatedBackend}) as (settings, store, backends, nursery):
         gated = await backends.get("gated")
         assert isinstance(gated, GatedBackend)
         supervisor = _supervisor(store, backends, settings)
