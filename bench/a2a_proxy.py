@@ -72,15 +72,19 @@ SSE_BODY = (b'{"jsonrpc":"2.0","id":2,"method":"message/stream","params":{"messa
             b'"messageId":"bench-sse-0001","parts":[{"kind":"text","text":"stream please"}]}}}')
 CHILD_MAX_SECONDS = 1800.0  # every helper process stops by itself after this, whatever happens to the driver
 
+#: Issue #16's targets where it set them (throughput 0.75 of the ceiling; CPU per request 540 us when the
+#: ceiling's was 402, i.e. 1.34 times the ceiling's; added p50 1.0 ms; heartbeat p99 20 ms), the earlier
+#: ones elsewhere. The absolute ones hold on a machine as fast as the issue's, not on a slower one.
 TARGETS = {
-    "box/ceiling throughput ratio": (">= 0.5", lambda v: v >= 0.5),
-    "added p50 latency at 50 req/s (ms)": ("<= 2", lambda v: v <= 2.0),
+    "box/ceiling throughput ratio": (">= 0.75", lambda v: v >= 0.75),
+    "box CPU per request / the ceiling's": ("<= 1.34", lambda v: v <= 1.34),
+    "added p50 latency at 50 req/s (ms)": ("<= 1", lambda v: v <= 1.0),
     "added p50 to an http.server agent (ms)": ("<= 2", lambda v: v <= 2.0),
     "box errors under wrk (non-2xx, socket)": ("== 0", lambda v: v == 0),
     "2,000 concurrent: failed calls": ("== 0", lambda v: v == 0),
     "box peak RSS, VmHWM (MB)": ("< 300", lambda v: v < 300.0),
     "SSE added time to first event, median (ms)": ("<= 5", lambda v: v <= 5.0),
-    "heartbeat p99 (ms)": ("<= 50", lambda v: v <= 50.0),
+    "heartbeat p99 (ms)": ("<= 20", lambda v: v <= 20.0),
     "throughput to many targets (ratio)": (">= 0.9", lambda v: v >= 0.9),
     "errors to many targets": ("== 0", lambda v: v == 0),
 }
@@ -1054,6 +1058,8 @@ def drive(args: argparse.Namespace) -> int:
             figures.append(("box/ceiling throughput ratio", box_ratio,
                             f"box {table['box->nginx']['rps']:.0f} / ceiling {ceiling_rps:.0f} req/s; CPU per request "
                             f"{table['box->nginx']['cpu_us']:.0f} / {table['ceiling']['cpu_us']:.0f} us"))
+            figures.append(("box CPU per request / the ceiling's",
+                            table["box->nginx"]["cpu_us"] / table["ceiling"]["cpu_us"], ""))
             figures.append(("box errors under wrk (non-2xx, socket)", table["box->nginx"]["errors"], ""))
             if table["box->nginx"]["errors"]:
                 print(f"!! the box answered {table['box->nginx']['errors']} requests with errors", flush=True)

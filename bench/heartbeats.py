@@ -70,7 +70,8 @@ import a2a_proxy as ap
 HOST = "127.0.0.1"
 HEARTBEAT_PATH = "/registry/heartbeat"
 TARGET_RATE = 334.0  # 10,000 workspaces, one beat per 30 s
-TARGET_P99_MS = 50.0
+TARGET_P99_MS = 20.0  # issue #16 (it was 50 before)
+TARGET_INGEST_RATIO = 0.85  # issue #16: heartbeat ingest over the ceiling
 TARGET_RSS_MB = 400.0
 TARGET_RESTORE_S = 5.0
 TARGET_LATENESS_S = 1.0
@@ -1087,7 +1088,8 @@ def summary(b: Bench) -> bool:
         (f"heartbeat ingest, {n} ws, median",
          f"{box_rps:.0f} req/s  p50 {box_mid.p50_ms:.1f}  p99 {box_mid.p99_ms:.1f} ms",
          f">= {TARGET_RATE:g} req/s", box_rps >= TARGET_RATE),
-        ("ingest / ceiling", f"{box_rps / ceil_rps:.2f}", "info (prototype 0.92)", None),
+        ("ingest / ceiling", f"{box_rps / ceil_rps:.2f}", f">= {TARGET_INGEST_RATIO:g} (prototype 0.92)",
+         box_rps / ceil_rps >= TARGET_INGEST_RATIO),
         ("server CPU per heartbeat: box / ceiling, median",
          f"{box_cpu:.0f} / {ceil_cpu:.0f} us  (ceiling / box {ceil_cpu / box_cpu:.2f})", "info", None),
         ("non-200 + socket errors under ingest", f"{non200}", "0", non200 == 0),
